@@ -1,0 +1,1 @@
+"""One module per psci-hook subcommand; each defines HELP, configure() and run()."""

@@ -1,0 +1,74 @@
+"""The edges of a psci-hook process, injectable for tests (in the spirit of httpie's Environment).
+
+Everything a command reads from or writes to the outside world goes through one ``Environment``:
+argv, the standard streams, the process environment, the clock and the file locations. Tests build
+one with in-memory streams; the real entry points build it from ``sys``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO, Callable, TextIO
+
+DEFAULT_CONFIG_PATH = Path("/etc/psci-hook/psci-hook.conf")
+DEFAULT_RUN_DIR = Path("/run/psci-hook")
+CONFIG_ENV_VAR = "PSCI_HOOK_CONFIG"
+
+
+@dataclasses.dataclass
+class Environment:
+    argv: Sequence[str]
+    stdin: BinaryIO
+    stdout: BinaryIO
+    stderr: TextIO
+    environ: Mapping[str, str]
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    run_dir: Path = DEFAULT_RUN_DIR
+
+    @classmethod
+    def from_process(cls) -> Environment:
+        return cls(
+            argv=list(sys.argv),
+            stdin=sys.stdin.buffer,
+            stdout=sys.stdout.buffer,
+            stderr=sys.stderr,
+            environ=dict(os.environ),
+        )
+
+    @classmethod
+    def for_test(
+        cls,
+        argv: Sequence[str],
+        stdin: bytes = b"",
+        environ: Mapping[str, str] | None = None,
+        run_dir: Path | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Environment:
+        return cls(
+            argv=list(argv),
+            stdin=io.BytesIO(stdin),
+            stdout=io.BytesIO(),
+            stderr=io.StringIO(),
+            environ=dict(environ or {}),
+            run_dir=run_dir or DEFAULT_RUN_DIR,
+            clock=clock or time.time,
+        )
+
+    @property
+    def config_path(self) -> Path:
+        return Path(self.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+
+    def write_out(self, text: str) -> None:
+        """Write text to stdout (CLI commands only: the hook writes its XML once, as bytes)."""
+        self.stdout.write(text.encode("utf-8"))
+
+    def error(self, message: str) -> None:
+        """One line on stderr, prefixed with the program name."""
+        self.stderr.write(f"psci-hook: {message}\n")
