@@ -1,0 +1,283 @@
+"""Host profiles (schema psci-hook.host-profile/v1): read, validated, written.
+
+A host profile says what one arm64 KVM host's kernel lists and returns: the firmware registers
+and their values on a fresh vCPU, the migrated register list per vCPU feature set, and
+optionally the ID register and cache geometry values. A guest profile uses the same format for
+what the source QEMU will send. The format is documented in the README.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from psci_hook import registers as regs
+
+SCHEMA = "psci-hook.host-profile/v1"
+FEATURE_ORDER = ("pmu", "pauth", "sve")
+NO_FEATURES = "none"
+QEMU_GENERATIONS = ("legacy", "tolerant")
+U64_MAX = (1 << 64) - 1
+_KNOWN_KEYS = {
+    "schema", "kernel_release", "machine", "registers", "cpreg_lists", "id_registers",
+    "cache_geometry", "qemu_version", "qemu_generation",
+}
+_QEMU_VERSION_RE = re.compile(r"\d+\.\d+(\.\d+)?")
+_KERNEL_VERSION_RE = re.compile(r"(\d+)\.(\d+)")
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message is one line an operator can act on."""
+
+
+FeatureSet = frozenset[str]
+
+
+def feature_key(features: Iterable[str]) -> str:
+    """The cpreg_lists key of a vCPU feature set: "+"-joined in the order pmu, pauth, sve."""
+    chosen = set(features)
+    unknown = chosen - set(FEATURE_ORDER)
+    if unknown:
+        raise ProfileError(f"unknown vCPU feature(s): {', '.join(sorted(unknown))}")
+    return "+".join(f for f in FEATURE_ORDER if f in chosen) or NO_FEATURES
+
+
+def parse_feature_key(key: str) -> FeatureSet:
+    if key == NO_FEATURES:
+        return frozenset()
+    parts = key.split("+")
+    if feature_key(parts) != key:
+        raise ProfileError(
+            f"cpreg_lists key {key!r} is not a feature set "
+            f"('none' or a '+'-joined subset of {', '.join(FEATURE_ORDER)} in that order)"
+        )
+    return frozenset(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostProfile:
+    kernel_release: str
+    machine: str
+    # Firmware register id -> value on a fresh PSCI_0_2 vCPU; absent = not listed by the kernel.
+    registers: Mapping[int, int]
+    # Feature key -> sorted migrated register ids. None: the profile carries no lists.
+    cpreg_lists: Mapping[str, tuple[int, ...]] | None = None
+    id_registers: Mapping[str, int] | None = None
+    cache_geometry: Mapping[str, int] | None = None
+    qemu_version: str | None = None
+    qemu_generation: str | None = None
+    # Keys this reader does not interpret (hostname, boot id, provenance...), kept verbatim.
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    # -- derived facts -------------------------------------------------------------------------
+
+    def kernel_version(self) -> tuple[int, int] | None:
+        """(major, minor) from the kernel release, or None if it does not start with one."""
+        match = _KERNEL_VERSION_RE.match(self.kernel_release)
+        return (int(match.group(1)), int(match.group(2))) if match else None
+
+    def feature_sets(self) -> list[FeatureSet]:
+        return [parse_feature_key(k) for k in (self.cpreg_lists or {})]
+
+    def default_features(self) -> FeatureSet:
+        """What QEMU's -cpu host enables here: every feature this host supports."""
+        sets = self.feature_sets()
+        return max(sets, key=len) if sets else frozenset()
+
+    def cpreg_list(self, features: FeatureSet) -> tuple[int, ...] | None:
+        if self.cpreg_lists is None:
+            return None
+        return self.cpreg_lists.get(feature_key(features))
+
+    @property
+    def generation(self) -> str:
+        """The QEMU generation of this host: stated, else from the version, else legacy."""
+        if self.qemu_generation:
+            return self.qemu_generation
+        if self.qemu_version:
+            return qemu_generation_for_version(self.qemu_version)
+        return "legacy"
+
+    # -- (de)serialisation ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema": SCHEMA,
+            "kernel_release": self.kernel_release,
+            "machine": self.machine,
+            "registers": {regs.firmware_name(i): v for i, v in sorted(self.registers.items())},
+        }
+        if self.cpreg_lists is not None:
+            out["cpreg_lists"] = {
+                k: [regs.format_id(i) for i in ids] for k, ids in self.cpreg_lists.items()
+            }
+        if self.id_registers is not None:
+            out["id_registers"] = dict(self.id_registers)
+        if self.cache_geometry is not None:
+            out["cache_geometry"] = dict(self.cache_geometry)
+        if self.qemu_version is not None:
+            out["qemu_version"] = self.qemu_version
+        if self.qemu_generation is not None:
+            out["qemu_generation"] = self.qemu_generation
+        out.update(self.extra)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> HostProfile:
+        return _parse(data)
+
+
+def qemu_generation_for_version(version: str) -> str:
+    """Upstream QEMU gained the cpreg migration tolerances after 11.0 (merged 2026-04-27)."""
+    parts = tuple(int(p) for p in version.split(".")[:2])
+    return "tolerant" if parts >= (11, 1) else "legacy"
+
+
+def load_profile(path: str | Path) -> HostProfile:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ProfileError(f"{path}: not UTF-8 text") from None
+    return loads_profile(text, str(path))
+
+
+def loads_profile(text: str, origin: str = "profile") -> HostProfile:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"{origin}: malformed JSON: {exc.msg} at line {exc.lineno}") from None
+    try:
+        return _parse(data)
+    except ProfileError as exc:
+        raise ProfileError(f"{origin}: {exc}") from None
+
+
+def _uint(value: Any, what: str, limit: int = U64_MAX) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProfileError(f"{what} must be a non-negative integer, not {json.dumps(value)}")
+    if value < 0 or value > limit:
+        raise ProfileError(f"{what} = {value} is out of range 0..{limit:#x}")
+    return value
+
+
+def _mapping(data: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProfileError(f"'{key}' must be an object")
+    return value
+
+
+def _parse(data: Any) -> HostProfile:
+    if not isinstance(data, dict):
+        raise ProfileError("a profile must be a JSON object")
+    if data.get("schema") != SCHEMA:
+        raise ProfileError(f"schema must be {SCHEMA!r}, found {data.get('schema')!r}")
+    release = data.get("kernel_release")
+    if not isinstance(release, str) or not release:
+        raise ProfileError("'kernel_release' must be a non-empty string")
+    machine = data.get("machine", "aarch64")
+    if not isinstance(machine, str):
+        raise ProfileError("'machine' must be a string")
+
+    raw_regs = _mapping(data, "registers")
+    if raw_regs is None:
+        raise ProfileError("'registers' is required (the firmware registers the kernel lists)")
+    fw: dict[int, int] = {}
+    for name, value in raw_regs.items():
+        try:
+            reg_id = regs.firmware_id_from_name(name)
+        except ValueError as exc:
+            raise ProfileError(f"registers: {exc}") from None
+        fw[reg_id] = _uint(value, f"registers.{name}")
+
+    lists: dict[str, tuple[int, ...]] | None = None
+    raw_lists = _mapping(data, "cpreg_lists")
+    if raw_lists is not None:
+        lists = {}
+        for key, ids in raw_lists.items():
+            parse_feature_key(key)
+            lists[key] = _parse_list(key, ids, fw)
+
+    id_regs: dict[str, int] | None = None
+    raw_id = _mapping(data, "id_registers")
+    if raw_id is not None:
+        id_regs = {}
+        for name, value in raw_id.items():
+            if name not in regs.ID_REGISTER_NAMES:
+                raise ProfileError(f"id_registers: unknown ID register {name!r}")
+            id_regs[name] = _uint(value, f"id_registers.{name}")
+
+    cache: dict[str, int] | None = None
+    raw_cache = _mapping(data, "cache_geometry")
+    if raw_cache is not None:
+        cache = {}
+        for name, value in raw_cache.items():
+            try:
+                regs.cache_geometry_id(name)
+            except ValueError as exc:
+                raise ProfileError(f"cache_geometry: {exc}") from None
+            cache[name] = _uint(value, f"cache_geometry.{name}")
+
+    qemu_version = data.get("qemu_version")
+    if qemu_version is not None and (
+        not isinstance(qemu_version, str) or not _QEMU_VERSION_RE.fullmatch(qemu_version)
+    ):
+        raise ProfileError(f"'qemu_version' must look like '7.2.0', found {qemu_version!r}")
+    generation = data.get("qemu_generation")
+    if generation is not None and generation not in QEMU_GENERATIONS:
+        raise ProfileError(f"'qemu_generation' must be legacy or tolerant, found {generation!r}")
+
+    return HostProfile(
+        kernel_release=release,
+        machine=machine,
+        registers=dict(sorted(fw.items())),
+        cpreg_lists=lists,
+        id_registers=id_regs,
+        cache_geometry=cache,
+        qemu_version=qemu_version,
+        qemu_generation=generation,
+        extra={k: v for k, v in data.items() if k not in _KNOWN_KEYS},
+    )
+
+
+def _parse_list(key: str, ids: Any, fw: Mapping[int, int]) -> tuple[int, ...]:
+    if not isinstance(ids, list):
+        raise ProfileError(f"cpreg_lists.{key} must be a list of register ids")
+    parsed = []
+    for i, text in enumerate(ids):
+        if not isinstance(text, str):
+            raise ProfileError(f"cpreg_lists.{key}[{i}] must be a string like '0x6030...'")
+        try:
+            reg_id = regs.parse_hex_id(text)
+        except ValueError as exc:
+            raise ProfileError(f"cpreg_lists.{key}[{i}]: {exc}") from None
+        if regs.reg_class(reg_id) in regs.NOT_MIGRATED_CLASSES:
+            raise ProfileError(
+                f"cpreg_lists.{key}[{i}] = {text} is a core or SVE register, which QEMU "
+                "does not migrate"
+            )
+        if parsed and reg_id <= parsed[-1]:
+            raise ProfileError(
+                f"cpreg_lists.{key} is not sorted ascending without duplicates at index {i}"
+            )
+        parsed.append(reg_id)
+    listed_fw = {i for i in parsed if regs.is_firmware(i)}
+    if listed_fw != set(fw):
+        # KVM lists the firmware registers whatever the vCPU features (hypercalls.c).
+        raise ProfileError(
+            f"cpreg_lists.{key} lists firmware registers "
+            f"{sorted(regs.firmware_name(i) for i in listed_fw)} but 'registers' has "
+            f"{sorted(regs.firmware_name(i) for i in fw)}"
+        )
+    return tuple(parsed)
