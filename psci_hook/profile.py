@@ -281,3 +281,23 @@ def _parse_list(key: str, ids: Any, fw: Mapping[int, int]) -> tuple[int, ...]:
             f"{sorted(regs.firmware_name(i) for i in fw)}"
         )
     return tuple(parsed)
+
+
+BUNDLED_DIR = Path(__file__).parent / "data" / "profiles"
+
+
+def bundled_profiles() -> dict[str, Path]:
+    """The profiles shipped in the package, by name (file name without .json), sorted."""
+    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.json"), key=_profile_sort_key)}
+
+
+def _profile_sort_key(path: Path) -> tuple[int, tuple[int, ...], str]:
+    """Real kernels first in version order, synthetic ones after; then by CPU."""
+    kernel, _, cpu = path.stem.partition("__")
+    synthetic = kernel.startswith("synthetic-")
+    version = tuple(int(p) for p in re.findall(r"\d+", kernel)[:2])
+    return (int(synthetic), version, cpu)
+
+
+def profile_name(path: Path) -> str:
+    return path.stem

@@ -1,0 +1,540 @@
+"""The decision engine: what QEMU and the destination kernel will do with a guest's registers.
+
+Spec: kvm-firmware-registers.md §9 (the whole migrated list: count check, merge, write) and
+§2/§8 (which firmware register values a kernel accepts), §10 (ID registers, cache geometry).
+Pure functions over frozen dataclasses: no files, no clock, no libvirt, no lxml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
+
+from psci_hook import registers as regs
+from psci_hook.codes import Severity, severity
+from psci_hook.profile import FeatureSet, HostProfile, feature_key
+
+# §9: QEMU with the tolerance series enlarges the incoming array by the number of registered
+# tolerances (nr_mig_safe_missing_regs) plus MAX_CPREG_VMSTATE_ANOMALIES = 10.
+MAX_CPREG_VMSTATE_ANOMALIES = 10
+# ToleranceNotOnBothEnds for -cpu host: skipped whichever side lacks them.
+TOLERATED_NOT_ON_BOTH_ENDS = frozenset(
+    regs.SYSREG_BY_NAME[n] for n in ("TCR2_EL1", "PIRE0_EL1", "PIR_EL1")
+)
+# ToleranceOnlySrcTestValue: VENDOR_HYP_BMAP_2 may be missing on the destination while it is 0.
+TOLERATED_IF_ZERO = {regs.VENDOR_HYP_BMAP_2.reg_id: 0}
+TOLERANCE_COUNT = len(TOLERATED_NOT_ON_BOTH_ENDS) + len(TOLERATED_IF_ZERO)
+
+WRITABLE_ID_REGS_SINCE = (6, 7)  # before 6.7 an ID register must equal the host's value
+WA2_SIMPLIFIED_SINCE = (5, 10)  # 29e8910a566a: WA2 narrowed to NOT_AVAIL / NOT_REQUIRED
+
+# Finding outcomes (§9), plus the list-level ones.
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+MISSING = "missing-on-destination"
+DROPPED = "dropped"
+TOLERATED = "tolerated"
+DESTINATION_DEFAULT = "destination-default"
+UNVERIFIED = "unverified"
+COUNT_CHECK = "count-check"
+NOT_COMPARED = "not-compared"
+FEATURES = "features"
+
+QEMU_GENERATIONS = ("legacy", "tolerant")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and outputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestState:
+    """What the source QEMU will send: register values, vCPU features and the migrated list."""
+
+    registers: Mapping[int, int]  # firmware register id -> value
+    features: FeatureSet = frozenset()
+    cpreg_list: Optional[tuple[int, ...]] = None
+    id_registers: Optional[Mapping[str, int]] = None
+    cache_geometry: Optional[Mapping[str, int]] = None
+
+    @classmethod
+    def booted_on(cls, host: HostProfile, features: FeatureSet | None = None) -> GuestState:
+        """A guest cold-booted on ``host`` with ``features`` (default: -cpu host's, all)."""
+        chosen = host.default_features() if features is None else features
+        return cls(
+            registers=dict(host.registers),
+            features=chosen,
+            cpreg_list=host.cpreg_list(chosen),
+            id_registers=host.id_registers,
+            cache_geometry=host.cache_geometry,
+        )
+
+    def as_profile(self, kernel_release: str, extra: Mapping[str, Any] | None = None
+                   ) -> HostProfile:
+        """This state in the profile format (a guest profile)."""
+        return HostProfile(
+            kernel_release=kernel_release,
+            machine="aarch64",
+            registers=dict(self.registers),
+            cpreg_lists=(None if self.cpreg_list is None
+                         else {feature_key(self.features): self.cpreg_list}),
+            id_registers=self.id_registers,
+            cache_geometry=self.cache_geometry,
+            extra=dict(extra or {}),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    code: str
+    outcome: str
+    message: str
+    register: Optional[str] = None
+    reg_id: Optional[int] = None
+    guest_value: Optional[int] = None
+    destination_value: Optional[int] = None
+    inferred: bool = False  # relies on the kernel release, not on the profile's own facts
+
+    @property
+    def severity(self) -> Severity:
+        return severity(self.code)
+
+    @property
+    def blocking(self) -> bool:
+        return self.severity is Severity.BLOCKING
+
+    def value_text(self, value: int | None) -> str | None:
+        if value is None or self.reg_id is None:
+            return None if value is None else f"0x{value:x}"
+        return regs.value_text(self.reg_id, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "code": self.code,
+            "outcome": self.outcome,
+            "severity": self.severity.name.lower(),
+            "register": self.register,
+            "message": self.message,
+        }
+        if self.reg_id is not None:
+            out["id"] = regs.format_id(self.reg_id)
+        if self.guest_value is not None:
+            out["guest_value"] = self.guest_value
+            out["guest"] = self.value_text(self.guest_value)
+        if self.destination_value is not None:
+            out["destination_value"] = self.destination_value
+            out["destination"] = self.value_text(self.destination_value)
+        if self.inferred:
+            out["inferred"] = True
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    verdict: str  # "allow" or "veto"
+    findings: tuple[Finding, ...]
+    guest_after: GuestState
+    generation: str
+    lists_compared: bool
+
+    @property
+    def vetoed(self) -> bool:
+        return self.verdict == "veto"
+
+    @property
+    def blocking(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.blocking)
+
+    @property
+    def codes(self) -> list[str]:
+        """Distinct codes other than ACCEPTED, most severe first, in order of appearance."""
+        seen: dict[str, Severity] = {}
+        for f in self.findings:
+            if f.code != "ACCEPTED" and f.code not in seen:
+                seen[f.code] = f.severity
+        return sorted(seen, key=lambda c: -seen[c])
+
+    @property
+    def one_way(self) -> bool:
+        return any(f.code == "WA_RATCHET" for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        after = self.guest_after
+        return {
+            "verdict": self.verdict,
+            "codes": self.codes,
+            "qemu_generation": self.generation,
+            "lists_compared": self.lists_compared,
+            "findings": [f.to_dict() for f in self.findings],
+            "guest_after": {
+                "registers": {regs.firmware_name(i): v for i, v in sorted(after.registers.items())},
+                "features": feature_key(after.features),
+                "cpreg_list_length": None if after.cpreg_list is None else len(after.cpreg_list),
+            },
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Firmware register values: what a destination kernel accepts (§2, §8)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    accepted: Optional[bool]  # None: the model cannot tell (unknown register)
+    code: str
+    reason: str
+    inferred: bool = False
+
+
+def psci_versions_known(default: int) -> list[int]:
+    """PSCI versions a kernel whose default is ``default`` implements: 0.2, then 1.0..default.
+
+    The kernel accepts only versions from its own enumeration (§2.2); its default is the
+    newest it implements, and every 1.x below it is implemented too.
+    """
+    known = [regs.psci_value(0, 2)]
+    major, minor = default >> 16, default & 0xFFFF
+    if major >= 1:
+        known += [regs.psci_value(1, m) for m in range(0, (minor if major == 1 else 0) + 1)]
+    return known
+
+
+def _version_known(profile: HostProfile) -> tuple[int, int] | None:
+    return profile.kernel_version()
+
+
+def wa2_simplified(profile: HostProfile) -> tuple[bool, bool]:
+    """Whether the destination narrows WORKAROUND_2 (5.10+), and whether that was inferred.
+
+    A 5.10+ kernel only ever reports NOT_AVAIL or NOT_REQUIRED; a value of UNKNOWN, AVAIL or
+    the ENABLED bit proves the older 5.3-5.9 handling. Otherwise only the release can tell.
+    """
+    value = profile.registers.get(regs.SMCCC_ARCH_WORKAROUND_2.reg_id)
+    if value is not None and (value & regs.WA_LEVEL_MASK in (1, 2) or value & regs.WA2_ENABLED):
+        return False, False
+    version = _version_known(profile)
+    if version is None:
+        return True, True
+    return version >= WA2_SIMPLIFIED_SINCE, True
+
+
+def judge_firmware_value(reg_id: int, value: int, destination: HostProfile) -> Judgement:
+    """Would the destination kernel's KVM_SET_ONE_REG accept ``value`` for ``reg_id``?
+
+    Assumes the register is listed by the destination (the merge decides the rest).
+    """
+    reg = regs.FW_BY_ID.get(reg_id)
+    own = destination.registers.get(reg_id)
+    if reg is None or own is None:
+        return Judgement(None, "FW_UNVERIFIED",
+                         f"{regs.firmware_name(reg_id)} is not known to this version of "
+                         "psci-hook; its value cannot be judged offline")
+    if reg.kind is regs.FwKind.PSCI:
+        known = psci_versions_known(own)
+        if value in known:
+            return Judgement(True, "ACCEPTED", "the destination implements this PSCI version")
+        offered = ", ".join(regs.psci_version_text(v) for v in known)
+        return Judgement(False, "PSCI_UNSUPPORTED",
+                         f"the destination kernel implements PSCI {offered} only")
+    if reg.kind is regs.FwKind.WORKAROUND:
+        return _judge_workaround(reg, value, own, destination)
+    supported = own | (regs.BMAP2_SUPPORTED_BITS if reg is regs.VENDOR_HYP_BMAP_2 else 0)
+    if value & ~supported:
+        return Judgement(False, "BITMAP_UNSUPPORTED",
+                         f"bits 0x{value & ~supported:x} are not implemented by the destination "
+                         f"kernel (it supports 0x{supported:x})")
+    return Judgement(True, "ACCEPTED", "every service bit is implemented by the destination")
+
+
+def _judge_workaround(reg: regs.FirmwareRegister, value: int, own: int,
+                      destination: HostProfile) -> Judgement:
+    name = reg.name
+    if reg is not regs.SMCCC_ARCH_WORKAROUND_2:
+        if value & ~regs.WA_LEVEL_MASK:
+            return Judgement(False, "WA_INVALID_VALUE",
+                             f"{name} has bits outside the level field (0x{value:x})")
+        if value > own:
+            return Judgement(False, "WA_LEVEL_TOO_HIGH",
+                             "KVM refuses a level above the destination host's own")
+        return Judgement(True, "ACCEPTED", "the destination's level is at least the guest's")
+    if value & ~(regs.WA_LEVEL_MASK | regs.WA2_ENABLED):
+        return Judgement(False, "WA_INVALID_VALUE",
+                         f"{name} has bits outside the level and ENABLED (0x{value:x})")
+    level = value & regs.WA_LEVEL_MASK
+    if value & regs.WA2_ENABLED and level != 2:
+        return Judgement(False, "WA_INVALID_VALUE", "ENABLED is only valid with AVAIL")
+    simplified, inferred = wa2_simplified(destination)
+    era = ("5.10+ (level narrowed to NOT_AVAIL or NOT_REQUIRED)" if simplified
+           else "5.3-5.9 (levels compared as they are)")
+    how = f"; WORKAROUND_2 handling of a {era} kernel" + (
+        f", inferred from kernel release {destination.kernel_release}" if inferred else "")
+    if simplified:
+        if level > 3:
+            return Judgement(False, "WA_INVALID_VALUE",
+                             f"level {level} is not a WORKAROUND_2 level{how}", inferred)
+        mapped = 0 if level <= 1 else 3
+        if mapped > (own & regs.WA_LEVEL_MASK):
+            return Judgement(False, "WA_LEVEL_TOO_HIGH",
+                             f"KVM refuses a level above the destination host's own{how}",
+                             inferred)
+        return Judgement(True, "ACCEPTED", f"the destination's level is sufficient{how}",
+                         inferred)
+    if level > (own & regs.WA_LEVEL_MASK):
+        return Judgement(False, "WA_LEVEL_TOO_HIGH",
+                         f"KVM refuses a level above the destination host's own{how}", inferred)
+    return Judgement(True, "ACCEPTED", f"the destination's level is sufficient{how}", inferred)
+
+
+def candidate_values(reg_id: int) -> list[int]:
+    """The values the engine reasons about for one firmware register (for conformance runs)."""
+    reg = regs.FW_BY_ID.get(reg_id)
+    if reg is None:
+        return []
+    if reg.kind is regs.FwKind.PSCI:
+        return [regs.psci_value(0, 1), regs.psci_value(0, 2)] + [
+            regs.psci_value(1, m) for m in range(0, 5)] + [regs.psci_value(2, 0)]
+    if reg is regs.SMCCC_ARCH_WORKAROUND_2:
+        return [0, 1, 2, 3, 4, 0xF, 0x10, 0x12, 0x13, 0x20]
+    if reg.kind is regs.FwKind.WORKAROUND:
+        return [0, 1, 2, 3, 0xF, 0x10]
+    return [0, 1, 2, 3, 4, 7, 1 << 63]
+
+
+def predict_value(reg_id: int, value: int, destination: HostProfile) -> bool | None:
+    """True if the destination kernel accepts the value, False if it refuses, None if unknown.
+
+    Only for registers the destination lists; one it does not list is refused (ENOENT).
+    """
+    if reg_id not in destination.registers:
+        return False
+    return judge_firmware_value(reg_id, value, destination).accepted
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision (§9)
+# ---------------------------------------------------------------------------------------------
+
+
+def _fw_finding(reg_id: int, guest_value: int, dest: HostProfile) -> Finding:
+    reg = regs.FW_BY_ID.get(reg_id)
+    name = regs.firmware_name(reg_id)
+    own = dest.registers.get(reg_id)
+    judgement = judge_firmware_value(reg_id, guest_value, dest)
+    g_text = regs.value_text(reg_id, guest_value)
+    d_text = regs.value_text(reg_id, own) if own is not None else "?"
+    if judgement.accepted is None:
+        outcome, message = UNVERIFIED, f"{name} = {g_text}: {judgement.reason}."
+    elif judgement.accepted:
+        outcome = ACCEPTED
+        code = "ACCEPTED"
+        message = f"{name} = {g_text} is accepted ({judgement.reason})."
+        if (reg is not None and reg.kind is regs.FwKind.WORKAROUND and own is not None
+                and own & regs.WA_LEVEL_MASK > guest_value & regs.WA_LEVEL_MASK):
+            code = "WA_RATCHET"
+            message = (f"{name} rises from {g_text} to {d_text} on this host; afterwards the "
+                       f"guest cannot migrate back to hosts at {g_text} until it cold-boots.")
+        return Finding(code, outcome, message, name, reg_id, guest_value, own, judgement.inferred)
+    else:
+        outcome = REJECTED
+        message = (f"the guest's {name} is {g_text} but the destination has {d_text}: "
+                   f"{judgement.reason}.")
+    return Finding(judgement.code, outcome, message, name, reg_id, guest_value, own,
+                   judgement.inferred)
+
+
+def _value_findings(guest: GuestState, dest: HostProfile, compared_ids: Iterable[int],
+                    ) -> list[Finding]:
+    """Findings for ID registers and cache geometry present in both (§10)."""
+    out: list[Finding] = []
+    compared = set(compared_ids)
+    version = dest.kernel_version()
+    writable = version is not None and version >= WRITABLE_ID_REGS_SINCE
+    when = (f"the destination kernel ({dest.kernel_release}) "
+            + ("has writable ID registers (6.7+)" if writable else "predates writable ID "
+               "registers (6.7) and accepts only its own value"))
+    pairs = (
+        (guest.id_registers, dest.id_registers, regs.SYSREG_BY_NAME.__getitem__,
+         "ID_REG_MISMATCH", "ID_REG_UNVERIFIED"),
+        (guest.cache_geometry, dest.cache_geometry, regs.cache_geometry_id,
+         "CACHE_MISMATCH", "CACHE_UNVERIFIED"),
+    )
+    for guest_values, dest_values, to_id, rejected_code, unverified_code in pairs:
+        if guest_values is None or dest_values is None:
+            continue
+        for name in sorted(set(guest_values) & set(dest_values), key=to_id):
+            reg_id = to_id(name)
+            if compared and reg_id not in compared:
+                continue
+            g, d = guest_values[name], dest_values[name]
+            if g == d:
+                continue
+            fields = ", ".join(regs.differing_fields(name, g, d)) if rejected_code.startswith(
+                "ID") else "geometry"
+            if writable:
+                out.append(Finding(
+                    unverified_code, UNVERIFIED,
+                    f"{name} differs in {fields} (guest 0x{g:x}, destination 0x{d:x}); {when}, "
+                    "so only a rehearsal on the destination can tell whether it is accepted.",
+                    name, reg_id, g, d, inferred=True))
+            else:
+                out.append(Finding(
+                    rejected_code, REJECTED,
+                    f"{name} differs in {fields} (guest 0x{g:x}, destination 0x{d:x}); {when}.",
+                    name, reg_id, g, d, inferred=True))
+    return out
+
+
+def decide(
+    guest: GuestState,
+    destination: HostProfile,
+    generation: str | None = None,
+    veto_dropped_workarounds: bool = True,
+) -> Decision:
+    """What QEMU (``generation``: legacy or tolerant; default: the destination's) and the
+    destination kernel will do with ``guest``, and whether to veto (default policy)."""
+    generation = generation or destination.generation
+    if generation not in QEMU_GENERATIONS:
+        raise ValueError(f"unknown QEMU generation {generation!r}")
+    findings: list[Finding] = []
+
+    dest_list: tuple[int, ...] | None = None
+    if destination.cpreg_lists is not None:
+        dest_list = destination.cpreg_list(guest.features)
+        if dest_list is None:
+            offered = ", ".join(sorted(destination.cpreg_lists)) or "none"
+            findings.append(Finding(
+                "FEATURE_MISSING", FEATURES,
+                f"the guest's vCPU features ({feature_key(guest.features)}) are not available "
+                f"on the destination (it offers: {offered}); QEMU cannot create the vCPU."))
+    lists_compared = guest.cpreg_list is not None and dest_list is not None
+    if lists_compared:
+        assert guest.cpreg_list is not None and dest_list is not None
+        source_ids, dest_ids = guest.cpreg_list, dest_list
+    else:
+        source_ids = tuple(sorted(guest.registers))
+        dest_ids = tuple(sorted(destination.registers))
+        findings.append(Finding(
+            "LISTS_NOT_COMPARED", NOT_COMPARED,
+            "no migrated register list on "
+            + ("either side" if guest.cpreg_list is None and destination.cpreg_lists is None
+               else "the guest's side" if guest.cpreg_list is None
+               else "the destination's side for these vCPU features")
+            + ": only the firmware registers were compared; the count check and the other "
+            "registers were not."))
+
+    # 1. The count check (legacy: |S| <= |D|; tolerant: room for anomalies and tolerances).
+    if lists_compared:
+        limit = len(dest_ids) + (
+            MAX_CPREG_VMSTATE_ANOMALIES + TOLERANCE_COUNT if generation == "tolerant" else 0)
+        if len(source_ids) > limit:
+            findings.append(Finding(
+                "CPREG_COUNT", COUNT_CHECK,
+                f"the source QEMU will send {len(source_ids)} registers but the destination "
+                f"{generation} QEMU accepts at most {limit} (Failed to load "
+                "cpu:cpreg_vmstate_array_len)."))
+
+    # 2. The merge: registers the source sends that the destination does not list.
+    dest_set, source_set = set(dest_ids), set(source_ids)
+    highest = max(dest_ids) if dest_ids else 0
+    for reg_id in sorted(source_set - dest_set):
+        findings.append(_merge_finding(reg_id, guest, highest, generation,
+                                       veto_dropped_workarounds))
+
+    # 3. The write: every destination register, with the stream's value where it has one.
+    for reg_id in dest_ids:
+        if reg_id not in source_set:
+            findings.append(_default_finding(reg_id, destination, generation))
+        elif regs.is_firmware(reg_id) and reg_id in guest.registers:
+            findings.append(_fw_finding(reg_id, guest.registers[reg_id], destination))
+    id_findings = _value_findings(guest, destination, dest_set & source_set
+                                  if lists_compared else ())
+    findings += id_findings
+    if guest.id_registers is None or destination.id_registers is None:
+        findings.append(Finding(
+            "ID_REGS_NOT_COMPARED", NOT_COMPARED,
+            "ID register and cache geometry values are not in both profiles: not compared; "
+            "a rehearsal on the destination settles them."))
+
+    blocking = any(f.blocking for f in findings)
+    return Decision(
+        verdict="veto" if blocking else "allow",
+        findings=tuple(findings),
+        guest_after=_guest_after(guest, destination, dest_list),
+        generation=generation,
+        lists_compared=lists_compared,
+    )
+
+
+def _merge_finding(reg_id: int, guest: GuestState, highest: int, generation: str,
+                   veto_dropped_workarounds: bool) -> Finding:
+    name = regs.register_name(reg_id)
+    value = guest.registers.get(reg_id)
+    shown = "" if value is None else f" = {regs.value_text(reg_id, value)}"
+    if generation == "tolerant":
+        if reg_id in TOLERATED_NOT_ON_BOTH_ENDS or (
+                reg_id in TOLERATED_IF_ZERO and value == TOLERATED_IF_ZERO[reg_id]):
+            return Finding("REG_TOLERATED", TOLERATED,
+                           f"{name}{shown} is not on the destination; its QEMU tolerates and "
+                           "skips it.", name, reg_id, value)
+        why = (" (tolerated only while its value is 0)" if reg_id in TOLERATED_IF_ZERO else "")
+        return Finding("REG_MISSING", MISSING,
+                       f"the source sends {name}{shown}, which the destination kernel does not "
+                       f"list{why}; QEMU fails the load.", name, reg_id, value)
+    if reg_id < highest:
+        return Finding("REG_MISSING", MISSING,
+                       f"the source sends {name}{shown}, which the destination kernel does not "
+                       "list; legacy QEMU fails the load on it.", name, reg_id, value)
+    fw = regs.FW_BY_ID.get(reg_id)
+    if (fw is not None and fw.kind is regs.FwKind.WORKAROUND and value is not None
+            and value & regs.WA_LEVEL_MASK > regs.WA_NOT_AVAIL and veto_dropped_workarounds):
+        return Finding("WA_DROPPED", DROPPED,
+                       f"legacy QEMU on the destination would silently drop {name}{shown}: the "
+                       f"guest would keep relying on a firmware mitigation ({fw.meaning}) that "
+                       "the destination kernel does not offer.", name, reg_id, value)
+    return Finding("REG_DROPPED", DROPPED,
+                   f"{name}{shown} sorts above the destination's last register; legacy QEMU "
+                   "drops it silently (neither checked nor applied).", name, reg_id, value)
+
+
+def _default_finding(reg_id: int, destination: HostProfile, generation: str) -> Finding:
+    name = regs.register_name(reg_id)
+    own = destination.registers.get(reg_id)
+    if regs.is_firmware(reg_id):
+        shown = "" if own is None else f" ({regs.value_text(reg_id, own)})"
+        return Finding("DEST_DEFAULT", DESTINATION_DEFAULT,
+                       f"the source does not send {name}; the destination's default{shown} "
+                       "applies to the guest from now on.", name, reg_id, None, own)
+    return Finding("REG_DEST_DEFAULT", DESTINATION_DEFAULT,
+                   f"the source does not send {name}; the destination's reset value applies.",
+                   name, reg_id)
+
+
+def _guest_after(guest: GuestState, dest: HostProfile, dest_list: tuple[int, ...] | None
+                 ) -> GuestState:
+    """The guest's state once the migration is done: what this host's QEMU will send next."""
+    after: dict[int, int] = {}
+    for reg_id, own in dest.registers.items():
+        fw = regs.FW_BY_ID.get(reg_id)
+        if fw is not None and not fw.kept:
+            after[reg_id] = own  # GET returns the current host's level; nothing is stored
+        else:
+            after[reg_id] = guest.registers.get(reg_id, own)
+
+    def merged(mine: Mapping[str, int] | None, theirs: Mapping[str, int] | None
+               ) -> Mapping[str, int] | None:
+        if mine is None:
+            return theirs
+        if theirs is None:
+            return mine
+        return {name: mine.get(name, value) for name, value in theirs.items()}
+
+    return GuestState(
+        registers=dict(sorted(after.items())),
+        features=guest.features,
+        cpreg_list=dest_list,
+        id_registers=merged(guest.id_registers, dest.id_registers),
+        cache_geometry=merged(guest.cache_geometry, dest.cache_geometry),
+    )

@@ -1,0 +1,356 @@
+"""The guest record: the guest's register state, travelling in the domain's <metadata>.
+
+One namespaced element (libvirt keeps one <metadata> child per namespace). It is the only
+definition of the record: the hook, `stamp`, `check --domain-xml`, `record` and `watch` all
+read and write it here. Its content is untrusted input: every value is validated, and a
+malformed record raises RecordError with a one-line reason.
+
+    <psci:record xmlns:psci="https://psci-hook.org/xmlns/record/1" version="1">
+      <psci:origin event="booted" host="host-a" host-uuid="..." kernel="6.1.0-26-arm64"
+                   time="2026-11-30T10:00:00Z"/>
+      <psci:vcpu features="pmu"/>
+      <psci:firmware>
+        <psci:reg name="PSCI_VERSION" value="0x10001"/>
+        ...
+      </psci:firmware>
+      <psci:cpreg-list count="241" digest="...">6020000000110000 1 1 ...</psci:cpreg-list>
+      <psci:id-registers>...</psci:id-registers>
+      <psci:cache-geometry>...</psci:cache-geometry>
+      <psci:override codes="WA_LEVEL_TOO_HIGH" reason="..."/>
+      <psci:history>
+        <psci:check time="..." op="migrate" host="host-b" verdict="allow" codes="WA_RATCHET"/>
+      </psci:history>
+    </psci:record>
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
+
+from lxml import etree
+
+from psci_hook import registers as regs
+from psci_hook.codes import CODES
+from psci_hook.engine import GuestState
+from psci_hook.profile import ProfileError, feature_key, parse_feature_key
+
+NAMESPACE = "https://psci-hook.org/xmlns/record/1"
+PREFIX = "psci"
+VERSION = "1"
+ORIGIN_EVENTS = ("booted", "migrated", "restored", "stamped")
+HISTORY_OPS = ("migrate", "restore", "record")
+VERDICTS = ("allow", "veto", "warn")
+MAX_LIST = 4096  # far above any real kernel's migrated list (~370)
+MAX_TEXT = 256
+U64_MAX = (1 << 64) - 1
+_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_Q = "{" + NAMESPACE + "}"
+
+
+class RecordError(ValueError):
+    """A record that cannot be trusted; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    event: str  # booted, migrated, restored, stamped
+    host: str
+    kernel: str
+    time: str
+    host_uuid: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryEntry:
+    time: str
+    op: str
+    host: str
+    verdict: str
+    codes: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """An operator's per-domain override: these blocking codes do not veto this domain."""
+
+    codes: frozenset[str]
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestRecord:
+    state: GuestState
+    origin: Origin
+    history: tuple[HistoryEntry, ...] = ()
+    override: Optional[Override] = None
+
+    def with_check(self, entry: HistoryEntry, limit: int) -> GuestRecord:
+        history = (*self.history, entry)
+        return dataclasses.replace(self, history=history[-limit:] if limit else ())
+
+
+# ---------------------------------------------------------------------------------------------
+# The migrated list, compactly but exactly: the first id in hex, then hex deltas.
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_list(ids: Iterable[int]) -> str:
+    out, previous = [], None
+    for reg_id in ids:
+        out.append(f"{reg_id:x}" if previous is None else f"{reg_id - previous:x}")
+        previous = reg_id
+    return " ".join(out)
+
+
+def list_digest(ids: Iterable[int]) -> str:
+    return hashlib.sha256(" ".join(regs.format_id(i) for i in ids).encode()).hexdigest()[:16]
+
+
+def decode_list(text: str, count: int, digest: str) -> tuple[int, ...]:
+    parts = text.split()
+    if len(parts) != count:
+        raise RecordError(f"cpreg-list has {len(parts)} entries, its count says {count}")
+    ids: list[int] = []
+    for part in parts:
+        if not re.fullmatch(r"[0-9a-f]{1,16}", part):
+            raise RecordError(f"cpreg-list entry {part[:20]!r} is not lower-case hex")
+        value = int(part, 16)
+        if ids:
+            if value == 0:
+                raise RecordError("cpreg-list is not strictly ascending")
+            value += ids[-1]
+        ids.append(value)
+    for reg_id in ids:
+        try:
+            regs.parse_hex_id(regs.format_id(reg_id))
+        except ValueError as exc:
+            raise RecordError(f"cpreg-list: {exc}") from None
+    if list_digest(ids) != digest:
+        raise RecordError("cpreg-list digest does not match its content (altered or truncated)")
+    return tuple(ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def find_record_elements(domain: Any) -> list[Any]:
+    """Our elements among the domain's <metadata> children (more than one is an error)."""
+    return [child for metadata in domain.findall("metadata") for child in metadata
+            if isinstance(child.tag, str) and child.tag == _Q + "record"]
+
+
+def _text_attr(elem: Any, name: str, required: bool = True) -> str:
+    value = elem.get(name)
+    if value is None:
+        if required:
+            raise RecordError(f"<{etree.QName(elem).localname}> lacks the attribute {name!r}")
+        return ""
+    if len(value) > MAX_TEXT or any(ord(c) < 0x20 for c in value):
+        raise RecordError(f"<{etree.QName(elem).localname}> attribute {name!r} is not plain text")
+    return value
+
+
+def _uint_attr(elem: Any, name: str) -> int:
+    text = _text_attr(elem, name)
+    if not re.fullmatch(r"0x[0-9a-fA-F]{1,16}|[0-9]{1,20}", text):
+        raise RecordError(f"{name}={text[:40]!r} is not a non-negative integer")
+    value = int(text, 0)
+    if value > U64_MAX:
+        raise RecordError(f"{name}={text!r} does not fit in 64 bits")
+    return value
+
+
+def _only_children(elem: Any, allowed: Iterable[str]) -> None:
+    names = set(allowed)
+    for child in elem:
+        if not isinstance(child.tag, str):
+            continue  # comments and processing instructions are harmless
+        qname = etree.QName(child)
+        if qname.namespace != NAMESPACE or qname.localname not in names:
+            raise RecordError(f"unexpected element <{qname.localname}> in "
+                              f"<{etree.QName(elem).localname}>")
+
+
+def _one(elem: Any, name: str, required: bool = True) -> Any:
+    found = elem.findall(_Q + name)
+    if len(found) > 1:
+        raise RecordError(f"more than one <{name}> in the record")
+    if not found:
+        if required:
+            raise RecordError(f"the record has no <{name}>")
+        return None
+    return found[0]
+
+
+def _time(text: str, what: str) -> str:
+    if not _TIME_RE.fullmatch(text):
+        raise RecordError(f"{what} time {text[:40]!r} is not YYYY-MM-DDTHH:MM:SSZ")
+    return text
+
+
+def _named_values(elem: Any, check_name: Any) -> dict[str, int]:
+    _only_children(elem, ["reg"])
+    out: dict[str, int] = {}
+    for reg in elem.findall(_Q + "reg"):
+        name = _text_attr(reg, "name")
+        try:
+            check_name(name)
+        except (ValueError, KeyError) as exc:
+            raise RecordError(f"register {name[:40]!r}: {exc}") from None
+        if name in out:
+            raise RecordError(f"register {name} appears twice")
+        out[name] = _uint_attr(reg, "value")
+    return out
+
+
+def _check_id_register(name: str) -> None:
+    if name not in regs.ID_REGISTER_NAMES:
+        raise ValueError("not an ID register")
+
+
+def parse_record(elem: Any) -> GuestRecord:
+    """Validate one <psci:record> element and return its content."""
+    if elem.get("version") != VERSION:
+        raise RecordError(f"record version {elem.get('version')!r} is not {VERSION!r}")
+    _only_children(elem, ["origin", "vcpu", "firmware", "cpreg-list", "id-registers",
+                          "cache-geometry", "override", "history"])
+    origin_elem = _one(elem, "origin")
+    event = _text_attr(origin_elem, "event")
+    if event not in ORIGIN_EVENTS:
+        raise RecordError(f"origin event {event[:40]!r} is not one of {', '.join(ORIGIN_EVENTS)}")
+    origin = Origin(
+        event=event,
+        host=_text_attr(origin_elem, "host"),
+        kernel=_text_attr(origin_elem, "kernel"),
+        time=_time(_text_attr(origin_elem, "time"), "origin"),
+        host_uuid=_text_attr(origin_elem, "host-uuid", required=False),
+    )
+    vcpu = _one(elem, "vcpu")
+    try:
+        features = parse_feature_key(_text_attr(vcpu, "features"))
+    except ProfileError as exc:
+        raise RecordError(str(exc)) from None
+
+    firmware = _named_values(_one(elem, "firmware"), regs.firmware_id_from_name)
+    fw_by_id = {regs.firmware_id_from_name(n): v for n, v in firmware.items()}
+
+    cpreg_list = None
+    list_elem = _one(elem, "cpreg-list", required=False)
+    if list_elem is not None:
+        count = _uint_attr(list_elem, "count")
+        if count > MAX_LIST:
+            raise RecordError(f"cpreg-list count {count} is implausible (max {MAX_LIST})")
+        cpreg_list = decode_list(list_elem.text or "", count, _text_attr(list_elem, "digest"))
+        listed_fw = {i for i in cpreg_list if regs.is_firmware(i)}
+        if listed_fw != set(fw_by_id):
+            raise RecordError("cpreg-list and <firmware> disagree on the firmware registers")
+
+    id_elem = _one(elem, "id-registers", required=False)
+    id_registers = None if id_elem is None else _named_values(id_elem, _check_id_register)
+    cache_elem = _one(elem, "cache-geometry", required=False)
+    cache = None if cache_elem is None else _named_values(cache_elem, regs.cache_geometry_id)
+
+    override = None
+    override_elem = _one(elem, "override", required=False)
+    if override_elem is not None:
+        codes = frozenset(_text_attr(override_elem, "codes").split())
+        unknown = sorted(c for c in codes if c not in CODES)
+        if not codes or unknown:
+            raise RecordError(f"override names unknown codes: {' '.join(unknown) or '(none)'}")
+        override = Override(codes, _text_attr(override_elem, "reason"))
+
+    history: list[HistoryEntry] = []
+    history_elem = _one(elem, "history", required=False)
+    if history_elem is not None:
+        _only_children(history_elem, ["check"])
+        for check in history_elem.findall(_Q + "check"):
+            op, verdict = _text_attr(check, "op"), _text_attr(check, "verdict")
+            codes_text = _text_attr(check, "codes", required=False).split()
+            if op not in HISTORY_OPS or verdict not in VERDICTS or any(
+                    c not in CODES for c in codes_text):
+                raise RecordError("a history entry has an unknown op, verdict or code")
+            history.append(HistoryEntry(_time(_text_attr(check, "time"), "history"), op,
+                                        _text_attr(check, "host"), verdict, tuple(codes_text)))
+
+    state = GuestState(registers=dict(sorted(fw_by_id.items())), features=features,
+                       cpreg_list=cpreg_list, id_registers=id_registers, cache_geometry=cache)
+    return GuestRecord(state, origin, tuple(history), override)
+
+
+def read_record(domain: Any) -> GuestRecord | None:
+    """The record of a parsed <domain>, None if it has none; RecordError if it is bad."""
+    found = find_record_elements(domain)
+    if len(found) > 1:
+        raise RecordError(f"the domain carries {len(found)} psci-hook records; expected one")
+    return parse_record(found[0]) if found else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def _sub(parent: Any, name: str, attrs: Mapping[str, str] | None = None) -> Any:
+    return etree.SubElement(parent, _Q + name, attrs or {})
+
+
+def _values(parent: Any, name: str, values: Mapping[str, int]) -> None:
+    group = _sub(parent, name)
+    for key, value in values.items():
+        _sub(group, "reg", {"name": key, "value": f"0x{value:x}"})
+
+
+def record_element(record: GuestRecord) -> Any:
+    root = etree.Element(_Q + "record", {"version": VERSION}, nsmap={PREFIX: NAMESPACE})
+    o = record.origin
+    attrs = {"event": o.event, "host": o.host}
+    if o.host_uuid:
+        attrs["host-uuid"] = o.host_uuid
+    attrs.update({"kernel": o.kernel, "time": o.time})
+    _sub(root, "origin", attrs)
+    state = record.state
+    _sub(root, "vcpu", {"features": feature_key(state.features)})
+    _values(root, "firmware", {regs.firmware_name(i): v for i, v in sorted(state.registers.items())})
+    if state.cpreg_list is not None:
+        lst = _sub(root, "cpreg-list", {"count": str(len(state.cpreg_list)),
+                                        "digest": list_digest(state.cpreg_list)})
+        lst.text = encode_list(state.cpreg_list)
+    if state.id_registers is not None:
+        _values(root, "id-registers", dict(sorted(
+            state.id_registers.items(), key=lambda kv: regs.SYSREG_BY_NAME[kv[0]])))
+    if state.cache_geometry is not None:
+        _values(root, "cache-geometry", dict(sorted(
+            state.cache_geometry.items(), key=lambda kv: regs.cache_geometry_id(kv[0]))))
+    if record.override is not None:
+        _sub(root, "override", {"codes": " ".join(sorted(record.override.codes)),
+                                "reason": record.override.reason})
+    if record.history:
+        history = _sub(root, "history")
+        for h in record.history:
+            _sub(history, "check", {"time": h.time, "op": h.op, "host": h.host,
+                                    "verdict": h.verdict, "codes": " ".join(h.codes)})
+    return root
+
+
+def record_xml(record: GuestRecord, indent: str = "    ", step: str = "  ") -> str:
+    """The record as XML text, indented to sit at ``indent`` (ASCII only, for byte splicing)."""
+    root = record_element(record)
+    _indent(root, indent, step)
+    text: str = etree.tostring(root, encoding="unicode")
+    return text.encode("ascii", "xmlcharrefreplace").decode("ascii")
+
+
+def _indent(elem: Any, indent: str, step: str) -> None:
+    children = list(elem)
+    if children:
+        elem.text = "\n" + indent + step
+        for child in children:
+            _indent(child, indent + step, step)
+            child.tail = "\n" + indent + step
+        children[-1].tail = "\n" + indent

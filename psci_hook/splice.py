@@ -1,0 +1,173 @@
+"""Put our record into the domain XML without touching any other byte.
+
+libvirt hands the hook its own formatting of the domain; re-serialising it (lxml, minidom)
+changes quotes and whitespace and can drop what a model does not know. Instead we find byte
+offsets with expat and splice: replace our existing element, or insert one before
+</metadata>, or add a <metadata> before </domain>. Every other byte stays as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import xml.parsers.expat
+from typing import Callable
+
+from psci_hook.record import NAMESPACE
+
+
+class SpliceError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Span:
+    start: int
+    end: int  # exclusive
+    start_tag_end: int  # offset just after the start tag's '>'
+    empty: bool  # <x/>
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where things are in the original bytes."""
+
+    domain: _Span
+    metadata: _Span | None
+    records: tuple[_Span, ...]
+
+
+def _start_tag_end(data: bytes, start: int) -> tuple[int, bool]:
+    """The offset after the '>' of the start tag at ``start``, and whether it is empty."""
+    quote = None
+    i = start + 1
+    while i < len(data):
+        c = data[i:i + 1]
+        if quote:
+            if c == quote:
+                quote = None
+        elif c in (b'"', b"'"):
+            quote = c
+        elif c == b">":
+            return i + 1, data[i - 1:i] == b"/"
+        i += 1
+    raise SpliceError("unterminated start tag")
+
+
+def layout(data: bytes) -> Layout:
+    """Scan the document once with expat (namespace-aware) for the offsets we need."""
+    parser = xml.parsers.expat.ParserCreate(namespace_separator=" ")
+    stack: list[tuple[str, int, int, bool]] = []
+    found: dict[str, object] = {}
+    records: list[_Span] = []
+
+    def start(name: str, _attrs: object) -> None:
+        offset = parser.CurrentByteIndex
+        tag_end, empty = _start_tag_end(data, offset)
+        stack.append((name, offset, tag_end, empty))
+
+    def end(name: str) -> None:
+        _, offset, tag_end, empty = stack.pop()
+        if empty:
+            close = tag_end
+        else:
+            close = data.index(b">", parser.CurrentByteIndex) + 1
+        span = _Span(offset, close, tag_end, empty)
+        depth = len(stack)
+        if depth == 0:
+            found["domain"] = span
+        elif depth == 1 and name == "metadata" and "metadata" not in found:
+            found["metadata"] = span
+        elif depth == 2 and stack[1][0] == "metadata" and name == f"{NAMESPACE} record":
+            records.append(span)
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    try:
+        parser.Parse(data, True)
+    except xml.parsers.expat.ExpatError as exc:
+        raise SpliceError(f"cannot scan the domain XML: {exc}") from None
+    domain = found.get("domain")
+    if not isinstance(domain, _Span):
+        raise SpliceError("no root element")
+    metadata = found.get("metadata")
+    return Layout(domain, metadata if isinstance(metadata, _Span) else None, tuple(records))
+
+
+def _line_indent(data: bytes, offset: int) -> bytes:
+    """The whitespace between the start of the line holding ``offset`` and ``offset``."""
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    prefix = data[line_start:offset]
+    return prefix if not prefix.strip() else b""
+
+
+def _step(data: bytes, lay: Layout) -> bytes:
+    """The document's indentation unit, from the first child of <domain> (libvirt: 2)."""
+    after = data[lay.domain.start_tag_end:lay.domain.start_tag_end + 200]
+    stripped = after.lstrip(b"\r\n")
+    indent = stripped[:len(stripped) - len(stripped.lstrip(b" \t"))]
+    return indent or b"  "
+
+
+@dataclasses.dataclass(frozen=True)
+class Spliced:
+    data: bytes
+    inserted: tuple[int, int]  # the span of the new bytes in ``data``
+    replaced: tuple[int, int] | None  # the span of the old record in the input, if any
+
+
+def splice_record(data: bytes, render: Callable[[str], str]) -> Spliced:
+    """Insert or replace our record. ``render(indent: str) -> str`` renders the element."""
+    lay = layout(data)
+    if len(lay.records) > 1:
+        raise SpliceError("the domain carries more than one psci-hook record")
+    step = _step(data, lay)
+    domain_indent = _line_indent(data, lay.domain.start)
+
+    def rendered(indent: bytes) -> bytes:
+        return render(indent.decode("ascii")).encode("ascii")
+
+    if lay.records:
+        old = lay.records[0]
+        indent = _line_indent(data, old.start)
+        if not data[:old.start].endswith(b"\n" + indent) and lay.metadata is not None:
+            indent = _line_indent(data, lay.metadata.start) + step  # inline: as when inserted
+        new = rendered(indent)
+        out = data[:old.start] + new + data[old.end:]
+        return Spliced(out, (old.start, old.start + len(new)), (old.start, old.end))
+    if lay.metadata is not None and not lay.metadata.empty:
+        # Before </metadata>, at the indentation of its children.
+        close = data.rindex(b"</", lay.metadata.start_tag_end, lay.metadata.end)
+        meta_indent = _line_indent(data, lay.metadata.start)
+        child_indent = meta_indent + step
+        if _line_indent(data, close) == meta_indent and data[close - 1 - len(meta_indent):
+                                                                close - len(meta_indent)] == b"\n":
+            # "\n<meta_indent></metadata>": put our element on its own line before it.
+            at = close - len(meta_indent)
+            new = child_indent + rendered(child_indent) + b"\n"
+        else:
+            at = close
+            new = rendered(child_indent)
+        return Spliced(data[:at] + new + data[at:], (at, at + len(new)), None)
+    if lay.metadata is not None:
+        # <metadata/>: replace it with a full element holding ours.
+        meta = lay.metadata
+        meta_indent = _line_indent(data, meta.start)
+        child_indent = meta_indent + step
+        new = (b"<metadata>\n" + child_indent + rendered(child_indent) + b"\n" + meta_indent
+               + b"</metadata>")
+        out = data[:meta.start] + new + data[meta.end:]
+        return Spliced(out, (meta.start, meta.start + len(new)), (meta.start, meta.end))
+    # No <metadata>: add one as the last child of <domain>.
+    close = data.rindex(b"</", lay.domain.start_tag_end, lay.domain.end)
+    meta_indent = domain_indent + step
+    child_indent = meta_indent + step
+    block = (b"<metadata>\n" + child_indent + rendered(child_indent) + b"\n" + meta_indent
+             + b"</metadata>")
+    if _line_indent(data, close) == domain_indent and data[close - 1 - len(domain_indent):
+                                                           close - len(domain_indent)] == b"\n":
+        at = close - len(domain_indent)
+        new = meta_indent + block + b"\n"
+    else:
+        at = close
+        new = block
+    return Spliced(data[:at] + new + data[at:], (at, at + len(new)), None)
