@@ -18,6 +18,7 @@ import array
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import os
 import platform
 import struct
@@ -288,14 +289,13 @@ class RealSyscalls:
         machine = self.machine()
         if machine != AARCH64:
             raise NotAarch64(_not_aarch64_message(machine))
-        import fcntl  # noqa: PLC0415 - only here, so the module imports on any platform
-
         if isinstance(arg, int):
             return fcntl.ioctl(fd, request, arg)
-        return fcntl.ioctl(fd, request, arg, True)
+        return int(fcntl.ioctl(fd, request, arg, True))
 
 
-REAL_SYSCALLS = RealSyscalls()
+# What Kvm uses when given no Syscalls; tests of the commands replace it with a fake.
+SYSCALLS: Syscalls = RealSyscalls()
 
 
 def _not_aarch64_message(machine: str) -> str:
@@ -344,7 +344,7 @@ class Kvm:
     """An open /dev/kvm. Use as a context manager; scratch VMs are created from it."""
 
     def __init__(self, syscalls: Syscalls | None = None, path: str = DEV_KVM) -> None:
-        self.sys: Syscalls = syscalls if syscalls is not None else REAL_SYSCALLS
+        self.sys: Syscalls = syscalls if syscalls is not None else SYSCALLS
         self.path = path
         machine = self.sys.machine()
         if machine != AARCH64:
@@ -508,7 +508,10 @@ class ScratchVcpu:
         size = reg_size(reg_id)
         value = array.array("B", bytes(size))
         arg = bytearray(KVM_ONE_REG.pack(reg_id, value.buffer_info()[0]))
-        self.kvm.ioctl(self.fd, KVM_GET_ONE_REG, arg, regs.register_name(reg_id))
+        try:
+            self.kvm.ioctl(self.fd, KVM_GET_ONE_REG, arg, regs.register_name(reg_id))
+        except KvmError as exc:
+            raise _as_register_error(exc, reg_id) from None
         return int.from_bytes(value.tobytes(), sys.byteorder)
 
     def set_one_reg(self, reg_id: int, value: int) -> None:
@@ -517,7 +520,10 @@ class ScratchVcpu:
             raise ValueError(f"value 0x{value:x} does not fit in {size} bytes")
         buf = array.array("B", value.to_bytes(size, sys.byteorder))
         arg = bytearray(KVM_ONE_REG.pack(reg_id, buf.buffer_info()[0]))
-        self.kvm.ioctl(self.fd, KVM_SET_ONE_REG, arg, regs.register_name(reg_id))
+        try:
+            self.kvm.ioctl(self.fd, KVM_SET_ONE_REG, arg, regs.register_name(reg_id))
+        except KvmError as exc:
+            raise _as_register_error(exc, reg_id) from None
 
     def try_set_one_reg(self, reg_id: int, value: int) -> int:
         """KVM_SET_ONE_REG; 0 when accepted, else the errno of the refusal."""
@@ -568,18 +574,19 @@ def _ioctl_error(request: int, code: int, what: str) -> KvmError:
         return KvmNoRegIoctls(
             f"{subject}: ENOTTY: this kernel has no arm64 register ioctls", code
         )
-    if request in (KVM_GET_ONE_REG, KVM_SET_ONE_REG) and code in (
-        errno.EINVAL, errno.ENOENT, errno.EBUSY, errno.EPERM, errno.E2BIG, errno.EFAULT,
-    ):
-        return RegisterError(f"{subject}: {errno_name(code)}", _reg_of(what), code)
     return KvmError(f"{subject}: {errno_name(code)} ({os.strerror(code)})", code)
 
 
-def _reg_of(name: str) -> int:
-    for reg_id, fw in regs.FW_BY_ID.items():
-        if fw.name == name:
-            return reg_id
-    return regs.SYSREG_BY_NAME.get(name, 0)
+# What a refused register access returns (hypercalls.c, sys_regs.c, guest.c): a value the
+# kernel does not accept, a register it does not list, a bitmap change after the VM ran, a
+# register that needs a feature or finalisation, a wrong size.
+REFUSAL_ERRNOS = frozenset({errno.EINVAL, errno.ENOENT, errno.EBUSY, errno.EPERM, errno.E2BIG})
+
+
+def _as_register_error(exc: KvmError, reg_id: int) -> KvmError:
+    if type(exc) is KvmError and exc.errno in REFUSAL_ERRNOS:
+        return RegisterError(exc.message, reg_id, exc.errno or 0)
+    return exc
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,177 @@
+"""The host probe: this host's profile (psci-hook.host-profile/v1) read from its running kernel.
+
+What a profile says must come from the kernel, never from its version number: distribution
+kernels carry backports, and the WORKAROUND levels depend on the CPU and the firmware. So the
+probe asks KVM, on scratch VMs that never run (kvm-firmware-registers.md §8 "Practical notes",
+§9, §10):
+
+* ``registers``: every register of the firmware classes (0x0014, 0x0016) that a fresh vCPU
+  initialised with PSCI_0_2 lists, known or not, with the value KVM_GET_ONE_REG returns;
+* ``cpreg_lists``: the list QEMU migrates (KVM_GET_REG_LIST minus the core and SVE classes,
+  sorted) for each vCPU feature set QEMU can use here: none, each optional feature whose
+  capability is present, and all of them together (what -cpu host enables);
+* ``id_registers`` and ``cache_geometry``: the values of the named ID registers, CLIDR_EL1 and
+  the CCSIDR entries, read on a vCPU with all the supported features (the -cpu host default);
+* ``id_writable_masks`` where the kernel has KVM_ARM_GET_REG_WRITABLE_MASKS (6.8+);
+* and the identity of the running system: kernel release, boot id, probe time, host name, and
+  the QEMU version when ``psci-hook refresh`` has cached it.
+
+Pure standard library: it runs in a minimal initramfs as well as in the hook.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+from psci_hook import kvm as kvm_mod
+from psci_hook import registers as regs
+from psci_hook.profile import FEATURE_ORDER, SCHEMA, feature_key
+
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+QEMU_VERSION_FILE = "qemu-version"
+_QEMU_VERSION_RE = re.compile(r"\s*(\d+\.\d+(?:\.\d+)?)\s*$")
+
+
+def migrated_list(reg_ids: Iterable[int]) -> list[int]:
+    """What QEMU migrates of a KVM_GET_REG_LIST: all but the core and SVE classes, sorted."""
+    return sorted(i for i in set(reg_ids) if regs.reg_class(i) not in regs.NOT_MIGRATED_CLASSES)
+
+
+def feature_sets(supported: Iterable[str]) -> list[frozenset[str]]:
+    """The feature sets probed: none, each supported feature alone, then all of them."""
+    chosen = [f for f in FEATURE_ORDER if f in set(supported)]
+    sets = [frozenset[str]()] + [frozenset([f]) for f in chosen]
+    everything = frozenset(chosen)
+    if everything not in sets:
+        sets.append(everything)
+    return sets
+
+
+def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
+    return path.read_text(encoding="ascii").strip()
+
+
+def read_qemu_version(run_dir: Path | None) -> str | None:
+    """The QEMU version ``psci-hook refresh`` cached as plain text, if any and well-formed."""
+    if run_dir is None:
+        return None
+    try:
+        text = (run_dir / QEMU_VERSION_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = _QEMU_VERSION_RE.match(text)
+    return match.group(1) if match else None
+
+
+def _firmware_values(vcpu: kvm_mod.ScratchVcpu, listed: Sequence[int]) -> dict[str, int]:
+    return {
+        regs.firmware_name(reg_id): vcpu.get_one_reg(reg_id)
+        for reg_id in sorted(listed)
+        if regs.is_firmware(reg_id)
+    }
+
+
+def _id_registers(vcpu: kvm_mod.ScratchVcpu, listed: Sequence[int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for reg_id in sorted(listed):
+        if not regs.is_id_register(reg_id):
+            continue
+        name = regs.register_name(reg_id)
+        if name in regs.ID_REGISTER_NAMES:
+            out[name] = vcpu.get_one_reg(reg_id)
+    return out
+
+
+def _cache_geometry(vcpu: kvm_mod.ScratchVcpu, listed: Sequence[int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    clidr = regs.SYSREG_BY_NAME[regs.CLIDR_EL1]
+    if clidr in listed:
+        out[regs.CLIDR_EL1] = vcpu.get_one_reg(clidr)
+    for reg_id in sorted(listed):
+        # CCSIDR demux entries: KVM_REG_ARM_DEMUX_ID_CCSIDR (bits 8-15 = 0), CSSELR in bits 0-7.
+        if regs.reg_class(reg_id) == regs.RegClass.DEMUX and reg_id & 0xFF00 == 0:
+            out[regs.ccsidr_name(reg_id & 0xFF)] = vcpu.get_one_reg(reg_id)
+    return out
+
+
+def _writable_masks(vm: kvm_mod.ScratchVm, listed: Sequence[int]) -> dict[str, int]:
+    listed_set = set(listed)
+    return {
+        regs.register_name(reg_id): mask
+        for reg_id, mask in sorted(vm.writable_masks().items())
+        if reg_id in listed_set or mask
+    }
+
+
+def probe_host(
+    kvm: kvm_mod.Kvm,
+    *,
+    clock: Callable[[], float],
+    run_dir: Path | None = None,
+    boot_id_path: Path = BOOT_ID_PATH,
+    uname: Callable[[], os.uname_result] = os.uname,
+) -> dict[str, Any]:
+    """Probe this host through ``kvm`` and return its profile as a JSON-ready dict."""
+    caps = kvm.capabilities()
+    if not caps.psci_0_2:
+        raise kvm_mod.KvmError(
+            "the kernel lacks KVM_CAP_ARM_PSCI_0_2, which QEMU needs for every vCPU"
+        )
+    supported = caps.supported_features()
+    default = frozenset(supported)
+    lists: dict[str, list[int]] = {}
+    firmware: dict[str, int] = {}
+    id_registers: dict[str, int] = {}
+    cache_geometry: dict[str, int] = {}
+    writable: dict[str, int] | None = None
+    target = -1
+    for features in feature_sets(supported):
+        with kvm.scratch_vm() as vm:
+            vcpu = vm.create_vcpu(features)
+            try:
+                listed = vcpu.reg_list()
+                lists[feature_key(features)] = migrated_list(listed)
+                if not features:
+                    target = vcpu.target
+                    firmware = _firmware_values(vcpu, listed)
+                if features == default:
+                    id_registers = _id_registers(vcpu, listed)
+                    cache_geometry = _cache_geometry(vcpu, listed)
+                    if caps.writable_masks:
+                        writable = _writable_masks(vm, listed)
+            finally:
+                vcpu.close()
+
+    info = uname()
+    profile: dict[str, Any] = {
+        "schema": SCHEMA,
+        "kernel_release": info.release,
+        "machine": info.machine,
+        "registers": firmware,
+        "cpreg_lists": {key: [regs.format_id(i) for i in ids] for key, ids in lists.items()},
+        "id_registers": id_registers,
+        "cache_geometry": cache_geometry,
+    }
+    qemu_version = read_qemu_version(run_dir)
+    if qemu_version is not None:
+        profile["qemu_version"] = qemu_version
+    if writable is not None:
+        profile["id_writable_masks"] = writable
+    profile["id_registers_features"] = feature_key(default)
+    profile["boot_id"] = read_boot_id(boot_id_path)
+    profile["probed_at"] = (
+        datetime.datetime.fromtimestamp(clock(), tz=datetime.timezone.utc)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
+    )
+    profile["hostname"] = info.nodename
+    profile["kvm"] = {
+        "preferred_target": kvm_mod.KVM_ARM_TARGET_NAMES.get(target, str(target)),
+        "capabilities": caps.to_dict(),
+    }
+    return profile
