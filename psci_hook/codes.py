@@ -101,6 +101,9 @@ _CODES = (
     Code("PROFILE_UNAVAILABLE", Severity.BLOCKING,
          "The destination host's profile is missing, stale or unreadable and cannot be probed; "
          "the policy's 'on_error' setting decides."),
+    Code("XML_INVALID", Severity.BLOCKING,
+         "The domain XML given to the hook is empty, malformed, oversized or has a DTD; the "
+         "policy's 'on_error' setting decides."),
     Code("INTERNAL_ERROR", Severity.BLOCKING,
          "psci-hook failed internally; the policy's 'on_error' setting decides."),
     Code("TIMEOUT", Severity.BLOCKING,

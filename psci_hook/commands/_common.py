@@ -1,0 +1,45 @@
+"""Small helpers shared by the subcommands: reading inputs with one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from psci_hook.domainxml import MAX_DOMAIN_XML, Domain, DomainXMLError, parse_domain
+from psci_hook.engine import GuestState
+from psci_hook.profile import FeatureSet, HostProfile, ProfileError, parse_feature_key
+
+
+class InputError(Exception):
+    """Bad input for a command: one line, exit status 2."""
+
+
+def read_domain(path: Path) -> tuple[bytes, Domain]:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_DOMAIN_XML + 1)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return data, parse_domain(data)
+    except DomainXMLError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def features_arg(text: str) -> FeatureSet:
+    try:
+        return parse_feature_key(text)
+    except ProfileError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def guest_from_profile(profile: HostProfile, features: FeatureSet | None, origin: str
+                       ) -> GuestState:
+    """The state a guest profile describes, for ``features`` (default: its only or its
+    fullest list, what -cpu host enables)."""
+    if features is not None and profile.cpreg_lists is not None \
+            and profile.cpreg_list(features) is None:
+        offered = ", ".join(sorted(profile.cpreg_lists))
+        raise InputError(f"{origin}: no migrated list for vCPU features "
+                         f"{'+'.join(sorted(features)) or 'none'} (it has: {offered})")
+    return GuestState.booted_on(profile, features)

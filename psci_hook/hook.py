@@ -1,0 +1,294 @@
+"""The libvirt qemu hook for `migrate begin` and `restore begin` on the destination host.
+
+libvirt runs /etc/libvirt/hooks/qemu.d/50-psci-hook with argv `<domain> <op> <sub-op> <extra>`
+and the domain XML on stdin, before any guest memory moves. This module decides and answers:
+- veto: a non-zero exit and exactly one stderr line, which libvirt shows the user;
+- allow: exit 0 and, when annotating, the domain XML on stdout with our record updated (every
+  other byte unchanged); without annotation nothing on stdout, so the domain is not tainted.
+Every decision is one structured event in the journal or syslog (psci_hook.auditlog).
+This module never talks to libvirt: the daemon is waiting for us (deadlock).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, Optional
+
+from psci_hook import __version__, auditlog
+from psci_hook.codes import Severity
+from psci_hook.domainxml import Domain, DomainXMLError, parse_domain
+from psci_hook.engine import Decision, Finding, decide
+from psci_hook.environment import Environment
+from psci_hook.policy import Policy, PolicyError, load_policy
+from psci_hook.profile import HostProfile, ProfileError, load_profile
+from psci_hook.record import GuestRecord, HistoryEntry, Origin, RecordError, read_record
+from psci_hook.report import guest_summary, veto_reason
+from psci_hook.splice import SpliceError, splice_record
+from psci_hook.status import ExitStatus
+
+ACTED_ON = {("migrate", "begin"), ("restore", "begin")}
+
+
+class HookTimeout(Exception):
+    pass
+
+
+class HookInterrupted(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one hook run decided: the exit status, the stderr line, the stdout bytes."""
+
+    status: ExitStatus
+    decision: str  # allow, veto, warn, error (the audit event's "decision")
+    codes: list[str]
+    message: str = ""  # the one stderr line, for vetoes and errors
+    output: bytes = b""  # the new domain XML, or nothing
+    event: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _now(env: Environment) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(env.clock()))
+
+
+def _error_outcome(policy: Policy, code: str, detail: str, domain: str) -> Outcome:
+    """An internal error, a timeout or an unusable input: the policy's on_error decides."""
+    fail_closed = policy.on_error == "veto"
+    status = (ExitStatus.TIMEOUT if code == "TIMEOUT" else ExitStatus.INTERNAL_ERROR
+              if code in ("INTERNAL_ERROR", "PROFILE_UNAVAILABLE") else ExitStatus.BAD_INPUT)
+    consequence = "migration refused (on_error = veto)" if fail_closed else \
+        "migration allowed unchecked (on_error = allow)"
+    message = f"psci-hook: ERROR {code} domain {domain or '?'}: {detail}; {consequence}"
+    return Outcome(status if fail_closed else ExitStatus.OK, "error", [code], message)
+
+
+def _load_host_profile(policy: Policy, env: Environment) -> HostProfile:
+    if policy.host_profile is not None:
+        return load_profile(policy.host_profile)
+    from psci_hook.cache import load_host_profile  # the boot-time cache, probing if stale
+
+    profile: HostProfile = load_host_profile(env.run_dir, probe_inline=True)
+    return profile
+
+
+def _host_identity(env: Environment, profile: HostProfile) -> dict[str, str]:
+    identity = {"hostname": socket.gethostname(), "kernel": profile.kernel_release}
+    try:
+        from psci_hook.hostinfo import capabilities_identity
+
+        identity.update(capabilities_identity(env.run_dir / "capabilities.xml"))
+    except Exception:  # the capabilities cache is optional; its absence is not an error
+        pass
+    return identity
+
+
+def _apply_override(record: GuestRecord, decision: Decision, policy: Policy
+                    ) -> list[Finding]:
+    """The override finding, when the record's override covers every blocking code."""
+    blocking = {f.code for f in decision.findings if f.blocking}
+    override = record.override
+    if not blocking or override is None or not policy.allow_domain_override:
+        return []
+    if not blocking <= override.codes:
+        return []
+    return [Finding("OVERRIDE", "override",
+                    f"the domain's record overrides {' '.join(sorted(blocking))}: "
+                    f"{override.reason}")]
+
+
+def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outcome:
+    """The whole decision for one migrate/restore: pure apart from the host profile read."""
+    try:
+        domain = parse_domain(data)
+    except DomainXMLError as exc:
+        return _error_outcome(policy, "XML_INVALID", str(exc), "")
+    base: dict[str, Any] = {"domain": domain.name, "uuid": domain.uuid}
+    if domain.type not in policy.domain_types or not domain.is_aarch64:
+        return Outcome(ExitStatus.OK, "allow", ["NOT_APPLICABLE"], event={
+            **base, "reason": f"type={domain.type} arch={domain.arch or '?'}"})
+
+    try:
+        record = read_record(domain.root)
+    except RecordError as exc:
+        return _veto_or_warn(policy, domain, [Finding("RECORD_INVALID", "invalid",
+                                                      f"the psci-hook record is invalid: {exc}")],
+                             base)
+    try:
+        profile = _load_host_profile(policy, env)
+    except (ProfileError, OSError, ImportError, ValueError) as exc:
+        outcome = _error_outcome(policy, "PROFILE_UNAVAILABLE", str(exc).splitlines()[0],
+                                 domain.name)
+        outcome.event.update(base)
+        return outcome
+    identity = _host_identity(env, profile)
+    base["destination"] = identity
+
+    if record is None:
+        finding = Finding("NO_RECORD", "unknown",
+                          "the domain carries no psci-hook record, so the source's register "
+                          "values are unknown")
+        if policy.unrecorded == "veto":
+            return _veto_or_warn(policy, domain, [finding], base)
+        return Outcome(ExitStatus.OK, "allow", ["NO_RECORD"], event={
+            **base, "policy_unrecorded": policy.unrecorded})
+
+    generation = None if policy.qemu_generation == "auto" else policy.qemu_generation
+    decision = decide(record.state, profile, generation, policy.veto_dropped_workarounds)
+    findings = list(decision.findings) + _apply_override(record, decision, policy)
+    base.update({
+        "guest": guest_summary(record.state),
+        "guest_origin": {"host": record.origin.host, "kernel": record.origin.kernel,
+                         "event": record.origin.event},
+        "destination_registers": guest_summary(decision.guest_after),
+        "qemu_generation": decision.generation,
+        "lists_compared": decision.lists_compared,
+    })
+    overridden = any(f.code == "OVERRIDE" for f in findings)
+    if decision.vetoed and not overridden:
+        return _veto_or_warn(policy, domain, findings, base, decision)
+
+    codes = _codes(findings)
+    outcome = Outcome(ExitStatus.OK, "allow", codes, event=base)
+    if policy.annotate:
+        history_op = "migrate" if op == "migrate" else "restore"
+        entry = HistoryEntry(_now(env), history_op, identity["hostname"], "allow", tuple(codes))
+        updated = GuestRecord(
+            state=decision.guest_after,
+            origin=Origin("migrated" if op == "migrate" else "restored", identity["hostname"],
+                          profile.kernel_release, _now(env), identity.get("uuid", "")),
+            history=record.history,
+            override=record.override,
+        ).with_check(entry, policy.history_limit)
+        from psci_hook.record import record_xml
+
+        try:
+            outcome.output = splice_record(data, lambda indent: record_xml(updated, indent)).data
+        except SpliceError as exc:
+            return _error_outcome(policy, "INTERNAL_ERROR", f"cannot annotate: {exc}",
+                                  domain.name)
+    return outcome
+
+
+def _codes(findings: list[Finding]) -> list[str]:
+    ordered: dict[str, Severity] = {}
+    for f in findings:
+        if f.severity > Severity.INFO:  # informational codes would drown the audit trail
+            ordered.setdefault(f.code, f.severity)
+    return sorted(ordered, key=lambda c: -ordered[c])
+
+
+def _veto_or_warn(policy: Policy, domain: Domain, findings: list[Finding],
+                  base: dict[str, Any], decision: Optional[Decision] = None) -> Outcome:
+    first = next(f for f in findings if f.blocking)
+    message = (f"psci-hook: VETO {first.code} domain {domain.name}: {veto_reason(first)} "
+               "(the destination would refuse this only after copying all guest memory)")
+    codes = _codes(findings)
+    event = {**base, "reason": veto_reason(first),
+             "findings": [f.to_dict() for f in findings if f.severity > Severity.INFO]}
+    if not policy.enforcing:
+        return Outcome(ExitStatus.OK, "warn", codes, message.replace("VETO", "WOULD VETO", 1),
+                       event=event)
+    return Outcome(ExitStatus.VETO, "veto", codes, message, event=event)
+
+
+# ---------------------------------------------------------------------------------------------
+# The process edge: time bound, signals, one write to stdout, one event
+# ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _bounded(seconds: float) -> Iterator[None]:
+    def alarm(_signum: int, _frame: Optional[FrameType]) -> None:
+        raise HookTimeout()
+
+    def term(_signum: int, _frame: Optional[FrameType]) -> None:
+        raise HookInterrupted()
+
+    old_alarm = signal.signal(signal.SIGALRM, alarm)
+    old_term = signal.signal(signal.SIGTERM, term)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_alarm)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def main(env: Environment, sink: Optional[auditlog.Sink] = None) -> ExitStatus:
+    """Run the hook for ``env.argv`` and ``env.stdin``; returns the exit status."""
+    started = env.monotonic()
+    argv = list(env.argv)
+    op, sub_op = (argv[2], argv[3]) if len(argv) >= 4 else ("", "")
+    data = env.stdin.read()
+    if (op, sub_op) not in ACTED_ON:
+        return ExitStatus.OK
+    domain_arg = argv[1]
+    try:
+        policy = load_policy(env.config_path)
+        policy_error = ""
+    except PolicyError as exc:
+        policy, policy_error = Policy(), str(exc)
+
+    try:
+        if policy_error:
+            outcome = _error_outcome(policy, "INTERNAL_ERROR",
+                                     f"configuration unusable: {policy_error}", domain_arg)
+        else:
+            remaining = policy.timeout - (env.monotonic() - started)
+            with _bounded(remaining):
+                outcome = decide_hook(op, data, policy, env)
+    except HookTimeout:
+        outcome = _error_outcome(policy, "TIMEOUT", f"no decision within {policy.timeout:g} s",
+                                 domain_arg)
+    except HookInterrupted:
+        outcome = _error_outcome(policy, "INTERNAL_ERROR", "interrupted by SIGTERM", domain_arg)
+    except Exception as exc:  # a bug must not block evacuations unless the policy says so
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        outcome = _error_outcome(policy, "INTERNAL_ERROR", f"{type(exc).__name__}: {detail}",
+                                 domain_arg)
+
+    event = {
+        "decision": outcome.decision,
+        "op": op,
+        "domain": outcome.event.pop("domain", domain_arg),
+        "codes": outcome.codes,
+        **outcome.event,
+        "policy": policy.summary(),
+        "message": outcome.message,
+        "duration_ms": round((env.monotonic() - started) * 1000, 1),
+        "version": __version__,
+    }
+    auditlog.emit_decision(sink or auditlog.Sink(), **event)
+    _write_once(env, outcome)
+    return outcome.status
+
+
+def _write_once(env: Environment, outcome: Outcome) -> None:
+    """stdout gets the whole new XML or nothing; stderr gets at most one line."""
+    blocked = {signal.SIGTERM, signal.SIGALRM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        if outcome.output:
+            try:
+                env.stdout.write(outcome.output)
+                env.stdout.flush()
+            except BrokenPipeError:
+                pass  # libvirt went away; nothing useful can be done
+        if outcome.message:
+            try:
+                env.stderr.write(outcome.message + "\n")
+                env.stderr.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+
