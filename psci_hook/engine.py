@@ -149,12 +149,7 @@ class Decision:
 
     @property
     def codes(self) -> list[str]:
-        """Distinct codes other than ACCEPTED, most severe first, in order of appearance."""
-        seen: dict[str, Severity] = {}
-        for f in self.findings:
-            if f.code != "ACCEPTED" and f.code not in seen:
-                seen[f.code] = f.severity
-        return sorted(seen, key=lambda c: -seen[c])
+        return significant_codes(self.findings)
 
     @property
     def one_way(self) -> bool:
@@ -174,6 +169,16 @@ class Decision:
                 "cpreg_list_length": None if after.cpreg_list is None else len(after.cpreg_list),
             },
         }
+
+
+def significant_codes(findings: Iterable[Finding]) -> list[str]:
+    """Distinct warning and blocking codes, most severe first, else in order of appearance;
+    informational codes would drown the audit trail."""
+    seen: dict[str, Severity] = {}
+    for f in findings:
+        if f.severity > Severity.INFO:
+            seen.setdefault(f.code, f.severity)
+    return sorted(seen, key=lambda c: -seen[c])
 
 
 # ---------------------------------------------------------------------------------------------

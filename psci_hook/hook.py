@@ -23,7 +23,7 @@ from typing import Any, Optional
 from psci_hook import __version__, auditlog
 from psci_hook.codes import Severity
 from psci_hook.domainxml import Domain, DomainXMLError, parse_domain
-from psci_hook.engine import Decision, Finding, decide
+from psci_hook.engine import Decision, Finding, decide, significant_codes
 from psci_hook.environment import Environment
 from psci_hook.policy import Policy, PolicyError, load_policy
 from psci_hook.profile import HostProfile, ProfileError, load_profile
@@ -155,7 +155,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     if decision.vetoed and not overridden:
         return _veto_or_warn(policy, domain, findings, base, decision)
 
-    codes = _codes(findings)
+    codes = significant_codes(findings)
     outcome = Outcome(ExitStatus.OK, "allow", codes, event=base)
     if policy.annotate:
         history_op = "migrate" if op == "migrate" else "restore"
@@ -177,20 +177,12 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     return outcome
 
 
-def _codes(findings: list[Finding]) -> list[str]:
-    ordered: dict[str, Severity] = {}
-    for f in findings:
-        if f.severity > Severity.INFO:  # informational codes would drown the audit trail
-            ordered.setdefault(f.code, f.severity)
-    return sorted(ordered, key=lambda c: -ordered[c])
-
-
 def _veto_or_warn(policy: Policy, domain: Domain, findings: list[Finding],
                   base: dict[str, Any], decision: Optional[Decision] = None) -> Outcome:
     first = next(f for f in findings if f.blocking)
     message = (f"psci-hook: VETO {first.code} domain {domain.name}: {veto_reason(first)} "
                "(the destination would refuse this only after copying all guest memory)")
-    codes = _codes(findings)
+    codes = significant_codes(findings)
     event = {**base, "reason": veto_reason(first),
              "findings": [f.to_dict() for f in findings if f.severity > Severity.INFO]}
     if not policy.enforcing:

@@ -1,0 +1,414 @@
+"""The decision engine against every rule of kvm-firmware-registers.md §2, §8, §9 and §10."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from conftest import fw, make_profile
+
+from psci_hook import registers as regs
+from psci_hook.engine import (
+    GuestState,
+    candidate_values,
+    decide,
+    judge_firmware_value,
+    predict_value,
+    psci_versions_known,
+)
+from psci_hook.profile import HostProfile
+
+PSCI = regs.PSCI_VERSION.reg_id
+WA1 = regs.SMCCC_ARCH_WORKAROUND_1.reg_id
+WA2 = regs.SMCCC_ARCH_WORKAROUND_2.reg_id
+WA3 = regs.SMCCC_ARCH_WORKAROUND_3.reg_id
+STD = regs.STD_BMAP.reg_id
+VENDOR = regs.VENDOR_HYP_BMAP.reg_id
+BMAP2 = regs.VENDOR_HYP_BMAP_2.reg_id
+TCR2 = regs.SYSREG_BY_NAME["TCR2_EL1"]
+OSLSR = regs.SYSREG_BY_NAME["OSLSR_EL1"]
+V = regs.psci_value
+
+
+def dest(release: str = "6.12.0", **values: int) -> HostProfile:
+    return make_profile(release, fw(**values))
+
+
+# ---------------------------------------------------------------------------------------------
+# PSCI_VERSION (§2.2): the kernel accepts only versions it implements.
+# ---------------------------------------------------------------------------------------------
+
+PSCI_CASES = [
+    # destination default, guest value, accepted
+    *[(V(1, 0), g, g in (V(0, 2), V(1, 0))) for g in
+      (V(0, 1), V(0, 2), V(1, 0), V(1, 1), V(1, 2), V(1, 3))],
+    *[(V(1, 1), g, g in (V(0, 2), V(1, 0), V(1, 1))) for g in
+      (V(0, 1), V(0, 2), V(1, 0), V(1, 1), V(1, 2), V(1, 3))],
+    *[(V(1, 3), g, g in (V(0, 2), V(1, 0), V(1, 1), V(1, 2), V(1, 3))) for g in
+      (V(0, 1), V(0, 2), V(1, 0), V(1, 1), V(1, 2), V(1, 3), V(2, 0))],
+]
+
+
+@pytest.mark.parametrize(("default", "guest", "accepted"), PSCI_CASES)
+def test_psci_version_against_each_destination(default: int, guest: int, accepted: bool) -> None:
+    judgement = judge_firmware_value(PSCI, guest, dest(PSCI_VERSION=default))
+    assert judgement.accepted is accepted
+    assert judgement.code == ("ACCEPTED" if accepted else "PSCI_UNSUPPORTED")
+
+
+def test_psci_known_versions_follow_the_default() -> None:
+    assert psci_versions_known(V(1, 1)) == [V(0, 2), V(1, 0), V(1, 1)]
+    assert psci_versions_known(V(1, 3))[-1] == V(1, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# WORKAROUND_1 and _3 (§2.3): a pure check, destination level >= guest value.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reg", [WA1, WA3])
+@pytest.mark.parametrize("guest", [0, 1, 2])
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_wa1_wa3_every_level_pair(reg: int, guest: int, level: int) -> None:
+    name = regs.FW_BY_ID[reg].name
+    judgement = judge_firmware_value(reg, guest, dest(**{name: level}))
+    assert judgement.accepted is (guest <= level)
+    assert judgement.code == ("ACCEPTED" if guest <= level else "WA_LEVEL_TOO_HIGH")
+
+
+@pytest.mark.parametrize("value", [0x10, 0x12, 0x100, 1 << 63])
+def test_wa1_bits_outside_the_level_are_invalid(value: int) -> None:
+    judgement = judge_firmware_value(WA1, value, dest(SMCCC_ARCH_WORKAROUND_1=2))
+    assert (judgement.accepted, judgement.code) == (False, "WA_INVALID_VALUE")
+
+
+def test_wa1_levels_above_the_scale_are_refused() -> None:
+    assert judge_firmware_value(WA1, 3, dest(SMCCC_ARCH_WORKAROUND_1=2)).accepted is False
+
+
+# ---------------------------------------------------------------------------------------------
+# WORKAROUND_2 (§2.4): 5.10+ narrows to NOT_AVAIL / NOT_REQUIRED; 5.3-5.9 compares levels.
+# ---------------------------------------------------------------------------------------------
+
+
+def _mapped(value: int) -> int:
+    return 0 if value & 0xF <= 1 else 3
+
+
+@pytest.mark.parametrize("guest", [0, 1, 2, 3, 0x12])
+@pytest.mark.parametrize("level", [0, 3])
+def test_wa2_narrowed_on_5_10_and_later(guest: int, level: int) -> None:
+    judgement = judge_firmware_value(WA2, guest, dest("5.10.0-32-arm64",
+                                                      SMCCC_ARCH_WORKAROUND_2=level))
+    assert judgement.accepted is (_mapped(guest) <= level)
+    assert judgement.inferred  # levels 0 and 3 exist in both eras: the release decides
+
+
+@pytest.mark.parametrize("guest", [0, 1, 2, 3, 0x12])
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+def test_wa2_compared_as_is_on_5_3_to_5_9(guest: int, level: int) -> None:
+    judgement = judge_firmware_value(WA2, guest, dest("5.4.0-100-generic",
+                                                      SMCCC_ARCH_WORKAROUND_2=level))
+    assert judgement.accepted is ((guest & 0xF) <= level)
+
+
+def test_wa2_old_encoding_is_read_from_the_profile_not_the_release() -> None:
+    # AVAIL (2) is never reported by a 5.10+ kernel: the profile proves the 5.3-5.9 handling.
+    judgement = judge_firmware_value(WA2, 3, dest("9.9.9-odd", SMCCC_ARCH_WORKAROUND_2=2))
+    assert (judgement.accepted, judgement.inferred) == (False, False)
+
+
+@pytest.mark.parametrize("value", [0x10, 0x11, 0x13, 0x20, 0x32])
+@pytest.mark.parametrize("release", ["5.4.0", "6.1.0"])
+def test_wa2_enabled_only_with_avail_and_no_other_bits(value: int, release: str) -> None:
+    judgement = judge_firmware_value(WA2, value, dest(release, SMCCC_ARCH_WORKAROUND_2=3))
+    assert (judgement.accepted, judgement.code) == (False, "WA_INVALID_VALUE")
+
+
+def test_wa2_enabled_with_avail_is_accepted_where_the_level_allows() -> None:
+    assert judge_firmware_value(WA2, 0x12, dest("5.4.0", SMCCC_ARCH_WORKAROUND_2=2)).accepted
+    assert judge_firmware_value(WA2, 0x12, dest("6.1.0", SMCCC_ARCH_WORKAROUND_2=3)).accepted
+
+
+def test_wa2_levels_above_not_required_are_invalid_on_5_10_plus() -> None:
+    judgement = judge_firmware_value(WA2, 4, dest("6.1.0", SMCCC_ARCH_WORKAROUND_2=3))
+    assert (judgement.accepted, judgement.code) == (False, "WA_INVALID_VALUE")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bitmaps (§2.5): a subset of the destination's supported bits.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("guest", "supported", "accepted"), [
+    (0x0, 0x3, True), (0x1, 0x3, True), (0x2, 0x3, True), (0x3, 0x3, True),
+    (0x3, 0x1, False), (0x4, 0x7, True), (0x8, 0x7, False),
+])
+def test_bitmap_subsets(guest: int, supported: int, accepted: bool) -> None:
+    judgement = judge_firmware_value(VENDOR, guest, dest(VENDOR_HYP_BMAP=supported))
+    assert judgement.accepted is accepted
+    assert judgement.code == ("ACCEPTED" if accepted else "BITMAP_UNSUPPORTED")
+
+
+@pytest.mark.parametrize(("guest", "accepted"), [(0, True), (1, True), (3, True), (4, False)])
+def test_vendor_hyp_bmap_2_supports_bits_0_and_1_although_it_resets_to_0(
+        guest: int, accepted: bool) -> None:
+    assert judge_firmware_value(BMAP2, guest, dest(VENDOR_HYP_BMAP_2=0)).accepted is accepted
+
+
+def test_unknown_firmware_register_is_unverified() -> None:
+    unknown = regs.fw_reg_id(9)
+    profile = make_profile("6.12.0", {**fw(PSCI_VERSION=V(1, 1)), unknown: 5})
+    judgement = judge_firmware_value(unknown, 5, profile)
+    assert (judgement.accepted, judgement.code) == (None, "FW_UNVERIFIED")
+    assert predict_value(unknown, 5, profile) is None
+    assert predict_value(WA3, 0, profile) is False  # not listed: ENOENT
+
+
+def test_candidate_values_cover_every_register_kind() -> None:
+    for reg in regs.FIRMWARE_REGISTERS:
+        assert candidate_values(reg.reg_id), reg.name
+    assert V(1, 3) in candidate_values(PSCI) and 0x12 in candidate_values(WA2)
+
+
+# ---------------------------------------------------------------------------------------------
+# §9: the whole list. Count check, merge (missing below the top, dropped above), write.
+# ---------------------------------------------------------------------------------------------
+
+SYS = [regs.sysreg_id(3, 0, 1, 0, 0), regs.sysreg_id(3, 0, 2, 0, 0), OSLSR]
+FW4 = fw(PSCI_VERSION=V(1, 1), SMCCC_ARCH_WORKAROUND_1=2, SMCCC_ARCH_WORKAROUND_2=0,
+         SMCCC_ARCH_WORKAROUND_3=1)
+
+
+def listed(registers: dict[int, int], *others: int) -> tuple[int, ...]:
+    return tuple(sorted(set(others) | set(registers)))
+
+
+def host(release: str, registers: dict[int, int], *others: int) -> HostProfile:
+    return make_profile(release, registers, {"pmu": listed(registers, *others)})
+
+
+def guest_of(profile: HostProfile) -> GuestState:
+    return GuestState.booted_on(profile, frozenset({"pmu"}))
+
+
+def codes(decision: object) -> list[str]:
+    return decision.codes  # type: ignore[attr-defined,no-any-return]
+
+
+def test_count_check_legacy_fails_on_one_register_more() -> None:
+    source = host("6.1.0", FW4, *SYS)
+    destination = host("6.1.0", FW4, *SYS[:2])
+    decision = decide(guest_of(source), destination, "legacy")
+    assert decision.vetoed and "CPREG_COUNT" in codes(decision)
+    assert "REG_MISSING" in codes(decision)  # OSLSR_EL1 sorts below the firmware registers
+
+
+def test_count_check_tolerant_allows_ten_anomalies_plus_the_tolerances() -> None:
+    extra = [regs.sysreg_id(3, 0, crn, 2, i) for crn in (5, 6, 7) for i in range(1, 8)]
+    destination = host("6.1.0", FW4, *SYS)
+    within = host("6.1.0", FW4, *SYS, *extra[:14])
+    beyond = host("6.1.0", FW4, *SYS, *extra[:15])
+    assert "CPREG_COUNT" not in codes(decide(guest_of(within), destination, "tolerant"))
+    assert "CPREG_COUNT" in codes(decide(guest_of(beyond), destination, "tolerant"))
+
+
+def test_legacy_drops_silently_what_sorts_above_the_destinations_last_register() -> None:
+    source = host("5.19.0", {**FW4, **fw(STD_BMAP=1)}, *SYS)
+    destination = host("5.17.0", FW4, *SYS, regs.sysreg_id(3, 0, 13, 0, 4))  # room for count
+    decision = decide(guest_of(source), destination, "legacy")
+    dropped = [f for f in decision.findings if f.register == "STD_BMAP"]
+    assert [(f.code, f.outcome) for f in dropped] == [("REG_DROPPED", "dropped")]
+    assert not decision.vetoed
+    assert STD not in decision.guest_after.registers  # not carried
+
+
+def test_dropped_workaround_above_not_avail_is_vetoed_with_its_own_code() -> None:
+    source = host("5.17.0", FW4, *SYS)
+    no_wa3 = {k: v for k, v in FW4.items() if k != WA3}
+    destination = host("5.4.0", no_wa3, *SYS, regs.sysreg_id(3, 0, 13, 0, 4))
+    decision = decide(guest_of(source), destination, "legacy")
+    assert decision.vetoed and codes(decision) == ["WA_DROPPED"]
+    relaxed = decide(guest_of(source), destination, "legacy", veto_dropped_workarounds=False)
+    assert not relaxed.vetoed and "REG_DROPPED" in codes(relaxed)
+
+
+def test_dropped_workaround_at_not_avail_is_only_a_warning() -> None:
+    source_regs = {**FW4, WA3: 0}
+    no_wa3 = {k: v for k, v in FW4.items() if k != WA3}
+    decision = decide(guest_of(host("5.17.0", source_regs, *SYS)),
+                      host("5.4.0", no_wa3, *SYS, regs.sysreg_id(3, 0, 13, 0, 4)), "legacy")
+    assert not decision.vetoed and "REG_DROPPED" in codes(decision)
+
+
+def test_tolerant_qemu_tolerates_tcr2_and_zero_bmap2_but_nothing_else() -> None:
+    destination = host("6.12.0", FW4, *SYS)
+    tolerated = host("7.2.0", {**FW4, BMAP2: 0}, *SYS, TCR2)
+    decision = decide(guest_of(tolerated), destination, "tolerant")
+    assert not decision.vetoed
+    assert {f.register for f in decision.findings if f.code == "REG_TOLERATED"} == {
+        "TCR2_EL1", "VENDOR_HYP_BMAP_2"}
+    nonzero = decide(guest_of(host("7.2.0", {**FW4, BMAP2: 3}, *SYS)), destination, "tolerant")
+    assert nonzero.vetoed and "REG_MISSING" in codes(nonzero)
+    above = decide(guest_of(host("5.19.0", {**FW4, **fw(STD_BMAP=1)}, *SYS)), destination,
+                   "tolerant")
+    assert above.vetoed and "REG_MISSING" in codes(above)  # tolerant QEMU drops nothing
+
+
+def test_destination_default_applies_for_registers_the_source_lacks() -> None:
+    source = host("5.10.0", FW4, *SYS)
+    destination = host("6.1.0", {**FW4, **fw(STD_BMAP=1)}, *SYS)
+    decision = decide(guest_of(source), destination, "legacy")
+    default = [f for f in decision.findings if f.register == "STD_BMAP"]
+    assert [(f.code, f.outcome) for f in default] == [("DEST_DEFAULT", "destination-default")]
+    assert decision.guest_after.registers[STD] == 1
+
+
+def test_guest_after_keeps_psci_and_bitmaps_and_takes_the_destinations_workarounds() -> None:
+    source = host("6.1.0", {**FW4, **fw(VENDOR_HYP_BMAP=1)}, *SYS)
+    dest_regs = {**FW4, **fw(PSCI_VERSION=V(1, 3), SMCCC_ARCH_WORKAROUND_1=2,
+                             SMCCC_ARCH_WORKAROUND_3=2, VENDOR_HYP_BMAP=3)}
+    destination = host("6.13.0", dest_regs, *SYS)
+    decision = decide(guest_of(source), destination, "legacy")
+    after = decision.guest_after.registers
+    assert after[PSCI] == V(1, 1) and after[VENDOR] == 1  # kept for life
+    assert after[WA3] == 2  # GET returns the new host's level
+    assert decision.one_way and "WA_RATCHET" in codes(decision)
+    assert decision.guest_after.cpreg_list == destination.cpreg_list(frozenset({"pmu"}))
+
+
+def test_a_vcpu_feature_the_destination_lacks_is_vetoed() -> None:
+    source = make_profile("6.1.0", FW4, {"pmu+pauth": listed(FW4, *SYS)})
+    destination = make_profile("6.1.0", FW4, {"pmu": listed(FW4, *SYS)})
+    decision = decide(GuestState.booted_on(source), destination, "legacy")
+    assert decision.vetoed and "FEATURE_MISSING" in codes(decision)
+
+
+def test_firmware_only_profiles_say_what_was_not_compared() -> None:
+    decision = decide(GuestState(registers=FW4), make_profile("6.1.0", FW4), "legacy")
+    assert not decision.vetoed and not decision.lists_compared
+    assert "LISTS_NOT_COMPARED" in [f.code for f in decision.findings]
+    assert all(f.outcome != "count-check" for f in decision.findings)
+
+
+def test_firmware_only_merge_is_still_exact() -> None:
+    no_wa3 = {k: v for k, v in FW4.items() if k != WA3}
+    decision = decide(GuestState(registers=FW4), make_profile("5.4.0", no_wa3), "legacy")
+    assert codes(decision) == ["WA_DROPPED"]
+
+
+# ---------------------------------------------------------------------------------------------
+# §10: ID registers and cache geometry.
+# ---------------------------------------------------------------------------------------------
+
+
+def _with_ids(profile: HostProfile, mmfr1: int, ccsidr0: int) -> HostProfile:
+    return dataclasses.replace(profile, id_registers={"ID_AA64MMFR1_EL1": mmfr1},
+                               cache_geometry={"CCSIDR_0": ccsidr0})
+
+
+@pytest.mark.parametrize(("release", "code", "vetoed"), [
+    ("6.1.0-26-arm64", "ID_REG_MISMATCH", True),
+    ("6.12.118+deb13-arm64", "ID_REG_UNVERIFIED", False),
+])
+def test_differing_id_registers(release: str, code: str, vetoed: bool) -> None:
+    mmfr1 = regs.SYSREG_BY_NAME["ID_AA64MMFR1_EL1"]
+    source = _with_ids(host("6.1.0", FW4, mmfr1, regs.ccsidr_id(0)), 0x1010211122, 2)
+    destination = _with_ids(host(release, FW4, mmfr1, regs.ccsidr_id(0)), 0x11010211122, 2)
+    decision = decide(guest_of(source), destination, "legacy")
+    finding = next(f for f in decision.findings if f.register == "ID_AA64MMFR1_EL1")
+    assert finding.code == code and finding.inferred and "HCX" in finding.message
+    assert decision.vetoed is vetoed
+
+
+def test_equal_id_registers_and_differing_cache_geometry() -> None:
+    mmfr1 = regs.SYSREG_BY_NAME["ID_AA64MMFR1_EL1"]
+    source = _with_ids(host("6.12.0", FW4, mmfr1, regs.ccsidr_id(0)), 5, 0x2)
+    destination = _with_ids(host("5.10.0", FW4, mmfr1, regs.ccsidr_id(0)), 5, 0x701FE00A)
+    decision = decide(guest_of(source), destination, "legacy")
+    assert [f.code for f in decision.findings if f.register in ("ID_AA64MMFR1_EL1", "CCSIDR_0")
+            ] == ["CACHE_MISMATCH"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Real kernels: the list-level verdicts of qemu-register-lists.md ("legacy" column) and the
+# value failures of real-qemu-migrations.md, from the measured profiles.
+# ---------------------------------------------------------------------------------------------
+
+LIST_CODES = {"CPREG_COUNT", "REG_MISSING"}
+# (source, destination) -> list-level verdict, qemu-default features (identical for max, a57).
+QEMU_DEFAULT_LEGACY = {
+    ("5.10", "6.1"): True, ("5.10", "6.12"): True, ("6.1", "6.12"): True,
+    ("6.1", "5.10"): False, ("6.12", "5.10"): False, ("6.12", "6.1"): False,
+}
+
+
+@pytest.mark.parametrize("cpu", ["max", "a57"])
+@pytest.mark.parametrize(("pair", "ok"), QEMU_DEFAULT_LEGACY.items())
+def test_list_verdicts_match_real_kernels(bundled: dict[str, HostProfile], cpu: str,
+                                          pair: tuple[str, str], ok: bool) -> None:
+    source, destination = (bundled[f"{k}__{cpu}"] for k in pair)
+    decision = decide(GuestState.booted_on(source), destination, "legacy")
+    assert (not LIST_CODES & set(decision.codes)) is ok
+
+
+@pytest.mark.parametrize("cpu", ["max", "a57"])
+@pytest.mark.parametrize("destination", ["6.1", "6.12"])
+def test_5_10_lists_pmu_registers_without_pmu_so_psci_only_guests_cannot_leave(
+        bundled: dict[str, HostProfile], cpu: str, destination: str) -> None:
+    decision = decide(GuestState.booted_on(bundled[f"5.10__{cpu}"], frozenset()),
+                      bundled[f"{destination}__{cpu}"], "legacy")
+    assert "CPREG_COUNT" in decision.codes
+
+
+def test_value_failures_seen_by_real_qemu(bundled: dict[str, HostProfile]) -> None:
+    # 5.10 -> 6.1 on max: SMCCC_ARCH_WORKAROUND_3 = 2 (own 0).
+    d = decide(GuestState.booted_on(bundled["5.10__max"]), bundled["6.1__max"], "legacy")
+    rejected = [f for f in d.findings if f.outcome == "rejected"]
+    assert [(f.register, f.guest_value, f.destination_value) for f in rejected] == [
+        ("SMCCC_ARCH_WORKAROUND_3", 2, 0)]
+    # 6.1 -> 5.10: PSCI_VERSION = 1.1 is refused (among the list failures).
+    d = decide(GuestState.booted_on(bundled["6.1__max"]), bundled["5.10__max"], "legacy")
+    assert any(f.code == "PSCI_UNSUPPORTED" and f.guest_value == V(1, 1) for f in d.findings)
+
+
+def _kernel_7_2(k612: HostProfile) -> HostProfile:
+    """7.2's list is 6.12's without TCR2/PIRE0/PIR and with VENDOR_HYP_BMAP_2 (§9, measured
+    counts 269 -> 267), and its PSCI default is 1.3."""
+    hidden = {regs.SYSREG_BY_NAME[n] for n in ("TCR2_EL1", "PIRE0_EL1", "PIR_EL1")}
+    registers = {**k612.registers, PSCI: V(1, 3), BMAP2: 0}
+    lists = {k: tuple(sorted((set(ids) - hidden) | {BMAP2}))
+             for k, ids in (k612.cpreg_lists or {}).items()}
+    return dataclasses.replace(k612, kernel_release="7.2.13+deb14-arm64", registers=registers,
+                               cpreg_lists=lists)
+
+
+def test_section_9_consequences_between_6_12_and_7_2(bundled: dict[str, HostProfile]) -> None:
+    k612 = bundled["6.12__max"]
+    k72 = _kernel_7_2(k612)
+    assert len(k72.cpreg_lists["pmu+pauth+sve"]) == 267  # type: ignore[index]
+    # 7.2 -> 6.12: the lists pass on both generations (BMAP_2 dropped / tolerated) ...
+    legacy = decide(GuestState.booted_on(k72), k612, "legacy")
+    tolerant = decide(GuestState.booted_on(k72), k612, "tolerant")
+    assert not LIST_CODES & set(legacy.codes) and not LIST_CODES & set(tolerant.codes)
+    assert "REG_DROPPED" in legacy.codes and "REG_TOLERATED" in tolerant.codes
+    # ... and PSCI 1.3 is what fails, as real QEMU saw.
+    assert legacy.blocking[0].code == "PSCI_UNSUPPORTED"
+    # 6.12 -> 7.2 fails on legacy QEMU (269 > 267) and passes on tolerant QEMU.
+    assert "CPREG_COUNT" in decide(GuestState.booted_on(k612), k72, "legacy").codes
+    assert not decide(GuestState.booted_on(k612), k72, "tolerant").vetoed
+
+
+def test_unknown_generation_is_an_error(bundled: dict[str, HostProfile]) -> None:
+    with pytest.raises(ValueError):
+        decide(GuestState.booted_on(bundled["6.1__a57"]), bundled["6.1__a57"], "newest")
+
+
+def test_decision_json_shape(bundled: dict[str, HostProfile]) -> None:
+    d = decide(GuestState.booted_on(bundled["6.1__max"]), bundled["5.10__max"], "legacy")
+    out = d.to_dict()
+    assert out["verdict"] == "veto"
+    assert {"register", "outcome", "code", "message"} <= set(out["findings"][0])
+    psci = next(f for f in out["findings"] if f["register"] == "PSCI_VERSION")
+    assert (psci["guest"], psci["destination"]) == ("1.1", "1.0")
+    assert out["guest_after"]["registers"]["PSCI_VERSION"] == V(1, 1)
