@@ -57,12 +57,18 @@ def _send(path: Path, payload: bytes) -> bool:
 class Sink:
     """Where rendered events go; tests substitute a list-collecting one."""
 
-    def __init__(self, journal: Path = JOURNAL_SOCKET, syslog: Path = SYSLOG_SOCKET) -> None:
+    def __init__(self, journal: Path | None = JOURNAL_SOCKET,
+                 syslog: Path | None = SYSLOG_SOCKET) -> None:
         self.journal, self.syslog = journal, syslog
+
+    @classmethod
+    def for_target(cls, target: str, journal: Path, syslog: Path) -> Sink:
+        return cls(journal if target in ("auto", "journal") else None,
+                   syslog if target in ("auto", "syslog") else None)
 
     def emit(self, decision: str, message: str, fields: Mapping[str, str]) -> bool:
         priority = PRIORITIES.get(decision, 6)
-        if self.journal.exists():
+        if self.journal is not None and self.journal.exists():
             payload = b"".join(
                 [_journal_field("MESSAGE", message),
                  _journal_field("SYSLOG_IDENTIFIER", IDENTIFIER),
@@ -71,6 +77,8 @@ class Sink:
                 + [_journal_field(k, v) for k, v in fields.items()])
             if _send(self.journal, payload):
                 return True
+        if self.syslog is None:
+            return False
         line = f"<{FACILITY_DAEMON * 8 + priority}>{IDENTIFIER}: {message}"
         return _send(self.syslog, line.encode("utf-8", "replace"))
 

@@ -179,7 +179,8 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
 
 def _veto_or_warn(policy: Policy, domain: Domain, findings: list[Finding],
                   base: dict[str, Any], decision: Optional[Decision] = None) -> Outcome:
-    first = next(f for f in findings if f.blocking)
+    # The reason shown: the first blocking finding, or the one the policy made decisive.
+    first = next((f for f in findings if f.blocking), findings[0])
     message = (f"psci-hook: VETO {first.code} domain {domain.name}: {veto_reason(first)} "
                "(the destination would refuse this only after copying all guest memory)")
     codes = significant_codes(findings)
@@ -259,7 +260,9 @@ def main(env: Environment, sink: Optional[auditlog.Sink] = None) -> ExitStatus:
         "duration_ms": round((env.monotonic() - started) * 1000, 1),
         "version": __version__,
     }
-    auditlog.emit_decision(sink or auditlog.Sink(), **event)
+    sink = sink or auditlog.Sink.for_target(policy.log_target, policy.journal_socket,
+                                            policy.syslog_socket)
+    auditlog.emit_decision(sink, **event)
     _write_once(env, outcome)
     return outcome.status
 

@@ -20,6 +20,7 @@ class PolicyError(ValueError):
 MODES = ("enforce", "warn")
 ALLOW_OR_VETO = ("allow", "veto")
 GENERATIONS = ("auto", "legacy", "tolerant")
+LOG_TARGETS = ("auto", "journal", "syslog", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,10 @@ class Policy:
     allow_domain_override: bool = True
     # The history entries kept in a guest record.
     history_limit: int = 8
+    # Where decision events go: auto (journal if present, else syslog), journal, syslog, none.
+    log_target: str = "auto"
+    journal_socket: Path = Path("/run/systemd/journal/socket")
+    syslog_socket: Path = Path("/dev/log")
 
     @property
     def enforcing(self) -> bool:
@@ -67,6 +72,7 @@ _SECTIONS: Mapping[str, frozenset[str]] = {
         "veto_dropped_workarounds", "allow_domain_override", "history_limit",
     }),
     "host": frozenset({"profile", "qemu_generation"}),
+    "log": frozenset({"target", "journal_socket", "syslog_socket"}),
 }
 
 
@@ -163,4 +169,7 @@ def parse_policy(text: str, origin: str = "configuration") -> Policy:
             "hook", "allow_domain_override", defaults.allow_domain_override
         ),
         history_limit=int(number("hook", "history_limit", defaults.history_limit, 0, 64)),
+        log_target=choice("log", "target", LOG_TARGETS, defaults.log_target),
+        journal_socket=Path(get("log", "journal_socket") or defaults.journal_socket),
+        syslog_socket=Path(get("log", "syslog_socket") or defaults.syslog_socket),
     )

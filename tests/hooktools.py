@@ -1,0 +1,117 @@
+"""Running the hook the way libvirt does, for the tests.
+
+libvirt execs /etc/libvirt/hooks/qemu.d/50-psci-hook with argv `<domain> <op> <sub-op> -`, an
+environment of only LC_ALL=C, PATH and HOME, cwd "/", and the domain XML on stdin. The tests do
+exactly that, with the hook installed the way `psci-hook install` does for a pip install: the
+file copied and its interpreter line pointed at this virtualenv's python (Debian's python3 has
+no psci_hook unless the package is installed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from psci_hook.engine import GuestState
+from psci_hook.profile import HostProfile
+from psci_hook.record import GuestRecord, Origin, record_xml
+from psci_hook.splice import splice_record
+
+REPO = Path(__file__).resolve().parent.parent
+HOOK_SOURCE = REPO / "hooks" / "50-psci-hook"
+
+DOMAIN = b"""<domain type='kvm'>
+  <name>vm1</name>
+  <uuid>c7a5fdbd-edaf-9455-926a-d65c16db1809</uuid>
+  <memory unit='KiB'>65536</memory>
+  <vcpu placement='static'>1</vcpu>
+  <os>
+    <type arch='aarch64' machine='virt-7.2'>hvm</type>
+  </os>
+  <cpu mode='host-passthrough' check='none'/>
+  <devices>
+    <emulator>/usr/bin/qemu-system-aarch64</emulator>
+    <graphics type='vnc' port='-1' autoport='yes' passwd='s3cret-vnc-password'/>
+  </devices>
+</domain>
+"""
+
+
+def install_hook(directory: Path) -> Path:
+    """A copy of the hook whose interpreter is this virtualenv's python, as `install` does."""
+    text = HOOK_SOURCE.read_text()
+    first, rest = text.split("\n", 1)
+    assert first.startswith("#!"), first
+    target = directory / "50-psci-hook"
+    target.write_text(f"#!{sys.executable} -I\n{rest}")
+    target.chmod(0o755)
+    return target
+
+
+def stamped(domain: bytes, guest: GuestState, host: str = "host-a") -> bytes:
+    record = GuestRecord(guest, Origin("booted", host, "6.1.0-26-arm64",
+                                       "2026-11-30T00:00:00Z"))
+    return splice_record(domain, lambda indent: record_xml(record, indent)).data
+
+
+@dataclasses.dataclass
+class HookResult:
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+
+def run_hook(hook: Path, args: list[str], stdin: bytes, config: Path | None,
+             timeout: float = 30) -> HookResult:
+    env = {"LC_ALL": "C", "PATH": "/usr/bin:/bin", "HOME": "/root"}
+    if config is not None:
+        env["PSCI_HOOK_CONFIG"] = str(config)
+    proc = subprocess.run([str(hook), *args], input=stdin, env=env, cwd="/",
+                          capture_output=True, timeout=timeout, check=False)
+    return HookResult(proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
+
+
+def write_config(path: Path, profile: Path | None, log_socket: Path | None,
+                 extra_hook: str = "", extra_host: str = "") -> Path:
+    lines = ["[hook]", extra_hook, "[host]"]
+    if profile is not None:
+        lines.append(f"profile = {profile}")
+    lines += [extra_host, "[log]"]
+    lines.append("target = syslog" if log_socket else "target = none")
+    if log_socket is not None:
+        lines.append(f"syslog_socket = {log_socket}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def profile_file(directory: Path, profile: HostProfile, name: str = "host.json") -> Path:
+    path = directory / name
+    path.write_text(profile.to_json())
+    return path
+
+
+class SyslogListener:
+    """A /dev/log stand-in: a unix datagram socket that keeps what it receives."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+
+    def messages(self) -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(self.sock.recv(1 << 20).decode("utf-8", "replace"))
+            except BlockingIOError:
+                return out
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.path.exists():
+            os.unlink(self.path)

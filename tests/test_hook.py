@@ -1,0 +1,221 @@
+"""The hook as libvirt runs it: a subprocess with libvirt's argv, environment and stdin."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hooktools import (
+    DOMAIN,
+    SyslogListener,
+    install_hook,
+    profile_file,
+    run_hook,
+    stamped,
+    write_config,
+)
+
+from psci_hook import auditlog
+from psci_hook.domainxml import parse_domain
+from psci_hook.engine import GuestState
+from psci_hook.environment import Environment
+from psci_hook.hook import main
+from psci_hook.profile import HostProfile
+from psci_hook.record import read_record
+from psci_hook.status import ExitStatus
+
+IGNORED = [
+    ["prepare", "begin", "-"], ["start", "begin", "-"], ["started", "begin", "-"],
+    ["stopped", "end", "-"], ["release", "end", "shutdown"], ["reconnect", "begin", "-"],
+    ["attach", "begin", "-"], ["frobnicate", "begin", "-"], ["migrate", "end", "-"],
+]
+
+
+@pytest.fixture
+def hook(tmp_path: Path) -> Path:
+    return install_hook(tmp_path)
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[SyslogListener]:
+    sl = SyslogListener(tmp_path / "log")
+    yield sl
+    sl.close()
+
+
+def events(listener: SyslogListener) -> list[dict[str, object]]:
+    out = []
+    for message in listener.messages():
+        assert message.startswith("<"), message
+        tag, _, body = message.partition(": ")
+        assert tag.endswith(">psci-hook")
+        out.append(json.loads(body))
+    return out
+
+
+@pytest.mark.parametrize("args", IGNORED)
+def test_ignored_operations_exit_0_silently_even_with_a_broken_configuration(
+        hook: Path, tmp_path: Path, args: list[str], listener: SyslogListener) -> None:
+    config = tmp_path / "broken.conf"
+    config.write_text("[hook\nthis is not INI")
+    result = run_hook(hook, ["vm1", *args], b"<domain garbage" * 10000, config)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", "")
+    assert listener.messages() == []
+
+
+def test_allow_annotates_with_the_state_after_migration(
+        hook: Path, tmp_path: Path, bundled: dict[str, HostProfile],
+        listener: SyslogListener) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["6.12__a76"]),
+                          listener.path)
+    result = run_hook(hook, ["vm1", "migrate", "begin", "-"], domain, config)
+    assert result.returncode == 0 and result.stderr == ""
+    record = read_record(parse_domain(result.stdout).root)
+    assert record is not None
+    names = {k: v for k, v in GuestState.booted_on(bundled["6.12__a76"]).registers.items()}
+    assert record.state.registers == {**names, **{
+        k: v for k, v in bundled["6.1__a57"].registers.items()
+        if k in (0x6030000000140000, 0x6030000000160000, 0x6030000000160001,
+                 0x6030000000160002)}}
+    assert record.origin.event == "migrated"
+    assert record.origin.kernel == bundled["6.12__a76"].kernel_release
+    assert [h.verdict for h in record.history] == ["allow"]
+    assert "WA_RATCHET" in record.history[0].codes
+    (event,) = events(listener)
+    assert event["decision"] == "allow" and event["op"] == "migrate"
+    assert event["domain"] == "vm1" and "WA_RATCHET" in event["codes"]  # type: ignore[operator]
+    text = json.dumps(event)
+    assert "<domain" not in text and "s3cret" not in text
+
+
+def test_output_differs_from_input_only_inside_our_record(
+        hook: Path, tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["6.1__a76"]),
+                          None)
+    out = run_hook(hook, ["vm1", "migrate", "begin", "-"], domain, config).stdout
+    start = domain.index(b"<psci:record")
+    end_in, end_out = (d.index(b"</psci:record>") + 14 for d in (domain, out))
+    assert out[:start] == domain[:start] and out[end_out:] == domain[end_in:]
+
+
+def test_veto_prints_one_line_and_nothing_on_stdout(
+        hook: Path, tmp_path: Path, bundled: dict[str, HostProfile],
+        listener: SyslogListener) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.12__a57"]))
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["5.10__a57"]),
+                          listener.path)
+    result = run_hook(hook, ["vm1", "migrate", "begin", "-"], domain, config)
+    assert result.returncode == ExitStatus.VETO and result.stdout == b""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("psci-hook: VETO CPREG_COUNT domain vm1: ")
+    assert "after copying all guest memory" in result.stderr
+    (event,) = events(listener)
+    assert event["decision"] == "veto"
+    assert event["codes"][:3] == ["CPREG_COUNT", "REG_MISSING",  # type: ignore[index]
+                                  "PSCI_UNSUPPORTED"]
+
+
+def test_restore_is_judged_by_the_same_rules(
+        hook: Path, tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a76"]))
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["6.1__a57"]),
+                          None)
+    result = run_hook(hook, ["vm1", "restore", "begin", "-"], domain, config)
+    assert result.returncode == 1
+    assert "VETO WA_LEVEL_TOO_HIGH domain vm1: SMCCC_ARCH_WORKAROUND_1 guest=NOT_REQUIRED " \
+        "destination=NOT_AVAIL" in result.stderr
+
+
+def test_annotation_off_prints_nothing(hook: Path, tmp_path: Path,
+                                       bundled: dict[str, HostProfile]) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["6.12__a57"]),
+                          None, extra_hook="annotate = no")
+    result = run_hook(hook, ["vm1", "migrate", "begin", "-"], domain, config)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", "")
+
+
+@pytest.mark.parametrize(("setting", "status"), [("allow", 0), ("veto", 1)])
+def test_unrecorded_guest_follows_the_policy(hook: Path, tmp_path: Path,
+                                             bundled: dict[str, HostProfile],
+                                             listener: SyslogListener, setting: str,
+                                             status: int) -> None:
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["6.1__a57"]),
+                          listener.path, extra_hook=f"unrecorded = {setting}")
+    result = run_hook(hook, ["vm1", "migrate", "begin", "-"], DOMAIN, config)
+    assert result.returncode == status and result.stdout == b""
+    assert ("VETO NO_RECORD" in result.stderr) is (setting == "veto")
+    (event,) = events(listener)
+    assert event["codes"] == ["NO_RECORD"]
+
+
+@pytest.mark.parametrize("domain", [
+    DOMAIN.replace(b"type='kvm'", b"type='qemu'"),
+    DOMAIN.replace(b"arch='aarch64'", b"arch='x86_64'"),
+])
+def test_other_domains_are_left_alone(hook: Path, tmp_path: Path, domain: bytes,
+                                      bundled: dict[str, HostProfile]) -> None:
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["5.10__a57"]),
+                          None, extra_hook="unrecorded = veto")
+    result = run_hook(hook, ["vm1", "migrate", "begin", "-"], domain, config)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", "")
+
+
+def test_warn_mode_allows_and_says_what_it_would_have_vetoed(
+        hook: Path, tmp_path: Path, bundled: dict[str, HostProfile],
+        listener: SyslogListener) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.12__a57"]))
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["5.10__a57"]),
+                          listener.path, extra_hook="mode = warn")
+    result = run_hook(hook, ["vm1", "migrate", "begin", "-"], domain, config)
+    assert result.returncode == 0 and result.stdout == b""
+    (event,) = events(listener)
+    assert event["decision"] == "warn" and "WOULD VETO" in str(event["message"])
+
+
+def test_a_dead_log_socket_changes_nothing_but_the_log(
+        hook: Path, tmp_path: Path, bundled: dict[str, HostProfile],
+        listener: SyslogListener) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    profile = profile_file(tmp_path, bundled["6.12__a57"])
+    alive = run_hook(hook, ["vm1", "migrate", "begin", "-"], domain,
+                     write_config(tmp_path / "a.conf", profile, listener.path))
+    dead = run_hook(hook, ["vm1", "migrate", "begin", "-"], domain,
+                    write_config(tmp_path / "d.conf", profile, tmp_path / "nobody-listens"))
+    assert len(events(listener)) == 1
+
+    def without_times(data: bytes) -> bytes:
+        import re
+
+        return re.sub(rb'time="[^"]*"', b"", data)
+
+    assert (alive.returncode, alive.stderr) == (dead.returncode, dead.stderr) == (0, "")
+    assert without_times(alive.stdout) == without_times(dead.stdout) != b""
+
+
+class CollectingSink(auditlog.Sink):
+    def __init__(self) -> None:
+        super().__init__(None, None)
+        self.events: list[dict[str, object]] = []
+
+    def emit(self, decision: str, message: str, fields: object) -> bool:
+        self.events.append(json.loads(message))
+        return True
+
+
+@pytest.mark.parametrize("op", ["migrate", "restore"])
+def test_exactly_one_event_per_invocation_in_process(
+        tmp_path: Path, bundled: dict[str, HostProfile], op: str) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["6.12__a57"]),
+                          None)
+    env = Environment.for_test(["hook", "vm1", op, "begin", "-"], domain,
+                               {"PSCI_HOOK_CONFIG": str(config)})
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert len(sink.events) == 1 and sink.events[0]["op"] == op
+    assert env.stdout.getvalue().startswith(b"<domain")  # type: ignore[attr-defined]
