@@ -1,0 +1,1 @@
+"""End-to-end tests: two real libvirt hosts on one machine (see harness.py)."""
