@@ -394,10 +394,13 @@ def register_name(reg_id: int) -> str:
         enc = sysreg_encoding(reg_id)
         return _SYSREG_NAMES.get(enc, "S{}_{}_C{}_C{}_{}".format(*enc))
     if cls == RegClass.DEMUX and reg_id & 0xFF00 == 0:
-        csselr = reg_id & 0xFF
-        level, kind = (csselr >> 1) + 1, ("I" if csselr & 1 else "D/unified")
-        return f"{ccsidr_name(csselr)} (L{level} {kind})"
+        return ccsidr_name(reg_id & 0xFF)
     return format_id(reg_id)
+
+
+def ccsidr_level(csselr: int) -> str:
+    """What a CSSELR value selects, e.g. "L2 I" or "L1 D/unified"."""
+    return f"L{(csselr >> 1) + 1} {'I' if csselr & 1 else 'D/unified'}"
 
 
 def firmware_id_from_name(name: str) -> int:

@@ -1,0 +1,96 @@
+"""Run inside the nested arm64 guest: the KVM layer's error paths and the rehearsal, for real.
+
+Prints one JSON object {"checks": [{"name", "ok", "detail"}]} and exits 1 if any check failed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import sys
+from typing import Any
+
+from psci_hook import kvm as kvm_mod
+from psci_hook import registers as regs
+from psci_hook.probe import migrated_list
+
+results: list[dict[str, Any]] = []
+
+
+def check(name: str, ok: bool, detail: str = "") -> None:
+    results.append({"name": name, "ok": bool(ok), "detail": detail})
+
+
+def main() -> int:
+    with kvm_mod.Kvm() as kvm:
+        caps = kvm.capabilities()
+        default = caps.supported_features()
+
+        # ENOEXEC: register ioctls on a vCPU that was never initialised.
+        with kvm.scratch_vm() as vm:
+            fd = kvm.ioctl(vm.fd, kvm_mod.KVM_CREATE_VCPU, 0)
+            raw = kvm_mod.ScratchVcpu(kvm, fd, vm.preferred_target(), frozenset())
+            for what, call in (("reg_list", raw.reg_list),
+                               ("get", lambda: raw.get_one_reg(regs.PSCI_VERSION.reg_id))):
+                try:
+                    call()
+                    check(f"uninitialised vCPU {what} -> ENOEXEC", False, "no error")
+                except kvm_mod.KvmNotInitialised as exc:
+                    check(f"uninitialised vCPU {what} -> ENOEXEC",
+                          exc.status == 13 and exc.errno == errno.ENOEXEC, exc.message)
+            raw.close()
+
+        with kvm.scratch_vcpu(()) as vcpu:
+            # ENOENT: a firmware register no kernel lists.
+            bogus = regs.fw_reg_id(0x7F)
+            try:
+                vcpu.get_one_reg(bogus)
+                check("GET unlisted firmware register -> ENOENT", False, "no error")
+            except kvm_mod.RegisterError as exc:
+                check("GET unlisted firmware register -> ENOENT", exc.errno == errno.ENOENT,
+                      exc.message)
+            check("SET unlisted firmware register -> ENOENT",
+                  vcpu.try_set_one_reg(bogus, 0) == errno.ENOENT)
+            own_psci = vcpu.get_one_reg(regs.PSCI_VERSION.reg_id)
+            # A vCPU initialised with PSCI_0_2 refuses PSCI 0.1.
+            check("SET PSCI_VERSION 0.1 with PSCI_0_2 -> EINVAL",
+                  vcpu.try_set_one_reg(regs.PSCI_VERSION.reg_id, 1) == errno.EINVAL)
+
+        # The rehearsal refuses a PSCI version no kernel implements and names both values.
+        refusal = kvm_mod.rehearse(default, {regs.PSCI_VERSION.reg_id: regs.psci_value(2, 0)},
+                                   kvm=kvm)
+        check("rehearse PSCI 2.0 -> refused",
+              refusal is not None and refusal.errno == errno.EINVAL
+              and refusal.reg_id == regs.PSCI_VERSION.reg_id
+              and refusal.attempted == 0x20000 and refusal.destination_value == own_psci,
+              refusal.message() if refusal else "accepted")
+
+        # The rehearsal of a same-host migration: every migrated register with this host's
+        # own values, set in QEMU's order on a fresh VM, must all be accepted.
+        with kvm.scratch_vcpu(default) as vcpu:
+            listed = migrated_list(vcpu.reg_list())
+            values = {i: vcpu.get_one_reg(i) for i in listed}
+        refusal = kvm_mod.rehearse(default, values, kvm=kvm)
+        check(f"rehearse all {len(values)} migrated registers with own values -> accepted",
+              refusal is None, refusal.message() if refusal else "")
+
+        # only_listed skips what the destination does not list (QEMU never sets it).
+        refusal = kvm_mod.rehearse(default, {regs.fw_reg_id(0x7F): 1}, kvm=kvm,
+                                   only_listed=True)
+        check("rehearse only_listed skips an unlisted id", refusal is None)
+        refusal = kvm_mod.rehearse(default, {regs.fw_reg_id(0x7F): 1}, kvm=kvm)
+        check("rehearse of an unlisted id -> ENOENT refusal",
+              refusal is not None and refusal.errno == errno.ENOENT
+              and refusal.destination_value is None)
+
+        if caps.writable_masks:
+            with kvm.scratch_vm() as vm:
+                masks = vm.writable_masks()
+            check("KVM_ARM_GET_REG_WRITABLE_MASKS returns the feature ID range",
+                  len(masks) == kvm_mod.KVM_ARM_FEATURE_ID_RANGE_SIZE)
+    print(json.dumps({"checks": results}, indent=1))
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The README's tables stay in step with the code."""
+
+from __future__ import annotations
+
+from conftest import REPO
+
+from psci_hook.codes import CODES
+from psci_hook.status import ExitStatus
+
+README = (REPO / "README.md").read_text()
+
+
+def test_every_finding_code_is_in_the_readme_with_its_meaning() -> None:
+    for code in CODES.values():
+        assert f"| `{code.name}` | {code.severity.name.lower()} | {code.meaning} |" in README
+
+
+def test_every_exit_status_is_in_the_readme() -> None:
+    for status in ExitStatus:
+        if status in (ExitStatus.OK, ExitStatus.VETO, ExitStatus.BAD_INPUT):
+            continue
+        assert f"{int(status)} " in README, status.name
+
+
+def test_readme_gives_the_commands_ci_runs() -> None:
+    assert "scripts/test" in README and "scripts/setup --minimal && .venv/bin/psci-hook matrix" \
+        in README
+    assert "scripts/test" in (REPO / ".ci" / "run").read_text()
