@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional
+from typing import Any
 
 from psci_hook import registers as regs
 from psci_hook.codes import Severity, severity
@@ -55,9 +55,9 @@ class GuestState:
 
     registers: Mapping[int, int]  # firmware register id -> value
     features: FeatureSet = frozenset()
-    cpreg_list: Optional[tuple[int, ...]] = None
-    id_registers: Optional[Mapping[str, int]] = None
-    cache_geometry: Optional[Mapping[str, int]] = None
+    cpreg_list: tuple[int, ...] | None = None
+    id_registers: Mapping[str, int] | None = None
+    cache_geometry: Mapping[str, int] | None = None
 
     @classmethod
     def booted_on(cls, host: HostProfile, features: FeatureSet | None = None) -> GuestState:
@@ -91,10 +91,10 @@ class Finding:
     code: str
     outcome: str
     message: str
-    register: Optional[str] = None
-    reg_id: Optional[int] = None
-    guest_value: Optional[int] = None
-    destination_value: Optional[int] = None
+    register: str | None = None
+    reg_id: int | None = None
+    guest_value: int | None = None
+    destination_value: int | None = None
     inferred: bool = False  # relies on the kernel release, not on the profile's own facts
 
     @property
@@ -188,7 +188,7 @@ def significant_codes(findings: Iterable[Finding]) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Judgement:
-    accepted: Optional[bool]  # None: the model cannot tell (unknown register)
+    accepted: bool | None  # None: the model cannot tell (unknown register)
     code: str
     reason: str
     inferred: bool = False

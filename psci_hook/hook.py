@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, Optional
+from typing import Any
 
 from psci_hook import __version__, auditlog
 from psci_hook.codes import Severity
@@ -178,7 +178,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
 
 
 def _veto_or_warn(policy: Policy, domain: Domain, findings: list[Finding],
-                  base: dict[str, Any], decision: Optional[Decision] = None) -> Outcome:
+                  base: dict[str, Any], decision: Decision | None = None) -> Outcome:
     # The reason shown: the first blocking finding, or the one the policy made decisive.
     first = next((f for f in findings if f.blocking), findings[0])
     message = (f"psci-hook: VETO {first.code} domain {domain.name}: {veto_reason(first)} "
@@ -199,10 +199,10 @@ def _veto_or_warn(policy: Policy, domain: Domain, findings: list[Finding],
 
 @contextmanager
 def _bounded(seconds: float) -> Iterator[None]:
-    def alarm(_signum: int, _frame: Optional[FrameType]) -> None:
+    def alarm(_signum: int, _frame: FrameType | None) -> None:
         raise HookTimeout()
 
-    def term(_signum: int, _frame: Optional[FrameType]) -> None:
+    def term(_signum: int, _frame: FrameType | None) -> None:
         raise HookInterrupted()
 
     old_alarm = signal.signal(signal.SIGALRM, alarm)
@@ -216,7 +216,7 @@ def _bounded(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGTERM, old_term)
 
 
-def main(env: Environment, sink: Optional[auditlog.Sink] = None) -> ExitStatus:
+def main(env: Environment, sink: auditlog.Sink | None = None) -> ExitStatus:
     """Run the hook for ``env.argv`` and ``env.stdin``; returns the exit status."""
     started = env.monotonic()
     argv = list(env.argv)

@@ -254,7 +254,7 @@ def _parse(data: Any) -> HostProfile:
 def _parse_list(key: str, ids: Any, fw: Mapping[int, int]) -> tuple[int, ...]:
     if not isinstance(ids, list):
         raise ProfileError(f"cpreg_lists.{key} must be a list of register ids")
-    parsed = []
+    parsed: list[int] = []
     for i, text in enumerate(ids):
         if not isinstance(text, str):
             raise ProfileError(f"cpreg_lists.{key}[{i}] must be a string like '0x6030...'")

@@ -29,7 +29,7 @@ import dataclasses
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional
+from typing import Any
 
 from lxml import etree
 
@@ -86,7 +86,7 @@ class GuestRecord:
     state: GuestState
     origin: Origin
     history: tuple[HistoryEntry, ...] = ()
-    override: Optional[Override] = None
+    override: Override | None = None
 
     def with_check(self, entry: HistoryEntry, limit: int) -> GuestRecord:
         history = (*self.history, entry)
@@ -146,7 +146,7 @@ def find_record_elements(domain: Any) -> list[Any]:
 
 
 def _text_attr(elem: Any, name: str, required: bool = True) -> str:
-    value = elem.get(name)
+    value: str | None = elem.get(name)
     if value is None:
         if required:
             raise RecordError(f"<{etree.QName(elem).localname}> lacks the attribute {name!r}")
@@ -316,7 +316,8 @@ def record_element(record: GuestRecord) -> Any:
     _sub(root, "origin", attrs)
     state = record.state
     _sub(root, "vcpu", {"features": feature_key(state.features)})
-    _values(root, "firmware", {regs.firmware_name(i): v for i, v in sorted(state.registers.items())})
+    _values(root, "firmware",
+            {regs.firmware_name(i): v for i, v in sorted(state.registers.items())})
     if state.cpreg_list is not None:
         lst = _sub(root, "cpreg-list", {"count": str(len(state.cpreg_list)),
                                         "digest": list_digest(state.cpreg_list)})
@@ -342,7 +343,7 @@ def record_xml(record: GuestRecord, indent: str = "    ", step: str = "  ") -> s
     """The record as XML text, indented to sit at ``indent`` (ASCII only, for byte splicing)."""
     root = record_element(record)
     _indent(root, indent, step)
-    text: str = etree.tostring(root, encoding="unicode")
+    text = str(etree.tostring(root, encoding="unicode"))
     return text.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 

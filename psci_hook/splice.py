@@ -67,10 +67,7 @@ def layout(data: bytes) -> Layout:
 
     def end(name: str) -> None:
         _, offset, tag_end, empty = stack.pop()
-        if empty:
-            close = tag_end
-        else:
-            close = data.index(b">", parser.CurrentByteIndex) + 1
+        close = tag_end if empty else data.index(b">", parser.CurrentByteIndex) + 1
         span = _Span(offset, close, tag_end, empty)
         depth = len(stack)
         if depth == 0:
