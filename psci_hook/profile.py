@@ -89,9 +89,24 @@ class HostProfile:
         return max(sets, key=len) if sets else frozenset()
 
     def cpreg_list(self, features: FeatureSet) -> tuple[int, ...] | None:
+        """The migrated list for ``features``: probed, or derived from the single-feature lists.
+
+        Each vCPU feature adds its own registers to the featureless list (PMU the PMU
+        registers, pointer authentication the AP*KEY* registers, SVE ZCR_EL1), independently of
+        the others: on every measured kernel the all-features list is exactly the union of the
+        single-feature ones (tests/test_profile.py). So a combination the probe did not read,
+        such as pmu+pauth for a guest with SVE disabled, is derived by that union.
+        """
         if self.cpreg_lists is None:
             return None
-        return self.cpreg_lists.get(feature_key(features))
+        found = self.cpreg_lists.get(feature_key(features))
+        if found is not None or NO_FEATURES not in self.cpreg_lists:
+            return found
+        parts = [self.cpreg_lists.get(feature_key([f])) for f in features]
+        if any(part is None for part in parts):
+            return None
+        union = set(self.cpreg_lists[NO_FEATURES]).union(*parts)  # type: ignore[arg-type]
+        return tuple(sorted(union))
 
     @property
     def generation(self) -> str:

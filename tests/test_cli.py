@@ -1,0 +1,152 @@
+"""The offline commands: check, matrix, stamp and audit, through main(argv, env)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from hooktools import DOMAIN, stamped
+
+from psci_hook.cli import main
+from psci_hook.engine import GuestState
+from psci_hook.environment import Environment
+from psci_hook.profile import HostProfile, bundled_profiles
+from psci_hook.status import ExitStatus
+
+GOLDEN = REPO / "tests" / "golden"
+P = bundled_profiles()
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    env = Environment.for_test(["psci-hook", *argv])
+    status = main(env=env)
+    return (status, env.stdout.getvalue().decode(),  # type: ignore[attr-defined]
+            env.stderr.getvalue())  # type: ignore[attr-defined]
+
+
+def golden(name: str, text: str, regenerate: bool) -> None:
+    path = GOLDEN / name
+    if regenerate or not path.exists():
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} changed; rerun with --regenerate-golden if right"
+
+
+def test_check_allows_and_vetoes_with_exit_status() -> None:
+    status, out, _ = run("check", "--host-profile", str(P["6.12__a57"]),
+                         "--guest-profile", str(P["6.1__a57"]))
+    assert status == ExitStatus.OK and out.startswith("verdict: ALLOW")
+    status, out, _ = run("check", "--host-profile", str(P["5.10__a57"]),
+                         "--guest-profile", str(P["6.1__a57"]), "--json")
+    data = json.loads(out)
+    assert status == ExitStatus.VETO and data["verdict"] == "veto"
+    assert {"register", "outcome", "code", "message"} <= set(data["findings"][0])
+    assert data["guest_after"]["registers"]["PSCI_VERSION"] == 0x10001
+
+
+def test_check_takes_the_qemu_generation_from_a_version() -> None:
+    args = ["check", "--host-profile", str(P["6.12__max"]), "--guest-profile",
+            str(P["6.12__max"]), "--json"]
+    assert json.loads(run(*args)[1])["qemu_generation"] == "legacy"
+    assert json.loads(run(*args, "--qemu-version", "11.1")[1])["qemu_generation"] == "tolerant"
+    assert json.loads(run(*args, "--qemu", "tolerant")[1])["qemu_generation"] == "tolerant"
+
+
+def test_check_reads_the_record_of_a_domain(tmp_path: Path, bundled: dict[str, HostProfile]
+                                            ) -> None:
+    xml = tmp_path / "vm1.xml"
+    xml.write_bytes(stamped(DOMAIN, GuestState.booted_on(bundled["6.12__a57"])))
+    status, out, _ = run("check", "--host-profile", str(P["6.1__a57"]), "--domain-xml",
+                         str(xml))
+    assert status == ExitStatus.VETO and "CPREG_COUNT" in out
+
+
+@pytest.mark.parametrize("content", [b"{", b'{"schema": "x"}', b"\xff\xfe",
+                                     b'{"schema": "psci-hook.host-profile/v1", '
+                                     b'"kernel_release": "6.1", "registers": {"PSCI_VERSION": -2}}'])
+def test_check_and_matrix_refuse_bad_input_with_one_line(tmp_path: Path, content: bytes
+                                                         ) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content)
+    for argv in (["check", "--host-profile", str(bad), "--guest-profile", str(P["6.1__a57"])],
+                 ["matrix", str(bad), str(P["6.1__a57"])]):
+        status, out, err = run(*argv)
+        assert status == ExitStatus.BAD_INPUT and out == ""
+        assert err.count("\n") == 1 and err.startswith("psci-hook: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["nonsense"], ["check"], ["check", "--host-profile", "x"],
+    ["matrix", "--qemu", "newest"], ["check", "--host-profile", "a", "--guest-profile", "b",
+                                     "--features", "mte"],
+])
+def test_usage_errors(argv: list[str]) -> None:
+    status, out, err = run(*argv)
+    assert status == ExitStatus.BAD_INPUT and out == "" and "Traceback" not in err
+
+
+def test_check_domain_without_record_and_missing_files(tmp_path: Path) -> None:
+    xml = tmp_path / "vm.xml"
+    xml.write_bytes(DOMAIN)
+    status, _, err = run("check", "--host-profile", str(P["6.1__a57"]), "--domain-xml", str(xml))
+    assert status == ExitStatus.BAD_INPUT and "no psci-hook record" in err
+    status, _, err = run("check", "--host-profile", str(tmp_path / "no.json"),
+                         "--guest-profile", str(P["6.1__a57"]))
+    assert status == ExitStatus.BAD_INPUT and "cannot read" in err
+
+
+@pytest.mark.parametrize(("qemu", "fmt"), [("legacy", "text"), ("legacy", "markdown"),
+                                           ("legacy", "json"), ("tolerant", "json")])
+def test_matrix_golden(qemu: str, fmt: str, regenerate: bool) -> None:
+    status, out, _ = run("matrix", "--qemu", qemu, "--format", fmt)
+    assert status == ExitStatus.OK
+    golden(f"matrix-{qemu}.{ {'text': 'txt', 'markdown': 'md', 'json': 'json'}[fmt]}", out,
+           regenerate)
+
+
+def test_matrix_json_names_profiles_by_file_name(tmp_path: Path) -> None:
+    status, out, _ = run("matrix", str(P["6.1__a57"]), str(P["6.12__a57"]), "--format", "json")
+    data = json.loads(out)
+    assert data["profiles"] == ["6.1__a57", "6.12__a57"]
+    cells = {(c["source"], c["destination"]): c for c in data["cells"]}
+    assert cells[("6.12__a57", "6.1__a57")]["verdict"] == "veto"
+    assert "CPREG_COUNT" in cells[("6.12__a57", "6.1__a57")]["codes"]
+    assert cells[("6.1__a57", "6.12__a57")]["verdict"] == "allow"
+
+
+def test_stamp_prints_the_domain_with_a_record(tmp_path: Path) -> None:
+    xml = tmp_path / "vm.xml"
+    xml.write_bytes(DOMAIN.replace(b"<cpu mode='host-passthrough' check='none'/>",
+                                   b"<cpu mode='host-passthrough'>"
+                                   b"<feature policy='disable' name='sve'/></cpu>"))
+    env = Environment.for_test(["psci-hook", "stamp", "--guest-profile", str(P["6.12__max"]),
+                                "--domain-xml", str(xml)])
+    assert main(env=env) == ExitStatus.OK
+    out = env.stdout.getvalue()  # type: ignore[attr-defined]
+    assert b'<psci:vcpu features="pmu+pauth"/>' in out
+    status, _, err = run("stamp", "--guest-profile", str(P["6.1__a57"]), "--domain-xml",
+                         str(xml), "--features", "pmu+sve")
+    assert status == ExitStatus.BAD_INPUT and "no migrated list" in err
+
+
+def test_audit_summarises_a_syslog_file(tmp_path: Path) -> None:
+    lines = []
+    for i, (decision, codes) in enumerate([("allow", ["WA_RATCHET"]), ("veto", ["CPREG_COUNT"]),
+                                           ("veto", ["PSCI_UNSUPPORTED"]), ("allow", [])]):
+        event = {"event": "psci-hook.decision", "decision": decision, "op": "migrate",
+                 "domain": f"vm{i % 2}", "codes": codes, "reason": f"r{i}",
+                 "timestamp": f"2026-11-30T10:00:0{i}Z"}
+        lines.append(f"Nov 30 10:00:0{i} host-b psci-hook: {json.dumps(event)}")
+    lines.append("Nov 30 10:00:09 host-b kernel: something else")
+    log = tmp_path / "syslog"
+    log.write_text("\n".join(lines) + "\n")
+    status, out, _ = run("audit", str(log), "--json")
+    data = json.loads(out)
+    assert status == 0 and data["total"] == 4
+    assert data["by_decision"] == {"allow": 2, "veto": 2}
+    assert [v["reason"] for v in data["latest_vetoes"]] == ["r2", "r1"]
+    _, out, _ = run("audit", str(log), "--domain", "vm1", "--since", "2026-11-30T10:00:02Z")
+    assert "psci-hook decisions: 1 (allow 1)" in out
+    status, _, err = run("audit", str(tmp_path / "missing"))
+    assert status == ExitStatus.BAD_INPUT and "cannot read" in err

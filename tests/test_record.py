@@ -1,0 +1,123 @@
+"""The guest record: written, read back exactly, and validated as untrusted input."""
+
+from __future__ import annotations
+
+import pytest
+from lxml import etree
+
+from psci_hook import registers as regs
+from psci_hook.domainxml import parse_domain
+from psci_hook.engine import GuestState
+from psci_hook.profile import HostProfile
+from psci_hook.record import (
+    NAMESPACE,
+    GuestRecord,
+    HistoryEntry,
+    Origin,
+    Override,
+    RecordError,
+    decode_list,
+    encode_list,
+    list_digest,
+    parse_record,
+    read_record,
+    record_xml,
+)
+
+ORIGIN = Origin("booted", "host-a", "6.1.0-26-arm64", "2026-11-30T00:00:00Z", "uuid-1")
+
+
+def record_for(profile: HostProfile, **kw: object) -> GuestRecord:
+    state = GuestState.booted_on(profile)
+    state = GuestState(state.registers, state.features, state.cpreg_list,
+                       {"ID_AA64MMFR1_EL1": 0x11010211122}, {"CLIDR_EL1": 0x2000021,
+                                                             "CCSIDR_0": 2})
+    return GuestRecord(state, ORIGIN, **kw)  # type: ignore[arg-type]
+
+
+def reparse(text: str) -> GuestRecord:
+    return parse_record(etree.fromstring(text))
+
+
+def test_round_trip_is_exact(bundled: dict[str, HostProfile]) -> None:
+    record = record_for(bundled["6.12__max"],
+                        history=(HistoryEntry("2026-11-30T01:00:00Z", "migrate", "host-b",
+                                              "allow", ("WA_RATCHET",)),),
+                        override=Override(frozenset({"WA_LEVEL_TOO_HIGH"}), "ticket 1"))
+    assert reparse(record_xml(record)) == record
+
+
+def test_history_is_bounded(bundled: dict[str, HostProfile]) -> None:
+    record = record_for(bundled["6.1__a57"])
+    for i in range(12):
+        record = record.with_check(HistoryEntry(f"2026-11-30T00:00:{i:02d}Z", "migrate",
+                                                "h", "allow"), 8)
+    assert len(record.history) == 8 and record.history[-1].time.endswith("11Z")
+
+
+def test_list_encoding_is_compact_and_exact(bundled: dict[str, HostProfile]) -> None:
+    ids = bundled["6.12__max"].cpreg_lists["pmu+pauth+sve"]  # type: ignore[index]
+    text = encode_list(ids)
+    assert decode_list(text, len(ids), list_digest(ids)) == ids
+    assert len(text) < 8 * len(ids)  # far below 18 characters per "0x..." id
+    with pytest.raises(RecordError, match="digest"):
+        decode_list(text.replace(" 1 ", " 2 ", 1), len(ids), list_digest(ids))
+    with pytest.raises(RecordError, match="count"):
+        decode_list(text, len(ids) + 1, list_digest(ids))
+
+
+def _mutate(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('version="1"', 'version="2"', "version"),
+    ('value="0x10001"', 'value="-1"', "non-negative integer"),
+    ('value="0x10001"', 'value="lots"', "non-negative integer"),
+    ('value="0x10001"', 'value="0x10000000000000000"', "integer"),
+    ('value="0x10001"', 'value="99999999999999999999"', "64 bits"),
+    ('name="PSCI_VERSION"', 'name="PSCI_VERSIONS"', "unknown firmware register"),
+    ('name="ID_AA64MMFR1_EL1"', 'name="ID_WHATEVER"', "not an ID register"),
+    ('name="CLIDR_EL1"', 'name="CSSELR_EL1"', "cache geometry"),
+    ('features="pmu+pauth+sve"', 'features="pmu+mte"', "unknown vCPU feature"),
+    ('event="booted"', 'event="hacked"', "origin event"),
+    ('time="2026-11-30T00:00:00Z"', 'time="yesterday"', "time"),
+    ('count="269"', 'count="270"', "count"),
+    ('count="269"', 'count="100000"', "implausible"),
+    ("<psci:vcpu", "<psci:surprise/><psci:vcpu", "unexpected element"),
+])
+def test_malformed_records_are_findings_not_crashes(bundled: dict[str, HostProfile],
+                                                    old: str, new: str, message: str) -> None:
+    text = record_xml(record_for(bundled["6.12__max"]))
+    with pytest.raises(RecordError, match=message):
+        reparse(_mutate(text, old, new))
+
+
+def test_firmware_and_list_must_agree(bundled: dict[str, HostProfile]) -> None:
+    text = record_xml(record_for(bundled["6.12__max"]))
+    start = text.index('<psci:reg name="STD_BMAP"')
+    end = text.index("/>", start) + 2
+    with pytest.raises(RecordError, match="disagree"):
+        reparse(text[:start] + text[end:])
+
+
+def test_override_must_name_known_codes(bundled: dict[str, HostProfile]) -> None:
+    record = record_for(bundled["6.1__a57"], override=Override(frozenset({"CPREG_COUNT"}), "x"))
+    text = record_xml(record)
+    with pytest.raises(RecordError, match="unknown codes"):
+        reparse(_mutate(text, 'codes="CPREG_COUNT"', 'codes="EVERYTHING"'))
+
+
+def test_two_records_in_one_domain(bundled: dict[str, HostProfile]) -> None:
+    rec = record_xml(record_for(bundled["6.1__a57"]))
+    doc = (f"<domain type='kvm'><name>x</name><metadata>{rec}{rec}</metadata></domain>"
+           ).encode()
+    with pytest.raises(RecordError, match="2 psci-hook records"):
+        read_record(parse_domain(doc).root)
+
+
+def test_a_domain_without_record(bundled: dict[str, HostProfile]) -> None:
+    doc = f"<domain><metadata><x:y xmlns:x='{NAMESPACE}x'/></metadata></domain>".encode()
+    assert read_record(parse_domain(doc).root) is None
+    assert regs.PSCI_VERSION.name in record_xml(record_for(bundled["6.1__a57"]))
