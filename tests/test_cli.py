@@ -62,9 +62,11 @@ def test_check_reads_the_record_of_a_domain(tmp_path: Path, bundled: dict[str, H
     assert status == ExitStatus.VETO and "CPREG_COUNT" in out
 
 
-@pytest.mark.parametrize("content", [b"{", b'{"schema": "x"}', b"\xff\xfe",
-                                     b'{"schema": "psci-hook.host-profile/v1", '
-                                     b'"kernel_release": "6.1", "registers": {"PSCI_VERSION": -2}}'])
+NEGATIVE = (b'{"schema": "psci-hook.host-profile/v1", "kernel_release": "6.1", '
+            b'"registers": {"PSCI_VERSION": -2}}')
+
+
+@pytest.mark.parametrize("content", [b"{", b'{"schema": "x"}', b"\xff\xfe", NEGATIVE])
 def test_check_and_matrix_refuse_bad_input_with_one_line(tmp_path: Path, content: bytes
                                                          ) -> None:
     bad = tmp_path / "bad.json"
@@ -106,7 +108,7 @@ def test_matrix_golden(qemu: str, fmt: str, regenerate: bool) -> None:
 
 
 def test_matrix_json_names_profiles_by_file_name(tmp_path: Path) -> None:
-    status, out, _ = run("matrix", str(P["6.1__a57"]), str(P["6.12__a57"]), "--format", "json")
+    _status, out, _ = run("matrix", str(P["6.1__a57"]), str(P["6.12__a57"]), "--format", "json")
     data = json.loads(out)
     assert data["profiles"] == ["6.1__a57", "6.12__a57"]
     cells = {(c["source"], c["destination"]): c for c in data["cells"]}

@@ -13,6 +13,8 @@ from conftest import SHARED
 from psci_hook import registers as regs
 from psci_hook.profile import (
     FEATURE_ORDER as FEATURES,
+)
+from psci_hook.profile import (
     HostProfile,
     ProfileError,
     bundled_profiles,

@@ -7,7 +7,7 @@ import ast
 import pytest
 from conftest import REPO
 
-SOURCES = sorted(REPO.glob("psci_hook/**/*.py")) + [REPO / "hooks" / "50-psci-hook"]
+SOURCES = [*sorted(REPO.glob("psci_hook/**/*.py")), REPO / "hooks" / "50-psci-hook"]
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
