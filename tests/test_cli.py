@@ -66,11 +66,9 @@ NEGATIVE = (b'{"schema": "psci-hook.host-profile/v1", "kernel_release": "6.1", '
             b'"registers": {"PSCI_VERSION": -2}}')
 
 
-NEGATIVE = (b'{"schema": "psci-hook.host-profile/v1", "kernel_release": "6.1", '
-            b'"registers": {"PSCI_VERSION": -2}}')
-
-
 @pytest.mark.parametrize("content", [b"{", b'{"schema": "x"}', b"\xff\xfe", NEGATIVE])
+def test_check_and_matrix_refuse_bad_input_with_one_line(tmp_path: Path, content: bytes
+                                                         ) -> None:
     bad = tmp_path / "bad.json"
     bad.write_bytes(content)
     for argv in (["check", "--host-profile", str(bad), "--guest-profile", str(P["6.1__a57"])],
