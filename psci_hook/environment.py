@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO, Callable, TextIO
+from typing import Any, BinaryIO, Callable, TextIO
 
 DEFAULT_CONFIG_PATH = Path("/etc/psci-hook/psci-hook.conf")
 DEFAULT_RUN_DIR = Path("/run/psci-hook")
@@ -31,6 +31,9 @@ class Environment:
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     run_dir: Path = DEFAULT_RUN_DIR
+    # The rehearsal on this host's KVM (psci_hook.rehearsal); None: the real one where /dev/kvm
+    # is an arm64 KVM, else none. Tests on x86 inject one here.
+    rehearser: Any = None
 
     @classmethod
     def from_process(cls) -> Environment:

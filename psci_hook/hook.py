@@ -20,13 +20,13 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from psci_hook import __version__, auditlog
+from psci_hook import __version__, auditlog, rehearsal
 from psci_hook.codes import Severity
 from psci_hook.domainxml import Domain, DomainXMLError, parse_domain
 from psci_hook.engine import Decision, Finding, decide, significant_codes
 from psci_hook.environment import Environment
 from psci_hook.policy import Policy, PolicyError, load_policy
-from psci_hook.profile import HostProfile, ProfileError, load_profile
+from psci_hook.profile import HostProfile, load_profile
 from psci_hook.record import GuestRecord, HistoryEntry, Origin, RecordError, read_record
 from psci_hook.report import guest_summary, veto_reason
 from psci_hook.splice import SpliceError, splice_record
@@ -123,7 +123,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
                              base)
     try:
         profile = _load_host_profile(policy, env)
-    except (ProfileError, OSError, ImportError, ValueError) as exc:
+    except Exception as exc:  # missing, stale, corrupt, unreadable, not probeable
         outcome = _error_outcome(policy, "PROFILE_UNAVAILABLE", str(exc).splitlines()[0],
                                  domain.name)
         outcome.event.update(base)
@@ -142,7 +142,22 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
 
     generation = None if policy.qemu_generation == "auto" else policy.qemu_generation
     decision = decide(record.state, profile, generation, policy.veto_dropped_workarounds)
-    findings = list(decision.findings) + _apply_override(record, decision, policy)
+    findings = list(decision.findings)
+    rehearser = env.rehearser or (rehearsal.kvm_rehearser if rehearsal.available() else None)
+    if rehearser is not None and policy.rehearse:
+        try:
+            result = rehearser(record.state.features,
+                               rehearsal.values_to_rehearse(record.state))
+        except Exception as exc:  # e.g. KVM refused the scratch VM: the model's verdict stands
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            base["rehearsal"] = f"not run: {detail}"
+        else:
+            findings = rehearsal.reconcile(findings, result)
+            base["rehearsal"] = "refused" if result.refused_id is not None else "accepted"
+            decision = dataclasses.replace(
+                decision, findings=tuple(findings),
+                verdict="veto" if any(f.blocking for f in findings) else "allow")
+    findings += _apply_override(record, decision, policy)
     base.update({
         "guest": guest_summary(record.state),
         "guest_origin": {"host": record.origin.host, "kernel": record.origin.kernel,

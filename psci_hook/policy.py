@@ -43,6 +43,8 @@ class Policy:
     qemu_generation: str = "auto"
     # Veto a silently dropped WORKAROUND register whose value is above NOT_AVAIL.
     veto_dropped_workarounds: bool = True
+    # Rehearse the guest's values on this host's KVM (aarch64 with /dev/kvm only).
+    rehearse: bool = True
     # Whether a domain may carry a per-domain override in its record.
     allow_domain_override: bool = True
     # The history entries kept in a guest record.
@@ -69,7 +71,7 @@ class Policy:
 _SECTIONS: Mapping[str, frozenset[str]] = {
     "hook": frozenset({
         "mode", "unrecorded", "annotate", "on_error", "timeout", "domain_types",
-        "veto_dropped_workarounds", "allow_domain_override", "history_limit",
+        "veto_dropped_workarounds", "allow_domain_override", "history_limit", "rehearse",
     }),
     "host": frozenset({"profile", "qemu_generation"}),
     "log": frozenset({"target", "journal_socket", "syslog_socket"}),
@@ -165,6 +167,7 @@ def parse_policy(text: str, origin: str = "configuration") -> Policy:
         veto_dropped_workarounds=boolean(
             "hook", "veto_dropped_workarounds", defaults.veto_dropped_workarounds
         ),
+        rehearse=boolean("hook", "rehearse", defaults.rehearse),
         allow_domain_override=boolean(
             "hook", "allow_domain_override", defaults.allow_domain_override
         ),
