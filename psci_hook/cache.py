@@ -94,11 +94,11 @@ def write_profile(run_dir: Path, profile: Mapping[str, Any]) -> Path:
 
 
 def current_identity(
-    boot_id_path: Path = probe_mod.BOOT_ID_PATH,
-    uname: Callable[[], os.uname_result] = os.uname,
+    boot_id_path: Path | None = None,
+    uname: Callable[[], os.uname_result] | None = None,
 ) -> tuple[str, str]:
     """(boot id, kernel release) of the running system."""
-    return probe_mod.read_boot_id(boot_id_path), uname().release
+    return probe_mod.read_boot_id(boot_id_path), (uname or probe_mod.UNAME)().release
 
 
 def read_cached(run_dir: Path, boot_id: str, kernel_release: str) -> HostProfile:
@@ -139,8 +139,8 @@ def load_host_profile(
     write_back: bool = True,
     syscalls: kvm_mod.Syscalls | None = None,
     clock: Callable[[], float] = time.time,
-    boot_id_path: Path = probe_mod.BOOT_ID_PATH,
-    uname: Callable[[], os.uname_result] = os.uname,
+    boot_id_path: Path | None = None,
+    uname: Callable[[], os.uname_result] | None = None,
 ) -> HostProfile:
     """This host's profile: the cached one when it is current, else (with ``probe_inline``) a
     fresh probe, stored back in the cache when possible. Raises HostProfileUnavailable."""
@@ -148,7 +148,8 @@ def load_host_profile(
         boot_id, release = current_identity(boot_id_path, uname)
     except OSError as exc:
         raise HostProfileUnavailable(
-            f"cannot read this system's boot id ({boot_id_path}): {exc.strerror or exc}",
+            f"cannot read this system's boot id "
+            f"({boot_id_path or probe_mod.BOOT_ID_PATH}): {exc.strerror or exc}",
             "identity",
         ) from None
     try:

@@ -33,6 +33,8 @@ from psci_hook import registers as regs
 from psci_hook.profile import FEATURE_ORDER, SCHEMA, feature_key
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+# Where the running system's identity comes from; module attributes so tests can replace them.
+UNAME: Callable[[], os.uname_result] = os.uname
 QEMU_VERSION_FILE = "qemu-version"
 _QEMU_VERSION_RE = re.compile(r"\s*(\d+\.\d+(?:\.\d+)?)\s*$")
 
@@ -52,8 +54,8 @@ def feature_sets(supported: Iterable[str]) -> list[frozenset[str]]:
     return sets
 
 
-def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
-    return path.read_text(encoding="ascii").strip()
+def read_boot_id(path: Path | None = None) -> str:
+    return (path or BOOT_ID_PATH).read_text(encoding="ascii").strip()
 
 
 def read_qemu_version(run_dir: Path | None) -> str | None:
@@ -113,8 +115,8 @@ def probe_host(
     *,
     clock: Callable[[], float],
     run_dir: Path | None = None,
-    boot_id_path: Path = BOOT_ID_PATH,
-    uname: Callable[[], os.uname_result] = os.uname,
+    boot_id_path: Path | None = None,
+    uname: Callable[[], os.uname_result] | None = None,
 ) -> dict[str, Any]:
     """Probe this host through ``kvm`` and return its profile as a JSON-ready dict."""
     caps = kvm.capabilities()
@@ -147,7 +149,7 @@ def probe_host(
             finally:
                 vcpu.close()
 
-    info = uname()
+    info = (uname or UNAME)()
     profile: dict[str, Any] = {
         "schema": SCHEMA,
         "kernel_release": info.release,

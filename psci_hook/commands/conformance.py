@@ -96,8 +96,8 @@ def run_checks(kvm: kvm_mod.Kvm, profile: HostProfile, reg_ids: Iterable[int]) -
             predicted = engine.predict_value(reg_id, value, profile)
             # A fresh VM for every value: PSCI and the bitmaps are stored per VM.
             with kvm.scratch_vcpu(()) as vcpu:
-                code = vcpu.try_set_one_reg(reg_id, value)
                 own = vcpu.try_get_one_reg(reg_id)
+                code = vcpu.try_set_one_reg(reg_id, value)
             checks.append(Check(reg_id, value, predicted, code, own))
     return checks
 

@@ -15,7 +15,7 @@ $PSCI_HOOK_CACHE_DIR, else $XDG_CACHE_HOME/psci-hook, else ~/.cache/psci-hook. W
 cannot be reached and nothing is cached, HarnessError says so (the tests fail, never skip).
 
 Environment:
-  PSCI_HOOK_SHARED_DIR            the shared/ directory (default: ../shared beside the repo)
+  PSCI_HOOK_SHARED                the shared/ directory (default: ../shared beside the repo)
   PSCI_HOOK_CACHE_DIR             the cache directory (see above)
   PSCI_HOOK_NESTED_APT_SOURCES    an apt sources file to use instead of the machine's
   PSCI_HOOK_NESTED_REFRESH=1      download the packages again
@@ -89,12 +89,12 @@ class HarnessError(Exception):
 
 
 def shared_dir() -> Path:
-    override = os.environ.get("PSCI_HOOK_SHARED_DIR")
+    override = os.environ.get("PSCI_HOOK_SHARED")
     path = Path(override) if override else REPO_ROOT.parent / "shared"
     if not (path / "kernels").is_dir() or not (path / "profiles").is_dir():
         raise HarnessError(
             f"{path} is not the shared/ directory (kernels/ and profiles/ missing); "
-            "set PSCI_HOOK_SHARED_DIR"
+            "set PSCI_HOOK_SHARED"
         )
     return path
 
