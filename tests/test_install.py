@@ -228,6 +228,25 @@ def test_units_fall_back_to_python_dash_m(
     assert f"ExecStart={python} -I -m psci_hook probe --write\n" in text
 
 
+def test_the_interpreter_must_import_this_psci_hook(tmp_path: Path) -> None:
+    env = Environment.for_test(["psci-hook"])
+    install.check_interpreter(sys.executable, env)  # this venv imports this very package
+    assert env.stderr.getvalue() == ""  # type: ignore[attr-defined]
+
+    cannot = tmp_path / "user-site-python"
+    cannot.write_text("#!/bin/sh\nexit 1\n")
+    cannot.chmod(0o755)
+    with pytest.raises(install.InstallError, match="cannot import psci_hook"):
+        install.check_interpreter(str(cannot), env)
+
+    other = tmp_path / "other-python"
+    other.write_text("#!/bin/sh\necho /usr/lib/python3/dist-packages/psci_hook/__init__.py\n")
+    other.chmod(0o755)
+    install.check_interpreter(str(other), env)
+    assert "imports psci_hook from /usr/lib/python3/dist-packages/psci_hook" in \
+        env.stderr.getvalue()  # type: ignore[attr-defined]
+
+
 def test_unwritable_root_is_one_line(tmp_path: Path, script: str) -> None:
     status, _, err = run_cli("install", "--root", str(tmp_path / "missing"), argv0=script)
     assert status == 2

@@ -14,6 +14,9 @@ What it writes, under ``--root`` (default ``/``):
 * ``/var/lib/psci-hook/install-manifest.json``: the files and directories it created, with their
   SHA-256, so that ``--uninstall`` removes exactly those and keeps anything changed since.
 
+Installing into ``/`` first checks that ``PYTHON -I`` imports this very psci_hook, as the hook
+will (a ``pip install --user`` cannot work: ``-I`` ignores the user site directory).
+
 A hook or unit file already there that this command did not put there (a distribution package's,
 or one edited since) is left alone unless ``--force``. Nothing is started or reloaded: the command
 prints the ``systemctl`` lines to run.
@@ -28,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -174,6 +178,29 @@ def render_hook(python: str) -> bytes:
     return line.encode() + b"\n" + body
 
 
+def check_interpreter(python: str, env: Environment) -> None:
+    """On this host (no --root): ``python -I`` must import this very psci_hook, as libvirt will
+    run the hook. A ``pip install --user`` fails this (-I ignores the user site directory)."""
+    ours = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run(
+            [python, "-I", "-c", "import psci_hook; print(psci_hook.__file__)"],
+            env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"}, cwd="/", capture_output=True,
+            text=True, timeout=60, check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise InstallError(f"cannot run {python}: {exc}") from exc
+    if done.returncode != 0:
+        raise InstallError(
+            f"{python} -I cannot import psci_hook, so the hook could never load it "
+            "(a pip --user install? install into a virtualenv or system-wide, or name "
+            "another interpreter with --python)"
+        )
+    theirs = Path(done.stdout.strip()).resolve().parent
+    if theirs != ours:
+        env.error(f"warning: {python} -I imports psci_hook from {theirs}, not from {ours}")
+
+
 def find_command(env: Environment, python: str) -> str:
     """The ``psci-hook`` command of this installation, for the units' ``ExecStart=``."""
     candidates: list[str] = []
@@ -264,8 +291,9 @@ def _make_dirs(root: Path, path: PurePosixPath, manifest: Manifest) -> None:
 def _install(root: Path, python: str, units: bool, force: bool, env: Environment) -> ExitStatus:
     if not root.is_dir():
         raise InstallError(f"--root {root}: not a directory")
-    command = find_command(env, python)
-    items = planned_items(python, command, units)
+    items = planned_items(python, find_command(env, python), units)
+    if root.resolve() == Path("/"):
+        check_interpreter(python, env)
     manifest_path = _under(root, MANIFEST)
     manifest = Manifest.load(manifest_path) or Manifest()
     conflicts = 0
