@@ -12,17 +12,20 @@ This module never talks to libvirt: the daemon is waiting for us (deadlock).
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import signal
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from psci_hook import __version__, auditlog, rehearsal
 from psci_hook.codes import Severity
-from psci_hook.domainxml import Domain, DomainXMLError, parse_domain
+from psci_hook.domainxml import MAX_DOMAIN_XML, Domain, DomainXMLError, parse_domain
 from psci_hook.engine import Decision, Finding, decide, significant_codes
 from psci_hook.environment import Environment
 from psci_hook.policy import Policy, PolicyError, load_policy
@@ -35,11 +38,14 @@ from psci_hook.status import ExitStatus
 ACTED_ON = {("migrate", "begin"), ("restore", "begin")}
 
 
-class HookTimeout(Exception):
+# BaseException, not Exception: raised from a signal handler anywhere in the decision, they must
+# not be swallowed by an ``except Exception`` on the way (the profile load, the rehearsal, the
+# capabilities read), which turned a timeout into some other error or none at all.
+class HookTimeout(BaseException):
     pass
 
 
-class HookInterrupted(Exception):
+class HookInterrupted(BaseException):
     pass
 
 
@@ -236,7 +242,7 @@ def main(env: Environment, sink: auditlog.Sink | None = None) -> ExitStatus:
     started = env.monotonic()
     argv = list(env.argv)
     op, sub_op = (argv[2], argv[3]) if len(argv) >= 4 else ("", "")
-    data = env.stdin.read()
+    data = _read_input(env)
     if (op, sub_op) not in ACTED_ON:
         return ExitStatus.OK
     domain_arg = argv[1]
@@ -244,7 +250,7 @@ def main(env: Environment, sink: auditlog.Sink | None = None) -> ExitStatus:
         policy = load_policy(env.config_path)
         policy_error = ""
     except PolicyError as exc:
-        policy, policy_error = Policy(), str(exc)
+        policy, policy_error = _fallback_policy(env.config_path), str(exc)
 
     try:
         if policy_error:
@@ -277,28 +283,86 @@ def main(env: Environment, sink: auditlog.Sink | None = None) -> ExitStatus:
     }
     sink = sink or auditlog.Sink.for_target(policy.log_target, policy.journal_socket,
                                             policy.syslog_socket)
-    auditlog.emit_decision(sink, **event)
-    _write_once(env, outcome)
+    # Decided: a SIGTERM from here on is ignored (it used to be held back, then delivered after
+    # the write with its default action, killing the hook of an allowed migration).
+    old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        auditlog.emit_decision(sink, **event)
+        _write_once(env, outcome)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
     return outcome.status
 
 
-def _write_once(env: Environment, outcome: Outcome) -> None:
-    """stdout gets the whole new XML or nothing; stderr gets at most one line."""
-    blocked = {signal.SIGTERM, signal.SIGALRM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+def _read_input(env: Environment) -> bytes:
+    """stdin, but at most one byte more than the parser accepts: the rest of an oversized input
+    is drained (so that libvirt can finish writing) without being kept in memory."""
     try:
-        if outcome.output:
-            try:
-                env.stdout.write(outcome.output)
-                env.stdout.flush()
-            except BrokenPipeError:
-                pass  # libvirt went away; nothing useful can be done
-        if outcome.message:
-            try:
-                env.stderr.write(outcome.message + "\n")
-                env.stderr.flush()
-            except (BrokenPipeError, ValueError):
+        data = env.stdin.read(MAX_DOMAIN_XML + 1)
+        if len(data) > MAX_DOMAIN_XML:
+            while env.stdin.read(1 << 16):
                 pass
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+        return data
+    except (OSError, ValueError):  # unreadable stdin: empty input, an XML_INVALID error
+        return b""
+
+
+def _fallback_policy(path: Path) -> Policy:
+    """The policy when the configuration is unusable: the defaults, except on_error.
+
+    A typo or a half-written file must not turn an operator's fail-closed choice into fail-open,
+    so the [hook] section's on_error lines are read leniently; if any says veto, veto (an
+    unreadable file, or none that says veto: the default, allow).
+    """
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return Policy()
+    section, choices = "", set()
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1].strip()
+            continue
+        match = re.fullmatch(r"(?i)on_error\s*[=:]\s*(\w+)", stripped)
+        if section == "hook" and match:
+            choices.add(match.group(1).lower())
+    return Policy(on_error="veto") if "veto" in choices else Policy()
+
+
+def _one_line(message: str) -> str:
+    """The stderr line without line breaks or control characters (libvirt shows it to the
+    user; a domain name from the XML may hold "&#10;")."""
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]+", " ", message)
+
+
+def _write_once(env: Environment, outcome: Outcome) -> None:
+    """stdout gets the whole new XML or nothing; stderr gets at most one line.
+
+    A stream whose reader went away is pointed at /dev/null, so that the interpreter's final
+    flush of the unwritten rest does not fail too (that was exit 120 and "Exception ignored ...
+    BrokenPipeError" on stderr: a refusal where the decision was allow).
+    """
+    if outcome.output:
+        try:
+            env.stdout.write(outcome.output)
+            env.stdout.flush()
+        except BrokenPipeError:  # libvirt went away; nothing useful can be done
+            _to_devnull(env.stdout)
+    if outcome.message:
+        try:
+            env.stderr.write(_one_line(outcome.message) + "\n")
+            env.stderr.flush()
+        except (BrokenPipeError, ValueError):
+            _to_devnull(env.stderr)
+
+
+def _to_devnull(stream: Any) -> None:
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+    except (OSError, ValueError):  # not a real file (tests), or no /dev/null
+        pass
 
