@@ -32,6 +32,20 @@ MESSAGE_IDS = {
     "warn": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e03",  # would have vetoed, policy mode = warn
     "error": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e04",
 }
+# `psci-hook record` and `watch`: one event per action, journalctl MESSAGE_ID=<id> per action.
+RECORD_EVENT = "psci-hook.record"
+RECORD_MESSAGE_IDS = {
+    "recorded": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e11",
+    "replaced": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e12",
+    "updated": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e13",
+    "synced": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e14",
+    "unchanged": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e15",
+    "skipped": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e16",
+    "failed": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e17",
+    "service": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e18",  # watch: connected, disconnected, stopped
+}
+RECORD_PRIORITIES = {"failed": 3, "disconnected": 4, "connect-failed": 4, "refresh-failed": 4,
+                     "skipped": 5, "unchanged": 7}
 # syslog severities: veto and error are warnings/errors an operator should see.
 PRIORITIES = {"allow": 6, "warn": 4, "veto": 4, "error": 3}
 FACILITY_DAEMON = 3
@@ -66,14 +80,19 @@ class Sink:
         return cls(journal if target in ("auto", "journal") else None,
                    syslog if target in ("auto", "syslog") else None)
 
-    def emit(self, decision: str, message: str, fields: Mapping[str, str]) -> bool:
-        priority = PRIORITIES.get(decision, 6)
+    def emit(self, decision: str, message: str, fields: Mapping[str, str],
+             priority: int | None = None, message_id: str | None = None) -> bool:
+        """Send one rendered event; ``priority`` and ``message_id`` default to the decision's."""
+        if priority is None:
+            priority = PRIORITIES.get(decision, 6)
+        if message_id is None:
+            message_id = MESSAGE_IDS.get(decision, MESSAGE_IDS["error"])
         if self.journal is not None and self.journal.exists():
             payload = b"".join(
                 [_journal_field("MESSAGE", message),
                  _journal_field("SYSLOG_IDENTIFIER", IDENTIFIER),
                  _journal_field("PRIORITY", str(priority)),
-                 _journal_field("MESSAGE_ID", MESSAGE_IDS.get(decision, MESSAGE_IDS["error"]))]
+                 _journal_field("MESSAGE_ID", message_id)]
                 + [_journal_field(k, v) for k, v in fields.items()])
             if _send(self.journal, payload):
                 return True
@@ -92,6 +111,18 @@ class _SinkLogger:
 
     def msg(self, rendered: str) -> None:
         event = json.loads(rendered)
+        if event.get("event") == RECORD_EVENT:
+            action = str(event.get("action", ""))
+            fields = {
+                "PSCI_ACTION": action,
+                "PSCI_DOMAIN": str(event.get("domain", "")),
+                "PSCI_TRIGGER": str(event.get("trigger", "")),
+                "PSCI_CODES": " ".join(event.get("codes", [])),
+            }
+            self.delivered = self.sink.emit(
+                action, rendered, fields, priority=RECORD_PRIORITIES.get(action, 6),
+                message_id=RECORD_MESSAGE_IDS.get(action, RECORD_MESSAGE_IDS["service"]))
+            return
         fields = {
             "PSCI_DECISION": str(event.get("decision", "")),
             "PSCI_DOMAIN": str(event.get("domain", "")),
@@ -103,8 +134,7 @@ class _SinkLogger:
     info = warning = error = msg
 
 
-def emit_decision(sink: Sink, **event: Any) -> bool:
-    """Render one decision event with structlog and send it; True if a sink took it."""
+def _emit(sink: Sink, name: str, event: Mapping[str, Any]) -> bool:
     logger = _SinkLogger(sink)
     bound = structlog.wrap_logger(
         logger,
@@ -113,7 +143,18 @@ def emit_decision(sink: Sink, **event: Any) -> bool:
         cache_logger_on_first_use=False,
     )
     try:
-        bound.info(EVENT, **event)
+        bound.info(name, **event)
     except Exception:  # logging must never fail the hook
         return False
     return logger.delivered
+
+
+def emit_decision(sink: Sink, **event: Any) -> bool:
+    """Render one decision event with structlog and send it; True if a sink took it."""
+    return _emit(sink, EVENT, event)
+
+
+def emit_record(sink: Sink, **event: Any) -> bool:
+    """One event of `psci-hook record` / `watch` (a record written or skipped, a connection
+    made or lost), rendered like a decision; True if a sink took it."""
+    return _emit(sink, RECORD_EVENT, event)

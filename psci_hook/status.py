@@ -11,7 +11,9 @@ import enum
 class ExitStatus(enum.IntEnum):
     # Shared by all commands.
     OK = 0  # allowed / done / no disagreement
-    VETO = 1  # the migration would fail (hook, check); conformance found a disagreement
+    # The migration would fail (hook, check); conformance found a disagreement; record: some
+    # domains could not be recorded (each output line says why).
+    VETO = 1
     BAD_INPUT = 2  # usage error or malformed input (argv, XML, JSON, configuration)
     INTERNAL_ERROR = 3  # hook: a bug or unreadable state, and the policy says on_error = veto
     TIMEOUT = 4  # hook: the run exceeded its time bound, and the policy says on_error = veto

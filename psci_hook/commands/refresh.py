@@ -1,0 +1,63 @@
+"""``psci-hook refresh``: cache libvirt's host capabilities and the QEMU version for the hook.
+
+The hook never asks libvirt (the daemon is waiting for it), so what it needs from libvirt is
+cached beforehand in the run directory (/run/psci-hook): ``capabilities.xml`` (the host's
+identity: UUID, CPU vendor and model) and ``qemu-version`` (X.Y.Z; QEMU's generation decides
+the migration tolerances). Both are written atomically. psci-hook-refresh.service runs this
+whenever the libvirt daemon starts; ``watch`` does the same each time it connects.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from psci_hook import cache
+from psci_hook.environment import Environment
+from psci_hook.libvirt_client import Client, LibvirtCallFailed, LibvirtUnavailable
+from psci_hook.probe import QEMU_VERSION_FILE
+from psci_hook.status import ExitStatus
+
+HELP = ("cache libvirt's host capabilities and the QEMU version in the run directory "
+        "(/run/psci-hook), for the hook")
+CAPABILITIES_FILE = "capabilities.xml"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--uri", default=None,
+                        help="libvirt connection URI (default: libvirt's default, "
+                        "qemu:///system for root)")
+
+
+def refresh_cache(client: Client, run_dir: Path) -> tuple[Path, Path, str]:
+    """Write both files from an open connection; returns the paths and the QEMU version.
+    Raises the client's errors, and OSError when a file cannot be written."""
+    capabilities = client.capabilities()
+    version = client.hypervisor_version()
+    caps_path = run_dir / CAPABILITIES_FILE
+    version_path = run_dir / QEMU_VERSION_FILE
+    cache.write_atomic(caps_path, capabilities if capabilities.endswith("\n")
+                       else capabilities + "\n")
+    cache.write_atomic(version_path, version + "\n")
+    return caps_path, version_path, version
+
+
+def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    try:
+        client = Client.open(args.uri)
+    except LibvirtUnavailable as exc:
+        env.error(f"refresh: {exc}")
+        return ExitStatus.LIBVIRT_UNAVAILABLE
+    try:
+        caps_path, version_path, version = refresh_cache(client, env.run_dir)
+    except (LibvirtUnavailable, LibvirtCallFailed) as exc:
+        env.error(f"refresh: {exc}")
+        return ExitStatus.LIBVIRT_UNAVAILABLE
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        env.error(f"refresh: cannot write the cache: {where}{exc.strerror or exc}")
+        return ExitStatus.INTERNAL_ERROR
+    finally:
+        client.close()
+    env.write_out(f"wrote {caps_path}\nwrote {version_path} (QEMU {version})\n")
+    return ExitStatus.OK

@@ -1,0 +1,210 @@
+"""``psci-hook watch``: the guest recorder service, on libvirt's event loop.
+
+- STARTED_BOOTED (a new QEMU process cold-booted the guest here): record this host's values,
+  replacing whatever record the definition carried.
+- STARTED_MIGRATED, STARTED_RESTORED: give the persistent definition the live record (the
+  hook's annotation reaches the live one only) and, where the hook did not annotate, bring the
+  live record to the guest's state on this host first.
+- At start-up and after every reconnection: reconcile every running domain as ``psci-hook
+  record --all`` does, after refreshing the capabilities and QEMU version cache.
+- When the daemon goes away (restart, crash, keepalive timeout) reconnect with backoff.
+- SIGTERM or SIGINT: stop cleanly, exit 0.
+
+One structured event per action goes to the journal or syslog ([log] target), never to
+stdout. This process talks to libvirt; the hook never does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import queue
+import signal
+import threading
+from types import FrameType
+from typing import Any, Union
+
+from psci_hook import __version__, auditlog
+from psci_hook.commands.record import (
+    Context,
+    ContextError,
+    load_context,
+    log_plan,
+    record_domain,
+    sink_for,
+)
+from psci_hook.commands.refresh import refresh_cache
+from psci_hook.environment import Environment
+from psci_hook.libvirt_client import (
+    STARTED,
+    Backoff,
+    Client,
+    EventLoop,
+    LibvirtCallFailed,
+    LibvirtUnavailable,
+    Lifecycle,
+    load,
+)
+from psci_hook.policy import PolicyError, load_policy
+from psci_hook.recorder import BOOTED, MIGRATED, RECONCILE, RESTORED, SKIPPED, Plan, plan_failed
+from psci_hook.status import ExitStatus
+
+HELP = ("service: record freshly booted guests and keep persistent definitions in step with "
+        "the live record, from libvirt lifecycle events (psci-hook-watch.service)")
+ACTED_ON = (BOOTED, MIGRATED, RESTORED)
+POLL_SECONDS = 0.5  # how often the main loop looks at the stop flag and the connection
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--uri", default=None,
+                        help="libvirt connection URI (default: libvirt's default, "
+                        "qemu:///system for root)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Closed:
+    """The connection of generation ``generation`` closed."""
+
+    generation: int
+    reason: str
+
+
+Item = Union[Lifecycle, Closed]
+
+
+class Watcher:
+    def __init__(self, env: Environment, uri: str | None,
+                 backoff: Backoff | None = None) -> None:
+        self.env = env
+        self.uri = uri
+        self.backoff = backoff or Backoff()
+        self.stop = threading.Event()
+        self.items: queue.Queue[Item] = queue.Queue()
+        self.generation = 0
+
+    # -- logging ---------------------------------------------------------------------------
+
+    def service_event(self, action: str, reason: str, **fields: Any) -> None:
+        try:
+            sink = sink_for(load_policy(self.env.config_path))
+        except PolicyError:
+            sink = auditlog.Sink()
+        auditlog.emit_record(sink, action=action, trigger="service", domain="",
+                             reason=reason, uri=self.uri or "", **fields,
+                             version=__version__)
+
+    # -- the service -----------------------------------------------------------------------
+
+    def run(self) -> ExitStatus:
+        loop = EventLoop()
+        self.service_event("started", "watching libvirt lifecycle events")
+        try:
+            while not self.stop.is_set():
+                client = Client.open_retrying(self.uri, self.stop, self.backoff,
+                                              self._connect_failed)
+                if client is None:
+                    break
+                try:
+                    self._serve(client)
+                except LibvirtUnavailable as exc:
+                    self.service_event("disconnected", f"{exc}; reconnecting")
+                finally:
+                    client.close()
+        finally:
+            loop.stop()
+            self.service_event("stopped", "stopped (SIGTERM or SIGINT)")
+        return ExitStatus.OK
+
+    def _connect_failed(self, message: str, delay: float) -> None:
+        self.service_event("connect-failed", f"{message}; next attempt in {delay:g} s")
+
+    def _serve(self, client: Client) -> None:
+        self.generation += 1
+        generation = self.generation
+        client.on_close(lambda reason: self.items.put(Closed(generation, reason)))
+        client.on_lifecycle(self.items.put)
+        with contextlib.suppress(LibvirtCallFailed):  # test:/// has no keepalives
+            client.keepalive()
+        self.service_event("connected", f"connected to libvirt on {client.hostname()}")
+        self._refresh(client)
+        self._reconcile(client)
+        while not self.stop.is_set():
+            try:
+                item = self.items.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                alive = client.alive()
+                if not alive:
+                    raise LibvirtUnavailable(
+                        "the libvirt connection is no longer alive") from None
+                continue
+            if isinstance(item, Closed):
+                if item.generation == generation:
+                    raise LibvirtUnavailable(f"the libvirt connection closed ({item.reason})")
+                continue  # an earlier connection's
+            self._handle(client, item)
+
+    def _refresh(self, client: Client) -> None:
+        """Cache the capabilities and QEMU version for the hook (a QEMU upgrade is usually
+        followed by a daemon restart, hence a reconnection)."""
+        try:
+            refresh_cache(client, self.env.run_dir)
+        except LibvirtCallFailed as exc:
+            self.service_event("refresh-failed", str(exc))
+        except OSError as exc:
+            self.service_event("refresh-failed",
+                               f"cannot write the cache in {self.env.run_dir}: "
+                               f"{exc.strerror or exc}")
+
+    def _context(self, domain: str, trigger: str) -> Context | None:
+        try:
+            return load_context(self.env)
+        except ContextError as exc:
+            plan = plan_failed(domain, trigger, str(exc))
+            auditlog.emit_record(auditlog.Sink(), action=plan.action, trigger=trigger,
+                                 domain=domain, reason=plan.reason, version=__version__)
+            return None
+
+    def _reconcile(self, client: Client) -> None:
+        ctx = self._context("", RECONCILE)
+        if ctx is None:
+            return
+        for dom in client.running():
+            record_domain(client, dom, RECONCILE, ctx)
+
+    def _handle(self, client: Client, item: Lifecycle) -> None:
+        if item.event != STARTED or item.detail not in ACTED_ON:
+            return
+        ctx = self._context(item.name, item.detail)
+        if ctx is None:
+            return
+        try:
+            dom = client.lookup(item.uuid)
+            running = client.is_active(dom)
+        except LibvirtCallFailed as exc:
+            log_plan(ctx, plan_failed(item.name, item.detail, str(exc), item.uuid))
+            return
+        if not running:
+            log_plan(ctx, Plan(item.name, item.uuid, item.detail, SKIPPED,
+                               "no longer running"))
+            return
+        record_domain(client, dom, item.detail, ctx)
+
+
+def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    try:
+        load()
+    except LibvirtUnavailable as exc:
+        env.error(f"watch: {exc}")
+        return ExitStatus.LIBVIRT_UNAVAILABLE
+    watcher = Watcher(env, args.uri)
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        watcher.stop.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return watcher.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

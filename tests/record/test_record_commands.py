@@ -1,0 +1,222 @@
+"""refresh, record and watch against libvirt's own in-process test driver (test:///default:
+a real libvirt connection, no daemon), through main(argv, env).
+
+The test driver keeps one shared state per process, so each test removes the domains it made.
+Real daemons and QEMU guests: tests/e2e/test_record_watch.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from recordtools import booted, profile
+
+from psci_hook import libvirt_client
+from psci_hook.cli import main
+from psci_hook.commands.watch import Watcher
+from psci_hook.domainxml import parse_domain
+from psci_hook.environment import Environment
+from psci_hook.profile import bundled_profiles
+from psci_hook.record import GuestRecord, read_record
+from psci_hook.status import ExitStatus
+
+libvirt = pytest.importorskip("libvirt")
+URI = "test:///default"
+
+
+def domain_xml(name: str, arch: str = "aarch64", record: GuestRecord | None = None) -> str:
+    metadata = ""
+    if record is not None:
+        from psci_hook.record import record_xml
+
+        metadata = f"<metadata>{record_xml(record)}</metadata>"
+    return (f"<domain type='test'><name>{name}</name>{metadata}<memory unit='KiB'>65536"
+            f"</memory><vcpu>1</vcpu><os><type arch='{arch}' machine='virt'>hvm</type></os>"
+            "</domain>")
+
+
+@pytest.fixture
+def conn() -> Iterator[Any]:
+    """A connection to the shared test driver; domains made through it are removed after."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    c = libvirt.open(URI)
+    before = {d.UUIDString() for d in c.listAllDomains()}
+    yield c
+    for dom in c.listAllDomains():
+        if dom.UUIDString() in before:
+            continue
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent():
+            dom.undefine()
+    c.close()
+
+
+@pytest.fixture
+def env_for(tmp_path: Path) -> Any:
+    config = tmp_path / "psci-hook.conf"
+    config.write_text(f"[hook]\ndomain_types = test\n[host]\nprofile = "
+                      f"{bundled_profiles()['6.1__a76']}\n[log]\ntarget = none\n")
+    run_dir = tmp_path / "run"
+
+    def make(*argv: str) -> Environment:
+        return Environment.for_test(["psci-hook", *argv], run_dir=run_dir,
+                                    environ={"PSCI_HOOK_CONFIG": str(config)})
+
+    return make
+
+
+def run(env: Environment) -> tuple[int, str, str]:
+    status = main(env=env)
+    return (status, env.stdout.getvalue().decode(),  # type: ignore[attr-defined]
+            env.stderr.getvalue())  # type: ignore[attr-defined]
+
+
+def record_of(dom: Any, inactive: bool = False) -> GuestRecord | None:
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+    return read_record(parse_domain(dom.XMLDesc(flags).encode()).root)
+
+
+# ---------------------------------------------------------------------------------------------
+# refresh
+# ---------------------------------------------------------------------------------------------
+
+
+def test_refresh_caches_capabilities_and_the_hypervisor_version(env_for: Any) -> None:
+    env = env_for("refresh", "--uri", URI)
+    status, out, err = run(env)
+    assert (status, err) == (ExitStatus.OK, "")
+    caps = (env.run_dir / "capabilities.xml").read_text()
+    assert caps.startswith("<capabilities>") and caps.endswith("</capabilities>\n")
+    version = libvirt.open(URI).getVersion()
+    assert (env.run_dir / "qemu-version").read_text() == \
+        libvirt_client.version_text(version) + "\n"
+    assert out.count("wrote ") == 2
+    assert not list(env.run_dir.glob(".*.tmp"))  # atomic: no temporary file left
+
+
+def test_refresh_without_a_daemon_is_one_line_and_status_20(env_for: Any, tmp_path: Path
+                                                           ) -> None:
+    uri = f"qemu+unix:///system?socket={tmp_path}/no-such-socket"
+    for command in ("refresh", "record"):
+        argv = [command, "--uri", uri] + (["--all"] if command == "record" else [])
+        status, out, err = run(env_for(*argv))
+        assert status == ExitStatus.LIBVIRT_UNAVAILABLE == 20
+        assert err.startswith(f"psci-hook: {command}: cannot connect to libvirt (")
+        assert err.count("\n") == 1 and out == ""
+
+
+def test_without_libvirt_python_status_20(env_for: Any, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    monkeypatch.setitem(sys.modules, "libvirt", None)  # import libvirt raises ImportError
+    monkeypatch.setattr(libvirt_client, "_module", None)
+    for argv in (["refresh"], ["record", "--all"], ["watch"]):
+        status, _, err = run(env_for(*argv))
+        assert status == ExitStatus.LIBVIRT_UNAVAILABLE, argv
+        assert "libvirt-python is not installed" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# record
+# ---------------------------------------------------------------------------------------------
+
+
+def test_record_all_records_unrecorded_guests_and_says_what_it_skipped(conn: Any,
+                                                                       env_for: Any) -> None:
+    fresh = conn.defineXML(domain_xml("rec-fresh"))
+    fresh.create()
+    foreign = conn.defineXML(domain_xml("rec-foreign", record=booted("5.10__a57", "host-a")))
+    foreign.create()
+    conn.defineXML(domain_xml("rec-off"))  # not running: not listed by --all
+    status, out, err = run(env_for("record", "--all", "--uri", URI))
+    assert (status, err) == (ExitStatus.OK, "")
+    lines = dict(line.split(": ", 1) for line in out.splitlines()[:-1])
+    assert lines["rec-fresh"].startswith("recorded: this host's values: PSCI_VERSION=1.1")
+    assert lines["rec-fresh"].endswith("[wrote the live and persistent definitions]")
+    assert lines["rec-foreign"].startswith("skipped: its record is from another host (booted "
+                                           "on host-a")
+    assert lines["test"].startswith("skipped: not an aarch64 domain")  # the driver's own
+    assert "rec-off" not in lines
+    assert out.splitlines()[-1] == "3 domains: 1 recorded, 2 skipped"
+    for inactive in (False, True):
+        record = record_of(fresh, inactive)
+        assert record is not None and record.origin.event == "booted"
+        assert record.state.registers == profile("6.1__a76").registers
+    assert record_of(foreign) == booted("5.10__a57", "host-a")
+
+
+def test_record_force_replaces_a_record_from_elsewhere(conn: Any, env_for: Any) -> None:
+    dom = conn.defineXML(domain_xml("rec-force", record=booted("5.10__a57", "host-a",
+                                                               event="migrated")))
+    dom.create()
+    status, out, _ = run(env_for("record", "rec-force", "--force", "--uri", URI))
+    assert status == ExitStatus.OK
+    assert out.startswith("rec-force: replaced: ")
+    record = record_of(dom)
+    assert record is not None and record.origin.event == "booted"
+    assert record.origin.host != "host-a"
+
+
+def test_record_named_domains_missing_or_shut_off(conn: Any, env_for: Any) -> None:
+    conn.defineXML(domain_xml("rec-shutoff"))
+    status, out, err = run(env_for("record", "rec-shutoff", "rec-nosuch", "--uri", URI))
+    assert status == ExitStatus.VETO == 1  # some domains could not be recorded
+    assert "rec-shutoff: skipped: not running" in out
+    assert "rec-nosuch: failed: no domain named 'rec-nosuch'" in out
+    assert err == ""
+
+
+def test_record_usage(env_for: Any) -> None:
+    for argv in (["record"], ["record", "vm1", "--all"]):
+        status, _, err = run(env_for(*argv))
+        assert status == ExitStatus.BAD_INPUT
+        assert "name one or more domains, or give --all" in err
+
+
+def test_record_without_a_host_profile_says_why(tmp_path: Path) -> None:
+    config = tmp_path / "psci-hook.conf"
+    config.write_text(f"[host]\nprofile = {tmp_path}/missing.json\n")
+    env = Environment.for_test(["psci-hook", "record", "--all", "--uri", URI],
+                               environ={"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
+    status, _, err = run(env)
+    assert status == ExitStatus.INTERNAL_ERROR
+    assert err.startswith("psci-hook: record: no usable host profile: ")
+    assert err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# watch (in a thread; the real service with daemons and signals is in tests/e2e)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_watch_records_a_guest_as_it_boots(conn: Any, env_for: Any) -> None:
+    env = env_for("watch", "--uri", URI)
+    watcher = Watcher(env, URI)
+    thread = threading.Thread(target=watcher.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (env.run_dir / "qemu-version").exists():  # connected and refreshed
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        stale = booted("5.10__a57", "host-a", event="migrated")
+        dom = conn.defineXML(domain_xml("watch-boot", record=stale))
+        started = time.monotonic()
+        dom.create()
+        while (record_of(dom) or stale).origin.host == "host-a":
+            assert time.monotonic() - started < 2, "no record within 2 s"
+            time.sleep(0.02)
+        for inactive in (False, True):
+            record = record_of(dom, inactive)
+            assert record is not None and record.origin.event == "booted"
+            assert record.state.registers == profile("6.1__a76").registers
+    finally:
+        watcher.stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
