@@ -1,11 +1,14 @@
 """pytest fixtures for the end-to-end tests: two real libvirt hosts (see harness.py).
 
-The hosts are started once per session (about 3-10 s) and every test gets them with no domain
-defined, the e2e probe hook passive, and each host's psci-hook configuration reset.
+The hosts are started once per session (about 3-10 s), with psci-hook installed in each by
+`psci-hook install --root <host root>` before its libvirtd starts, and the e2e probe hook
+(hooks/10-e2e-probe) beside it. Every test gets them with no domain defined, the probe passive,
+each host's psci-hook.conf as installed and no host profile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -14,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from .harness import HarnessError, TwoHosts
+from . import product
+from .harness import HarnessError, HostSpec, TwoHosts
 
 HERE = Path(__file__).resolve().parent
 PROBE_HOOK = HERE / "hooks" / "10-e2e-probe"
@@ -37,7 +41,7 @@ def hook_files() -> dict[str, Path]:
 def two_hosts() -> Iterator[TwoHosts]:
     if os.geteuid() != 0:
         pytest.skip("the e2e harness needs root")
-    hosts = TwoHosts(hook_files=hook_files())
+    hosts = TwoHosts(hook_files=hook_files(), before_start=_install_product)
     started = time.monotonic()
     try:
         hosts.up()
@@ -60,11 +64,22 @@ def hosts(two_hosts: TwoHosts) -> Iterator[TwoHosts]:
     _reset(two_hosts)
 
 
+def _install_product(hosts: TwoHosts, spec: HostSpec) -> None:
+    product.install_hook(hosts, spec)
+
+
 def _reset(hosts: TwoHosts) -> None:
+    """No domain; the probe passive; psci-hook.conf as `psci-hook install` wrote it."""
     hosts.clear_domains()
     hosts.clear_probe()
     for spec in hosts.specs.values():
-        hosts.remove_config(spec)
+        installed = product.installed_config.get(spec.key)
+        if installed is None:
+            hosts.remove_config(spec)
+        else:
+            hosts.set_config(spec, installed)
+        with contextlib.suppress(FileNotFoundError):
+            hosts.path(spec, "/etc/psci-hook/host.json").unlink()
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -276,10 +276,14 @@ class TwoHosts:
         self,
         root: Path = DEFAULT_ROOT,
         hook_files: Mapping[str, Path] | None = None,
+        before_start: Callable[[TwoHosts, HostSpec], None] | None = None,
         log: bool = True,
     ) -> None:
         self.root = Path(root)
         self.hook_files = dict(hook_files or {})
+        # Called for each host after its tree is built and before any of its daemons start:
+        # the place to install hooks (libvirt discovers them at daemon start or SIGHUP only).
+        self.before_start = before_start
         self.specs = HOST_SPECS
         self.kernel = self.root / "guest" / "psci-off.bin"
         self.saves = self.root / "saves"
@@ -374,6 +378,9 @@ class TwoHosts:
                 self.say(f"cleaning up a previous run in {self.root}")
                 self._teardown_from_disk()
             self._build_tree()
+            if self.before_start is not None:
+                for spec in self.specs.values():
+                    self.before_start(self, spec)
             self._ensure_system_prerequisites()
             for spec in self.specs.values():
                 self._start_host(spec)

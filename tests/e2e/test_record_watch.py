@@ -1,0 +1,322 @@
+"""psci-hook refresh, record and watch against real libvirt daemons and real QEMU guests.
+
+The e2e harness's hosts (conftest.py): each a libvirtd in its own mount and UTS namespace with
+psci-hook installed, its host profile from a file. `psci-hook watch` runs inside a host as the
+systemd unit runs it (no --uri: libvirt's default, qemu:///system); `record` and `refresh` run
+inside a host like an operator's command. Records are read back from libvirt's own XML
+(live and persistent definitions) and events from the host's syslog. One TCG guest at a time
+(each spins a core), apart from the few seconds of a migration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .harness import TwoHosts, guest_xml
+from .product import Record, configure, profile_data, psci_hook_command, record_of, stamped_xml
+
+pytestmark = pytest.mark.e2e
+
+RECORD_NS = "https://psci-hook.org/xmlns/record/1"
+HOST_A_UUID = "0e2e0000-0000-4000-8000-00000000000a"
+
+
+class Watch:
+    """`psci-hook watch` running inside one host, its stderr in a file beside the host."""
+
+    def __init__(self, hosts: TwoHosts, host: str) -> None:
+        self.hosts, self.host = hosts, host
+        self.err_path = hosts.hostdir(host) / "watch.err"
+        self.log_start = hosts.log_mark(host)
+        argv = hosts._ns(host, psci_hook_command(), "watch")  # clean env, host's mounts
+        with self.err_path.open("wb") as err:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=err)
+        self.wait_event(lambda e: e["action"] == "connected", 30, "the watcher to connect")
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.hosts.read_log(self.host, self.log_start).splitlines():
+            if '"psci-hook.record"' in line:
+                out.append(json.loads(line[line.index("{"):]))
+        return out
+
+    def wait_event(self, match: Any, timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events() if match(e)]
+            if found:
+                return found[-1]
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the watcher exited ({self.proc.returncode}): "
+                                     f"{self.err_path.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; events: {self.events()}")
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd stops it; its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+
+@pytest.fixture
+def watch(hosts: TwoHosts) -> Iterator[Any]:
+    """Start `psci-hook watch` in a host (after configuring it); stopped after the test."""
+    started: list[Watch] = []
+
+    def start(host: str) -> Watch:
+        w = Watch(hosts, host)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+class Live:
+    """The test's own libvirt connection to a host, for polling the domain XML cheaply."""
+
+    def __init__(self, hosts: TwoHosts, host: str) -> None:
+        libvirt = pytest.importorskip("libvirt")
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        self.lv = libvirt
+        self.conn = libvirt.open(hosts.uri(host))
+
+    def xml(self, name: str, inactive: bool = False) -> str:
+        flags = self.lv.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        return str(self.conn.lookupByName(name).XMLDesc(flags))
+
+    def record(self, name: str, inactive: bool = False) -> Record | None:
+        return record_of(self.xml(name, inactive))
+
+    def wait_record(self, name: str, match: Any, timeout: float) -> tuple[Record, float]:
+        started = time.monotonic()
+        while True:
+            record = self.record(name)
+            if record is not None and match(record):
+                return record, time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"{name}: no matching record within {timeout} s: {record}")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        with contextlib.suppress(self.lv.libvirtError):
+            self.conn.close()
+
+
+@pytest.fixture
+def live(hosts: TwoHosts) -> Iterator[Any]:
+    opened: list[Live] = []
+
+    def connect(host: str) -> Live:
+        opened.append(Live(hosts, host))
+        return opened[-1]
+
+    yield connect
+    for c in opened:
+        c.close()
+
+
+def firmware(profile_name: str) -> dict[str, int]:
+    return {k: int(v) for k, v in profile_data(profile_name)["registers"].items()}
+
+
+def booted_here(record: Record | None, host: str, profile_name: str) -> bool:
+    return (record is not None and record.origin.get("event") == "booted"
+            and record.origin.get("host") == host and record.firmware == firmware(profile_name))
+
+
+# ---------------------------------------------------------------- refresh
+
+
+def test_refresh_caches_the_capabilities_and_qemu_version(hosts: TwoHosts) -> None:
+    res = hosts.run_in("a", psci_hook_command(), "refresh")
+    assert res.rc == 0, res.stderr
+    caps = hosts.path("a", "/run/psci-hook/capabilities.xml").read_text()
+    assert f"<uuid>{HOST_A_UUID}</uuid>" in caps
+    qemu = hosts.path("a", "/run/psci-hook/qemu-version").read_text().strip()
+    version = subprocess.run(["qemu-system-aarch64", "--version"], capture_output=True,
+                             text=True, check=True).stdout
+    assert qemu and f"version {qemu}" in version, (qemu, version)
+    assert res.stdout.splitlines()[-1] == \
+        f"wrote /run/psci-hook/qemu-version (QEMU {qemu})"
+
+
+# ---------------------------------------------------------------- watch
+
+
+def test_watch_records_a_fresh_guest_within_two_seconds(
+    hosts: TwoHosts, guest_name: str, watch: Any, live: Any
+) -> None:
+    configure(hosts, "a", "6.1__a76")
+    w = watch("a")
+    hosts.define("a", guest_xml(guest_name, hosts.kernel))
+    hosts.start("a", guest_name)
+    conn = live("a")
+    record, waited = conn.wait_record(guest_name, lambda r: True, timeout=5)
+    assert waited < 2.0, f"the record took {waited:.2f} s"
+    assert booted_here(record, "host-a", "6.1__a76")
+    assert record.origin["host-uuid"] == HOST_A_UUID  # from the capabilities it cached
+    assert record.features == "pmu"
+    assert conn.record(guest_name, inactive=True) == record  # the persistent definition too
+    event = w.wait_event(lambda e: e["domain"] == guest_name, 5, "the record event")
+    assert (event["action"], event["trigger"], event["written"]) == (
+        "recorded", "booted", ["live", "persistent"])
+    assert w.stop() == 0  # SIGTERM ends it cleanly
+    assert w.events()[-1]["action"] == "stopped"
+    assert w.proc.stdout is not None and w.proc.stdout.read() == b""  # never stdout
+
+
+def test_cold_boot_replaces_a_stale_record_from_another_host(
+    hosts: TwoHosts, guest_name: str, watch: Any, live: Any
+) -> None:
+    configure(hosts, "a", "6.1__a76")
+    w = watch("a")
+    # The definition carries the record of a guest that booted on a 5.10 host-b (PSCI 1.0).
+    hosts.define("a", stamped_xml(hosts, guest_name, "5.10__a57", "host-b"))
+    conn = live("a")
+    stale = conn.record(guest_name, inactive=True)
+    assert stale is not None and stale.origin["host"] == "host-b"
+    hosts.start("a", guest_name)
+    record, waited = conn.wait_record(guest_name, lambda r: r.origin["host"] == "host-a", 5)
+    assert booted_here(record, "host-a", "6.1__a76"), record
+    assert record.firmware["PSCI_VERSION"] == 0x10001 != stale.firmware["PSCI_VERSION"]
+    assert conn.record(guest_name, inactive=True) == record
+    event = w.wait_event(lambda e: e["domain"] == guest_name, 5, "the replace event")
+    assert event["action"] == "replaced"
+    assert event["previous_origin"]["host"] == "host-b"
+    assert waited < 2.0
+
+
+def test_the_watcher_survives_a_killed_daemon_and_reconciles(
+    hosts: TwoHosts, guest_name: str, watch: Any, live: Any
+) -> None:
+    configure(hosts, "a", "6.1__a76")
+    w = watch("a")
+    hosts.define("a", guest_xml(guest_name, hosts.kernel))
+    hosts.start("a", guest_name)
+    live("a").wait_record(guest_name, lambda r: True, 5)
+    # The record disappears behind the watcher's back (no lifecycle event for that) ...
+    hosts.virsh("a", "metadata", guest_name, RECORD_NS, "--remove", "--live", "--config")
+    assert live("a").record(guest_name) is None
+    # ... then libvirtd dies (SIGKILL: no goodbye on the socket) and comes back.
+    pid = hosts.daemon_pid("a")
+    os.kill(pid, signal.SIGKILL)
+    w.wait_event(lambda e: e["action"] == "disconnected", 10, "the watcher to notice")
+    time.sleep(1.0)  # a few failed reconnection attempts while the daemon is away
+    hosts.restart_daemon("a")
+    assert hosts.is_running("a", guest_name)  # QEMU outlived its daemon
+    assert w.proc.poll() is None
+    # It reconnects and reconciles every running domain: the guest is recorded again.
+    w.wait_event(lambda e: e["domain"] == guest_name and e["trigger"] == "reconcile", 40,
+                 "the reconcile after reconnecting")
+    conn = live("a")
+    assert booted_here(conn.record(guest_name), "host-a", "6.1__a76")
+    assert conn.record(guest_name, inactive=True) == conn.record(guest_name)
+    failed = [e for e in w.events() if e["action"] == "connect-failed"]
+    assert failed and "next attempt in" in failed[0]["reason"]
+    # And it keeps recording fresh boots.
+    hosts.virsh("a", "destroy", guest_name)
+    hosts.virsh("a", "metadata", guest_name, RECORD_NS, "--remove", "--config")
+    hosts.start("a", guest_name)
+    record, waited = conn.wait_record(guest_name, lambda r: True, 5)
+    assert booted_here(record, "host-a", "6.1__a76") and waited < 2.0
+
+
+# ---------------------------------------------------------------- record
+
+
+def test_record_all_records_running_unrecorded_guests(
+    hosts: TwoHosts, guest_name: str, live: Any
+) -> None:
+    configure(hosts, "a", "6.1__a76")
+    hosts.define("a", guest_xml(guest_name, hosts.kernel))
+    hosts.start("a", guest_name)
+    conn = live("a")
+    assert conn.record(guest_name) is None
+    res = hosts.run_in("a", psci_hook_command(), "record", "--all")
+    assert res.rc == 0, res.stderr
+    assert res.stdout.startswith(f"{guest_name}: recorded: this host's values: ")
+    assert res.stdout.splitlines()[-1] == "1 domain: 1 recorded"
+    assert booted_here(conn.record(guest_name), "host-a", "6.1__a76")
+    assert conn.record(guest_name, inactive=True) == conn.record(guest_name)
+    again = hosts.run_in("a", psci_hook_command(), "record", guest_name)
+    assert (again.rc, again.stdout.splitlines()[-1]) == (0, "1 domain: 1 unchanged")
+
+
+# ---------------------------------------------------------------- migration and restore in
+
+
+@pytest.mark.parametrize("annotate", [True, False], ids=["annotated", "not-annotated"])
+def test_migration_in_gives_the_persistent_definition_the_guests_state(
+    hosts: TwoHosts, guest_name: str, watch: Any, live: Any, annotate: bool
+) -> None:
+    """a (6.1, a57: WORKAROUND_1 = 0) -> b (6.1, a76: WORKAROUND_1 = 2), --persistent."""
+    configure(hosts, "a", "6.1__a57")
+    configure(hosts, "b", "6.1__a76", annotate=annotate)
+    w = watch("b")
+    hosts.define("a", stamped_xml(hosts, guest_name, "6.1__a57", "host-a"))
+    hosts.start("a", guest_name)
+    res = hosts.migrate("a", "b", guest_name, extra=["--persistent", "--undefinesource"])
+    assert res.rc == 0, res.stderr
+    event = w.wait_event(lambda e: e["domain"] == guest_name and e["trigger"] == "migrated", 10,
+                         "the migrated event")
+    conn = live("b")
+    record = conn.record(guest_name)
+    assert record is not None
+    assert (record.origin["event"], record.origin["host"]) == ("migrated", "host-b")
+    assert record.firmware["SMCCC_ARCH_WORKAROUND_1"] == 2  # b's level
+    assert record.history[-1]["host"] == "host-b"
+    assert conn.record(guest_name, inactive=True) == record
+    if annotate:  # the hook wrote the live record; the watcher copied it
+        assert (event["action"], event["written"]) == ("synced", ["persistent"])
+    else:  # the watcher computed the guest's state here and wrote both
+        assert (event["action"], event["written"]) == ("updated", ["live", "persistent"])
+        assert "WA_RATCHET" in event["codes"]
+
+
+def test_restore_gives_the_persistent_definition_the_restored_record(
+    hosts: TwoHosts, guest_name: str, watch: Any, live: Any
+) -> None:
+    configure(hosts, "a", "6.1__a76")
+    w = watch("a")
+    hosts.define("a", guest_xml(guest_name, hosts.kernel))
+    hosts.start("a", guest_name)
+    conn = live("a")
+    conn.wait_record(guest_name, lambda r: True, 5)
+    saved = hosts.save("a", guest_name)
+    assert hosts.restore("a", saved).rc == 0
+    event = w.wait_event(lambda e: e["domain"] == guest_name and e["trigger"] == "restored", 10,
+                         "the restored event")
+    record = conn.record(guest_name)
+    assert record is not None and record.origin["event"] == "restored"  # the hook's
+    assert conn.record(guest_name, inactive=True) == record
+    assert (event["action"], event["written"]) == ("synced", ["persistent"])
+
+
+def test_watch_log_lines_are_json_one_per_action(hosts: TwoHosts, watch: Any) -> None:
+    configure(hosts, "a", "6.1__a76")
+    w = watch("a")
+    assert w.stop() == 0
+    actions = [e["action"] for e in w.events()]
+    assert actions[:2] == ["started", "connected"] and actions[-1] == "stopped"
+    assert all(e["event"] == "psci-hook.record" for e in w.events())
+    assert Path(w.err_path).read_text() == ""
