@@ -20,9 +20,12 @@ from lxml import etree
 
 from psci_hook.record import NAMESPACE, PREFIX, GuestRecord, record_element
 
-# Lifecycle events, by name: VIR_DOMAIN_EVENT_STARTED and its details.
-STARTED = "started"
+# Lifecycle events by name (virDomainEventType), and the details of the ones the watcher uses.
+EVENTS = {0: "defined", 1: "undefined", 2: "started", 3: "suspended", 4: "resumed",
+          5: "stopped", 6: "shutdown", 7: "pmsuspended", 8: "crashed"}
+STARTED, DEFINED, RESUMED, STOPPED = "started", "defined", "resumed", "stopped"
 STARTED_DETAILS = {0: "booted", 1: "migrated", 2: "restored", 3: "from-snapshot", 4: "wakeup"}
+RESUMED_DETAILS = {0: "unpaused", 1: "migrated", 2: "from-snapshot", 3: "postcopy"}
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}")
 
 
@@ -81,8 +84,8 @@ class Lifecycle:
 
     uuid: str
     name: str
-    event: str  # "started", or another event's number as text
-    detail: str  # for started: booted, migrated, restored, from-snapshot, wakeup
+    event: str  # defined, started, resumed, stopped ... (EVENTS)
+    detail: str  # started: booted, migrated, restored ...; resumed: unpaused, migrated ...
 
 
 @dataclasses.dataclass
@@ -273,12 +276,10 @@ class Client:
         lv = self._lv
 
         def callback(_conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
-            if event == lv.VIR_DOMAIN_EVENT_STARTED:
-                item = Lifecycle(dom.UUIDString(), dom.name(), STARTED,
-                                 STARTED_DETAILS.get(detail, str(detail)))
-            else:
-                item = Lifecycle(dom.UUIDString(), dom.name(), str(event), str(detail))
-            handler(item)
+            name = EVENTS.get(event, str(event))
+            details = {STARTED: STARTED_DETAILS, RESUMED: RESUMED_DETAILS}.get(name, {})
+            handler(Lifecycle(dom.UUIDString(), dom.name(), name,
+                              details.get(detail, str(detail))))
 
         callback_id = self._call("register lifecycle events", self.conn.domainEventRegisterAny,
                                  None, lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE, callback, None)

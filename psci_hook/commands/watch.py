@@ -2,9 +2,10 @@
 
 - STARTED_BOOTED (a new QEMU process cold-booted the guest here): record this host's values,
   replacing whatever record the definition carried.
-- STARTED_MIGRATED, STARTED_RESTORED: give the persistent definition the live record (the
-  hook's annotation reaches the live one only) and, where the hook did not annotate, bring the
-  live record to the guest's state on this host first.
+- STARTED_RESTORED, and STARTED_MIGRATED once that migration has ended (DEFINED or RESUMED
+  follows; STARTED_MIGRATED itself comes before any memory is copied): give the persistent
+  definition the live record (the hook's annotation reaches the live one only) and, where the
+  hook did not annotate, bring the live record to the guest's state on this host first.
 - At start-up and after every reconnection: reconcile every running domain as ``psci-hook
   record --all`` does, after refreshing the capabilities and QEMU version cache.
 - When the daemon goes away (restart, crash, keepalive timeout) reconnect with backoff.
@@ -37,7 +38,10 @@ from psci_hook.commands.record import (
 from psci_hook.commands.refresh import refresh_cache
 from psci_hook.environment import Environment
 from psci_hook.libvirt_client import (
+    DEFINED,
+    RESUMED,
     STARTED,
+    STOPPED,
     Backoff,
     Client,
     EventLoop,
@@ -52,7 +56,6 @@ from psci_hook.status import ExitStatus
 
 HELP = ("service: record freshly booted guests and keep persistent definitions in step with "
         "the live record, from libvirt lifecycle events (psci-hook-watch.service)")
-ACTED_ON = (BOOTED, MIGRATED, RESTORED)
 POLL_SECONDS = 0.5  # how often the main loop looks at the stop flag and the connection
 
 
@@ -82,6 +85,7 @@ class Watcher:
         self.stop = threading.Event()
         self.items: queue.Queue[Item] = queue.Queue()
         self.generation = 0
+        self.arriving: dict[str, str] = {}  # UUID -> trigger, incoming migrations under way
 
     # -- logging ---------------------------------------------------------------------------
 
@@ -173,22 +177,38 @@ class Watcher:
             record_domain(client, dom, RECONCILE, ctx)
 
     def _handle(self, client: Client, item: Lifecycle) -> None:
-        if item.event != STARTED or item.detail not in ACTED_ON:
+        """Boots and restores are acted on at once. An incoming migration is remembered at
+        STARTED_MIGRATED (the migration has only begun: no memory copied yet, the domain not
+        yet persistent, the migration job holding it) and acted on at its end: DEFINED (the
+        persistent definition arrived, --persistent) or RESUMED (the guest runs here)."""
+        if item.event == STARTED:
+            if item.detail == MIGRATED:
+                self.arriving[item.uuid] = MIGRATED
+            elif item.detail in (BOOTED, RESTORED):
+                self.arriving.pop(item.uuid, None)
+                self._act(client, item, item.detail)
             return
-        ctx = self._context(item.name, item.detail)
+        if item.uuid not in self.arriving:
+            return
+        if item.event in (DEFINED, RESUMED):
+            self._act(client, item, self.arriving.pop(item.uuid))
+        elif item.event == STOPPED:  # the migration failed, or the guest is already gone
+            del self.arriving[item.uuid]
+
+    def _act(self, client: Client, item: Lifecycle, trigger: str) -> None:
+        ctx = self._context(item.name, trigger)
         if ctx is None:
             return
         try:
             dom = client.lookup(item.uuid)
             running = client.is_active(dom)
         except LibvirtCallFailed as exc:
-            log_plan(ctx, plan_failed(item.name, item.detail, str(exc), item.uuid))
+            log_plan(ctx, plan_failed(item.name, trigger, str(exc), item.uuid))
             return
         if not running:
-            log_plan(ctx, Plan(item.name, item.uuid, item.detail, SKIPPED,
-                               "no longer running"))
+            log_plan(ctx, Plan(item.name, item.uuid, trigger, SKIPPED, "no longer running"))
             return
-        record_domain(client, dom, item.detail, ctx)
+        record_domain(client, dom, trigger, ctx)
 
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:

@@ -220,3 +220,23 @@ def test_watch_records_a_guest_as_it_boots(conn: Any, env_for: Any) -> None:
         watcher.stop.set()
         thread.join(5)
     assert not thread.is_alive()
+
+
+def test_incoming_migrations_are_acted_on_when_they_end(env_for: Any) -> None:
+    """STARTED_MIGRATED comes before any memory is copied: the watcher waits for DEFINED
+    (--persistent) or RESUMED; a STOPPED in between (a failed migration) forgets it."""
+    watcher = Watcher(env_for("watch"), URI)
+    acted: list[tuple[str, str, str]] = []
+    watcher._act = lambda _client, item, trigger: acted.append(  # type: ignore[method-assign]
+        (item.name, item.event, trigger))
+    Lifecycle = libvirt_client.Lifecycle
+    for name, event, detail in [
+            ("m1", "started", "migrated"), ("m1", "defined", "1"), ("m1", "resumed", "migrated"),
+            ("m2", "started", "migrated"), ("m2", "resumed", "migrated"),
+            ("m3", "started", "migrated"), ("m3", "stopped", "5"), ("m3", "resumed", "unpaused"),
+            ("b1", "started", "booted"), ("b1", "resumed", "unpaused"),
+            ("r1", "started", "restored"), ("s1", "started", "from-snapshot")]:
+        watcher._handle(None, Lifecycle(f"uuid-{name}", name, event, detail))  # type: ignore[arg-type]
+    assert acted == [("m1", "defined", "migrated"), ("m2", "resumed", "migrated"),
+                     ("b1", "started", "booted"), ("r1", "started", "restored")]
+    assert watcher.arriving == {}
