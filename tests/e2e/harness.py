@@ -697,6 +697,15 @@ class TwoHosts:
     def _stop_host(self, key: str, hs: dict) -> None:
         ns = hs.get("ns")
         hostdir = self.root / key
+        services = [
+            svc["pid"]
+            for svc in hs.get("services", [])
+            if ns
+            and _alive(svc["pid"])
+            and _mnt_ns(svc["pid"]) == ns
+            and any(svc["match"] in arg for arg in _cmdline(svc["pid"]))
+        ]
+        _terminate(services)
         libvirtd = hs.get("libvirtd")
         if ns and libvirtd and _matches(libvirtd, "libvirtd", ns):
             # Stop guests the libvirt way first (quick: they have no disks).
@@ -880,6 +889,40 @@ class TwoHosts:
         os.kill(hs["libvirtd"], signal.SIGHUP)
         time.sleep(0.3)
         self._wait_ready([spec])
+
+    def spawn(self, host: HostRef, *argv: str, match: str) -> subprocess.Popen:
+        """Start a long-running command inside a host, like a service (clean environment, own
+        session, output to $ROOT/<h>/service-<pid>.out). Recorded for teardown, which signals
+        it only while it is in the host's namespace with `match` in its cmdline."""
+        spec = self.spec(host)
+        hs = self._host_state(spec)
+        out = (self.hostdir(spec) / f"service-{len(hs.get('services', []))}.out").open("wb")
+        with out:
+            proc = subprocess.Popen(
+                self._ns(spec, *argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._children.append(proc)
+        hs.setdefault("services", []).append({"pid": proc.pid, "match": match})
+        self._save_state()
+        return proc
+
+    def stop_spawned(self, host: HostRef, proc: subprocess.Popen, timeout: float = 10) -> int:
+        """SIGTERM a spawned command and reap it; returns its exit status."""
+        hs = self._host_state(host)
+        if proc.poll() is None and _mnt_ns(proc.pid) == hs["ns"]:
+            proc.terminate()
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait(timeout=5)
+        hs["services"] = [s for s in hs.get("services", []) if s["pid"] != proc.pid]
+        self._save_state()
+        return rc
 
     def run_in(
         self, host: HostRef, *argv: str, stdin: str | None = None, timeout: float = 60

@@ -16,13 +16,16 @@ import re
 
 import pytest
 
-from .harness import TwoHosts
+from .harness import TwoHosts, _wait_for
 from .product import (
+    REPO,
+    Record,
     audit,
     configure,
     hook_failure_prefix,
     profile_data,
     psci_hook,
+    psci_hook_command,
     record_of,
     stamped_xml,
     veto_line,
@@ -299,3 +302,49 @@ def test_audit_text_report_over_both_hosts(hosts: TwoHosts, guest_name: str) -> 
     ours = [line for line in text_a.splitlines() if f'"domain": "{guest_name}"' in line]
     assert len(ours) == 1
     assert re.match(r"^\S+ host-a psci-hook: \{", ours[0]), ours[0]
+
+
+# ---------------------------------------------------------------- 7. the watcher
+
+
+@pytest.mark.skipif(
+    not (REPO / "psci_hook" / "commands" / "watch.py").exists(), reason="no psci-hook watch yet"
+)
+def test_watcher_records_a_freshly_started_guest_before_it_migrates(
+    hosts: TwoHosts, guest_name: str
+) -> None:
+    """`psci-hook watch` on a (as its service runs it) records a guest booted from plain XML;
+    b, which vetoes guests without a record, then checks that record: allowed, ratchet."""
+    configure(hosts, "a", "6.12__a57")
+    configure(hosts, "b", "6.12__a76", unrecorded="veto")
+    mark = hosts.log_mark("a")
+    watcher = hosts.spawn("a", psci_hook_command(), "watch", match="psci-hook")
+    try:
+        log = hosts.wait_log("a", "connected to libvirt", since=mark, timeout=20)
+        assert "connected to libvirt" in log, log
+        hosts.define_and_start("a", guest_name)  # plain XML: no record
+
+        def live_record() -> Record | None:
+            return record_of(hosts.dumpxml("a", guest_name))
+
+        record = _wait_for(live_record, 20, "the watcher's record")
+        a57 = profile_data("6.12__a57")
+        assert record.origin["event"] == "booted"
+        assert record.origin["host"] == "host-a"
+        assert record.origin["kernel"] == a57["kernel_release"]
+        for reg, value in a57["registers"].items():
+            assert record.firmware[reg] == value, reg
+
+        res = hosts.migrate("a", "b", guest_name)
+
+        assert res.rc == 0, res.stderr
+        after = record_of(hosts.dumpxml("b", guest_name))
+        assert after is not None
+        assert (after.origin["event"], after.origin["host"]) == ("migrated", "host-b")
+        assert after.firmware[WA1] == 2 and after.firmware[WA3] == 1
+        assert after.history[-1]["codes"].split() == ["WA_RATCHET"]
+        summary = audit(hosts, "b", guest_name, 1)
+        assert summary["by_decision"] == {"allow": 1}
+        assert "NO_RECORD" not in summary["by_code"]
+    finally:
+        assert hosts.stop_spawned("a", watcher) == 0

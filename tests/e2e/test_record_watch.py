@@ -40,15 +40,16 @@ class Watch:
         self.log_start = hosts.log_mark(host)
         argv = hosts._ns(host, psci_hook_command(), "watch")  # clean env, host's mounts
         with self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=err)
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+            )
         self.wait_event(lambda e: e["action"] == "connected", 30, "the watcher to connect")
 
     def events(self) -> list[dict[str, Any]]:
         out = []
         for line in self.hosts.read_log(self.host, self.log_start).splitlines():
             if '"psci-hook.record"' in line:
-                out.append(json.loads(line[line.index("{"):]))
+                out.append(json.loads(line[line.index("{") :]))
         return out
 
     def wait_event(self, match: Any, timeout: float, what: str) -> dict[str, Any]:
@@ -58,8 +59,9 @@ class Watch:
             if found:
                 return found[-1]
             if self.proc.poll() is not None:
-                raise AssertionError(f"the watcher exited ({self.proc.returncode}): "
-                                     f"{self.err_path.read_text()}")
+                raise AssertionError(
+                    f"the watcher exited ({self.proc.returncode}): {self.err_path.read_text()}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}; events: {self.events()}")
             time.sleep(0.05)
@@ -140,8 +142,12 @@ def firmware(profile_name: str) -> dict[str, int]:
 
 
 def booted_here(record: Record | None, host: str, profile_name: str) -> bool:
-    return (record is not None and record.origin.get("event") == "booted"
-            and record.origin.get("host") == host and record.firmware == firmware(profile_name))
+    return (
+        record is not None
+        and record.origin.get("event") == "booted"
+        and record.origin.get("host") == host
+        and record.firmware == firmware(profile_name)
+    )
 
 
 # ---------------------------------------------------------------- refresh
@@ -153,11 +159,11 @@ def test_refresh_caches_the_capabilities_and_qemu_version(hosts: TwoHosts) -> No
     caps = hosts.path("a", "/run/psci-hook/capabilities.xml").read_text()
     assert f"<uuid>{HOST_A_UUID}</uuid>" in caps
     qemu = hosts.path("a", "/run/psci-hook/qemu-version").read_text().strip()
-    version = subprocess.run(["qemu-system-aarch64", "--version"], capture_output=True,
-                             text=True, check=True).stdout
+    version = subprocess.run(
+        ["qemu-system-aarch64", "--version"], capture_output=True, text=True, check=True
+    ).stdout
     assert qemu and f"version {qemu}" in version, (qemu, version)
-    assert res.stdout.splitlines()[-1] == \
-        f"wrote /run/psci-hook/qemu-version (QEMU {qemu})"
+    assert res.stdout.splitlines()[-1] == f"wrote /run/psci-hook/qemu-version (QEMU {qemu})"
 
 
 # ---------------------------------------------------------------- watch
@@ -179,7 +185,10 @@ def test_watch_records_a_fresh_guest_within_two_seconds(
     assert conn.record(guest_name, inactive=True) == record  # the persistent definition too
     event = w.wait_event(lambda e: e["domain"] == guest_name, 5, "the record event")
     assert (event["action"], event["trigger"], event["written"]) == (
-        "recorded", "booted", ["live", "persistent"])
+        "recorded",
+        "booted",
+        ["live", "persistent"],
+    )
     assert w.stop() == 0  # SIGTERM ends it cleanly
     assert w.events()[-1]["action"] == "stopped"
     assert w.proc.stdout is not None and w.proc.stdout.read() == b""  # never stdout
@@ -226,8 +235,11 @@ def test_the_watcher_survives_a_killed_daemon_and_reconciles(
     assert hosts.is_running("a", guest_name)  # QEMU outlived its daemon
     assert w.proc.poll() is None
     # It reconnects and reconciles every running domain: the guest is recorded again.
-    w.wait_event(lambda e: e["domain"] == guest_name and e["trigger"] == "reconcile", 40,
-                 "the reconcile after reconnecting")
+    w.wait_event(
+        lambda e: e["domain"] == guest_name and e["trigger"] == "reconcile",
+        40,
+        "the reconcile after reconnecting",
+    )
     conn = live("a")
     assert booted_here(conn.record(guest_name), "host-a", "6.1__a76")
     assert conn.record(guest_name, inactive=True) == conn.record(guest_name)
@@ -277,8 +289,9 @@ def test_migration_in_gives_the_persistent_definition_the_guests_state(
     hosts.start("a", guest_name)
     res = hosts.migrate("a", "b", guest_name, extra=["--persistent", "--undefinesource"])
     assert res.rc == 0, res.stderr
-    event = w.wait_event(lambda e: e["domain"] == guest_name and e["trigger"] == "migrated", 10,
-                         "the migrated event")
+    event = w.wait_event(
+        lambda e: e["domain"] == guest_name and e["trigger"] == "migrated", 10, "the migrated event"
+    )
     conn = live("b")
     record = conn.record(guest_name)
     assert record is not None
@@ -304,8 +317,9 @@ def test_restore_gives_the_persistent_definition_the_restored_record(
     conn.wait_record(guest_name, lambda r: True, 5)
     saved = hosts.save("a", guest_name)
     assert hosts.restore("a", saved).rc == 0
-    event = w.wait_event(lambda e: e["domain"] == guest_name and e["trigger"] == "restored", 10,
-                         "the restored event")
+    event = w.wait_event(
+        lambda e: e["domain"] == guest_name and e["trigger"] == "restored", 10, "the restored event"
+    )
     record = conn.record(guest_name)
     assert record is not None and record.origin["event"] == "restored"  # the hook's
     assert conn.record(guest_name, inactive=True) == record
