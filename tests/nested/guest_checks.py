@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
+from psci_hook import cache
 from psci_hook import kvm as kvm_mod
 from psci_hook import registers as regs
 from psci_hook.probe import migrated_list
@@ -88,6 +92,17 @@ def main() -> int:
                 masks = vm.writable_masks()
             check("KVM_ARM_GET_REG_WRITABLE_MASKS returns the feature ID range",
                   len(masks) == kvm_mod.KVM_ARM_FEATURE_ID_RANGE_SIZE)
+
+    # The boot-time cache on a real system: missing -> probed inline and written back; then
+    # current (this boot's id and this kernel's release) and read without touching KVM.
+    run_dir = Path(tempfile.mkdtemp(prefix="psci-hook-run."))
+    profile = cache.load_host_profile(run_dir, probe_inline=True)
+    written = run_dir / cache.HOST_PROFILE_NAME
+    check("missing cache -> inline probe, written back",
+          written.is_file() and profile.kernel_release == os.uname().release
+          and oct(written.stat().st_mode & 0o777) == "0o644")
+    check("the written cache is current for this boot",
+          cache.load_host_profile(run_dir, probe_inline=False) == profile)
     print(json.dumps({"checks": results}, indent=1))
     return 0 if all(r["ok"] for r in results) else 1
 

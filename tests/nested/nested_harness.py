@@ -371,12 +371,12 @@ def base_image(debs: Sequence[Path]) -> Path:
         for dynload in (root / "usr/lib/python3.11/lib-dynload").glob("*test*"):
             dynload.unlink()
         _precompile(root / "usr/lib/python3.11", "/usr/lib/python3.11")
-        partial = out.with_suffix(".partial")
+        partial = Path(tmp) / "base.cpio"
         with open(partial, "wb") as handle:
             writer = CpioWriter(handle)
             writer.tree(root)
             writer.trailer()
-        partial.rename(out)
+        os.replace(partial, out)
     return out
 
 
@@ -461,10 +461,19 @@ def kernel_image(version: str) -> Path:
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     out = cache_dir() / f"vmlinuz-{version}-{digest}"
     if not out.is_file():
-        partial = out.with_suffix(".partial")
-        partial.write_bytes(lzma.decompress(source.read_bytes()))
-        partial.rename(out)
+        _write_atomic(out, lzma.decompress(source.read_bytes()))
     return out
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,6 +587,9 @@ def boot_all(combos: Iterable[tuple[str, str]], initramfs: Path,
     """Boot each (kernel, cpu), at most ``parallel`` at a time, in completion order."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
+    combos = list(combos)
+    for kernel in dict.fromkeys(k for k, _ in combos):
+        kernel_image(kernel)  # decompressed once, before the boots run in parallel
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = [pool.submit(boot, k, c, initramfs) for k, c in combos]
         for future in as_completed(futures):

@@ -82,6 +82,20 @@ def test_probe_matches_the_recorded_profile(
             assert len(probed["cpreg_lists"][key]) == size, key
 
 
+@pytest.mark.parametrize(("kernel", "cpu"), COMBOS, ids=IDS)
+def test_probe_matches_the_committed_probed_profile(
+    nested_results: dict[str, harness.BootResult], kernel: str, cpu: str
+) -> None:
+    """tests/data/probed-profiles/ (which the engine's tests may use) is what the kernels say;
+    after a QEMU or kernel change, rerun scripts/regenerate-probed-profiles."""
+    path = harness.REPO_ROOT / "tests" / "data" / "probed-profiles" / f"{kernel}__{cpu}.json"
+    committed = json.loads(path.read_text())
+    probed = _result(nested_results, kernel, cpu).probe_profile()
+    for key in ("kernel_release", "registers", "cpreg_lists", "id_registers", "cache_geometry",
+                "id_writable_masks", "id_registers_features", "kvm"):
+        assert probed.get(key) == committed.get(key), f"{path.name}: {key} differs"
+
+
 @pytest.mark.parametrize("kernel", harness.KERNELS)
 def test_lists_do_not_depend_on_the_cpu_model(
     nested_results: dict[str, harness.BootResult], kernel: str
@@ -183,4 +197,4 @@ def test_kvm_layer_error_paths_and_rehearsal_on_real_kvm(
     report = json.loads(step.stdout)
     failed = [c for c in report["checks"] if not c["ok"]]
     assert step.rc == 0 and not failed, json.dumps(failed, indent=1) + step.stderr
-    assert len(report["checks"]) >= 9
+    assert len(report["checks"]) >= 11
