@@ -311,24 +311,20 @@ def _fallback_policy(path: Path) -> Policy:
     """The policy when the configuration is unusable: the defaults, except on_error.
 
     A typo or a half-written file must not turn an operator's fail-closed choice into fail-open,
-    so the [hook] section's on_error lines are read leniently; if any says veto, veto (an
-    unreadable file, or none that says veto: the default, allow).
+    so its on_error lines are read leniently (in any section: the [hook] header itself may be
+    the broken line); if one says veto, veto. An unreadable file, or none that says veto: the
+    default, allow.
     """
     try:
         with open(path, "rb") as handle:
             text = handle.read(1 << 20).decode("utf-8", "replace")
     except OSError:
         return Policy()
-    section, choices = "", set()
     for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("[") and stripped.endswith("]"):
-            section = stripped[1:-1].strip()
-            continue
-        match = re.fullmatch(r"(?i)on_error\s*[=:]\s*(\w+)", stripped)
-        if section == "hook" and match:
-            choices.add(match.group(1).lower())
-    return Policy(on_error="veto") if "veto" in choices else Policy()
+        match = re.fullmatch(r"(?i)\s*on_error\s*[=:]\s*veto\s*", line)
+        if match:
+            return Policy(on_error="veto")
+    return Policy()
 
 
 def _one_line(message: str) -> str:
