@@ -16,6 +16,19 @@ import nested_harness as harness
 COMBOS = [(kernel, cpu) for kernel in harness.KERNELS for cpu in harness.CPUS]
 
 
+def _conformance_counts(result: harness.BootResult) -> dict[str, int]:
+    step = result.steps.get("conformance-json")
+    if step is None or step.rc not in (0, 1):
+        return {}
+    try:
+        checks = json.loads(step.stdout)["checks"]
+    except (ValueError, KeyError):
+        return {}
+    accepted = sum(1 for c in checks if c["kernel"] == "accepted")
+    return {"values": len(checks), "accepted": accepted, "refused": len(checks) - accepted,
+            "disagreements": sum(1 for c in checks if c["verdict"] == "disagree")}
+
+
 @pytest.fixture(scope="session")
 def nested_results(
     tmp_path_factory: pytest.TempPathFactory,
@@ -36,6 +49,7 @@ def nested_results(
                 "release": r.release,
                 "wall_seconds": r.wall_seconds,
                 "steps": {name: {"rc": s.rc, "seconds": s.seconds} for name, s in r.steps.items()},
+                "conformance": _conformance_counts(r),
             }
             for label, r in sorted(results.items())
         },
