@@ -44,16 +44,6 @@ def migrated_list(reg_ids: Iterable[int]) -> list[int]:
     return sorted(i for i in set(reg_ids) if regs.reg_class(i) not in regs.NOT_MIGRATED_CLASSES)
 
 
-def feature_sets(supported: Iterable[str]) -> list[frozenset[str]]:
-    """The feature sets probed: none, each supported feature alone, then all of them."""
-    chosen = [f for f in FEATURE_ORDER if f in set(supported)]
-    sets = [frozenset[str]()] + [frozenset([f]) for f in chosen]
-    everything = frozenset(chosen)
-    if everything not in sets:
-        sets.append(everything)
-    return sets
-
-
 def read_boot_id(path: Path | None = None) -> str:
     return (path or BOOT_ID_PATH).read_text(encoding="ascii").strip()
 
@@ -110,6 +100,24 @@ def _writable_masks(vm: kvm_mod.ScratchVm, listed: Sequence[int]) -> dict[str, i
     }
 
 
+def _default_values(vm: kvm_mod.ScratchVm, vcpu: kvm_mod.ScratchVcpu, listed: Sequence[int],
+                    caps: kvm_mod.Capabilities) -> dict[str, Any]:
+    """ID registers, cache geometry and writable masks, from the -cpu host vCPU."""
+    masks: dict[str, Any] = {}
+    if caps.writable_masks:
+        try:
+            masks["id_writable_masks"] = _writable_masks(vm, listed)
+        except kvm_mod.KvmError as exc:  # informative only: never worth failing the probe
+            if type(exc) is not kvm_mod.KvmError:
+                raise
+            masks["id_writable_masks_error"] = exc.message
+    return {
+        "id_registers": _id_registers(vcpu, listed),
+        "cache_geometry": _cache_geometry(vcpu, listed),
+        "masks": masks,
+    }
+
+
 def probe_host(
     kvm: kvm_mod.Kvm,
     *,
@@ -124,46 +132,57 @@ def probe_host(
         raise kvm_mod.KvmError(
             "the kernel lacks KVM_CAP_ARM_PSCI_0_2, which QEMU needs for every vCPU"
         )
-    supported = caps.supported_features()
-    default = frozenset(supported)
     lists: dict[str, list[int]] = {}
-    firmware: dict[str, int] = {}
-    id_registers: dict[str, int] = {}
-    cache_geometry: dict[str, int] = {}
-    writable: dict[str, int] | None = None
-    target = -1
-    for features in feature_sets(supported):
+    base: dict[str, Any] = {}
+    per_set: dict[str, dict[str, Any]] = {}
+    feature_errors: dict[str, str] = {}
+
+    def read(features: frozenset[str]) -> None:
         with kvm.scratch_vm() as vm:
             vcpu = vm.create_vcpu(features)
             try:
                 listed = vcpu.reg_list()
-                lists[feature_key(features)] = migrated_list(listed)
+                key = feature_key(features)
+                lists[key] = migrated_list(listed)
                 if not features:
-                    target = vcpu.target
-                    firmware = _firmware_values(vcpu, listed)
-                if features == default:
-                    id_registers = _id_registers(vcpu, listed)
-                    cache_geometry = _cache_geometry(vcpu, listed)
-                    if caps.writable_masks:
-                        writable = _writable_masks(vm, listed)
+                    base["target"] = vcpu.target
+                    base["firmware"] = _firmware_values(vcpu, listed)
+                per_set[key] = _default_values(vm, vcpu, listed, caps)
             finally:
                 vcpu.close()
+
+    read(frozenset())
+    # A feature whose capability is present but whose vCPU the kernel will not create (QEMU
+    # could not start such a guest here either) is left out and named in kvm.feature_errors.
+    usable = []
+    for feature in (f for f in FEATURE_ORDER if f in caps.supported_features()):
+        try:
+            read(frozenset([feature]))
+        except kvm_mod.KvmError as exc:
+            if type(exc) is not kvm_mod.KvmError:
+                raise
+            feature_errors[feature] = exc.message
+            continue
+        usable.append(feature)
+    default = frozenset(usable)
+    if len(usable) > 1:
+        read(default)  # what -cpu host enables: everything this host supports
+    defaults = per_set[feature_key(default)]
 
     info = (uname or UNAME)()
     profile: dict[str, Any] = {
         "schema": SCHEMA,
         "kernel_release": info.release,
         "machine": info.machine,
-        "registers": firmware,
+        "registers": base["firmware"],
         "cpreg_lists": {key: [regs.format_id(i) for i in ids] for key, ids in lists.items()},
-        "id_registers": id_registers,
-        "cache_geometry": cache_geometry,
+        "id_registers": defaults["id_registers"],
+        "cache_geometry": defaults["cache_geometry"],
     }
     qemu_version = read_qemu_version(run_dir)
     if qemu_version is not None:
         profile["qemu_version"] = qemu_version
-    if writable is not None:
-        profile["id_writable_masks"] = writable
+    profile.update(defaults["masks"])
     profile["id_registers_features"] = feature_key(default)
     profile["boot_id"] = read_boot_id(boot_id_path)
     profile["probed_at"] = (
@@ -172,8 +191,11 @@ def probe_host(
         .replace("+00:00", "Z")
     )
     profile["hostname"] = info.nodename
+    target = base["target"]
     profile["kvm"] = {
         "preferred_target": kvm_mod.KVM_ARM_TARGET_NAMES.get(target, str(target)),
         "capabilities": caps.to_dict(),
     }
+    if feature_errors:
+        profile["kvm"]["feature_errors"] = feature_errors
     return profile

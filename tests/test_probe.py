@@ -103,10 +103,38 @@ def test_feature_sets_follow_the_capabilities(boot_id: Path) -> None:
     assert list(data["cpreg_lists"]) == ["none"]
 
 
-def test_feature_set_order() -> None:
-    assert probe_mod.feature_sets(["sve", "pmu"]) == [
-        frozenset(), frozenset({"pmu"}), frozenset({"sve"}), frozenset({"pmu", "sve"})]
-    assert probe_mod.feature_sets(["pmu"]) == [frozenset(), frozenset({"pmu"})]
+def test_a_feature_the_kernel_will_not_initialise_is_left_out(boot_id: Path) -> None:
+    fake = kvmfake.FakeKvm()
+    init = fake._kvm_arm_vcpu_init
+
+    def refuse_pauth(fd: int, arg: bytearray) -> int:
+        _, bits = kvm.unpack_vcpu_init(arg)
+        if bits >> kvm.KVM_ARM_VCPU_PTRAUTH_ADDRESS & 1:
+            raise OSError(22, "Invalid argument")
+        return init(fd, arg)
+
+    fake._kvm_arm_vcpu_init = refuse_pauth  # type: ignore[method-assign]
+    data = probe(fake, boot_id)
+    assert list(data["cpreg_lists"]) == ["none", "pmu", "sve", "pmu+sve"]
+    assert data["id_registers_features"] == "pmu+sve"
+    assert data["kvm"]["feature_errors"] == {
+        "pauth": "KVM_ARM_VCPU_INIT: EINVAL (Invalid argument)"}
+    assert fake.open_fds == set()
+
+
+def test_one_usable_feature_is_the_default(boot_id: Path) -> None:
+    caps = {kvm.KVM_CAP_ONE_REG: 1, kvm.KVM_CAP_ARM_PSCI_0_2: 1, kvm.KVM_CAP_ARM_SVE: 1}
+    fake = kvmfake.FakeKvm(caps=caps)
+    data = probe(fake, boot_id)
+    assert list(data["cpreg_lists"]) == ["none", "sve"] and len(fake.vms) == 2
+    assert data["id_registers_features"] == "sve"
+
+
+def test_writable_masks_failure_is_not_fatal(boot_id: Path) -> None:
+    data = probe(kvmfake.FakeKvm(fail={kvm.KVM_ARM_GET_REG_WRITABLE_MASKS: 22}), boot_id)
+    assert "id_writable_masks" not in data
+    assert data["id_writable_masks_error"].startswith("KVM_ARM_GET_REG_WRITABLE_MASKS: EINVAL")
+    HostProfile.from_dict(data)
 
 
 def test_no_psci_0_2(boot_id: Path) -> None:
