@@ -10,7 +10,11 @@ whenever the libvirt daemon starts; ``watch`` does the same each time it connect
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
 from pathlib import Path
+
+from lxml import etree
 
 from psci_hook import cache
 from psci_hook.environment import Environment
@@ -21,6 +25,7 @@ from psci_hook.status import ExitStatus
 HELP = ("cache libvirt's host capabilities and the QEMU version in the run directory "
         "(/run/psci-hook), for the hook")
 CAPABILITIES_FILE = "capabilities.xml"
+_EMULATOR_VERSION_RE = re.compile(r"QEMU emulator version (\d+\.\d+\.\d+)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -33,13 +38,50 @@ def refresh_cache(client: Client, run_dir: Path) -> tuple[Path, Path, str]:
     """Write both files from an open connection; returns the paths and the QEMU version.
     Raises the client's errors, and OSError when a file cannot be written."""
     capabilities = client.capabilities()
-    version = client.hypervisor_version()
     caps_path = run_dir / CAPABILITIES_FILE
-    version_path = run_dir / QEMU_VERSION_FILE
     cache.write_atomic(caps_path, capabilities if capabilities.endswith("\n")
                        else capabilities + "\n")
+    version = qemu_version(client, capabilities)
+    version_path = run_dir / QEMU_VERSION_FILE
     cache.write_atomic(version_path, version + "\n")
     return caps_path, version_path, version
+
+
+def qemu_version(client: Client, capabilities: str) -> str:
+    """The hypervisor version libvirt reports. libvirt asks the emulator of the host's own
+    architecture; where there is none (an x86 machine running aarch64 guests under TCG), the
+    aarch64 emulator named in the capabilities is asked for its version instead."""
+    try:
+        return client.hypervisor_version()
+    except LibvirtCallFailed as exc:
+        emulator = aarch64_emulator(capabilities)
+        version = emulator_version(emulator) if emulator else None
+        if version is None:
+            raise exc from None
+        return version
+
+
+def aarch64_emulator(capabilities: str) -> str | None:
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    try:
+        root = etree.fromstring(capabilities.encode(), parser)
+    except etree.XMLSyntaxError:
+        return None
+    for arch in root.iterfind("guest/arch"):
+        if arch.get("name") == "aarch64" and arch.findtext("emulator"):
+            return str(arch.findtext("emulator")).strip()
+    return None
+
+
+def emulator_version(emulator: str) -> str | None:
+    """X.Y.Z from ``<emulator> --version`` ("QEMU emulator version 7.2.19 (Debian ...)")."""
+    try:
+        done = subprocess.run([emulator, "--version"], capture_output=True, text=True,
+                              timeout=10, check=False, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _EMULATOR_VERSION_RE.search(done.stdout)
+    return match.group(1) if done.returncode == 0 and match else None
 
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:

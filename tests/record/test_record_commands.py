@@ -240,3 +240,21 @@ def test_incoming_migrations_are_acted_on_when_they_end(env_for: Any) -> None:
     assert acted == [("m1", "defined", "migrated"), ("m2", "resumed", "migrated"),
                      ("b1", "started", "booted"), ("r1", "started", "restored")]
     assert watcher.arriving == {}
+
+
+def test_the_qemu_version_falls_back_to_the_aarch64_emulator(tmp_path: Path) -> None:
+    """libvirt asks the host architecture's emulator; on an x86 machine running aarch64 guests
+    under TCG there is none, and the aarch64 emulator of the capabilities is asked instead."""
+    from psci_hook.commands.refresh import aarch64_emulator, emulator_version
+
+    fake = tmp_path / "qemu-system-aarch64"
+    fake.write_text("#!/bin/sh\necho 'QEMU emulator version 9.2.4 (Debian 1:9.2.4+ds-1)'\n")
+    fake.chmod(0o755)
+    caps = (f"<capabilities><guest><os_type>hvm</os_type><arch name='x86_64'><emulator>/nope"
+            f"</emulator></arch></guest><guest><os_type>hvm</os_type><arch name='aarch64'>"
+            f"<emulator>{fake}</emulator></arch></guest></capabilities>")
+    assert aarch64_emulator(caps) == str(fake)
+    assert emulator_version(str(fake)) == "9.2.4"
+    assert aarch64_emulator("<capabilities/>") is None
+    assert aarch64_emulator("<capabilities") is None
+    assert emulator_version(str(tmp_path / "missing")) is None
