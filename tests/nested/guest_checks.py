@@ -103,6 +103,12 @@ def main() -> int:
           and oct(written.stat().st_mode & 0o777) == "0o644")
     check("the written cache is current for this boot",
           cache.load_host_profile(run_dir, probe_inline=False) == profile)
+    # What `psci-hook probe --write` stored at "boot" (the step before this one).
+    boot_cache = Path("/run/psci-hook")
+    if (boot_cache / cache.HOST_PROFILE_NAME).is_file():
+        stored = cache.load_host_profile(boot_cache, probe_inline=False)
+        check("probe --write left a current /run/psci-hook/host.json",
+              stored.registers == profile.registers and stored.cpreg_lists == profile.cpreg_lists)
     print(json.dumps({"checks": results}, indent=1))
     return 0 if all(r["ok"] for r in results) else 1
 

@@ -59,7 +59,7 @@ PACKAGES = (
 KERNELS = ("5.10", "6.1", "6.12", "7.2")
 CPUS = {"max": "max,pauth-impdef=on", "a57": "cortex-a57"}
 MARK = "@@psci-nested"
-STEPS = ("probe", "conformance", "conformance-json", "checks")
+STEPS = ("probe", "probe-write", "conformance", "conformance-json", "checks")
 DEBIAN_CODENAMES = (
     "buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid",
     "oldstable", "stable", "testing", "unstable",
@@ -412,6 +412,7 @@ run() {{
     echo "{mark} end $name rc=$rc start=$t0 end=$t1"
 }}
 run probe python3 -m psci_hook probe --json
+run probe-write python3 -m psci_hook probe --write
 run conformance python3 -m psci_hook conformance
 run conformance-json python3 -m psci_hook conformance --json
 run checks python3 /opt/psci-hook/guest_checks.py

@@ -197,4 +197,7 @@ def test_kvm_layer_error_paths_and_rehearsal_on_real_kvm(
     report = json.loads(step.stdout)
     failed = [c for c in report["checks"] if not c["ok"]]
     assert step.rc == 0 and not failed, json.dumps(failed, indent=1) + step.stderr
-    assert len(report["checks"]) >= 11
+    assert len(report["checks"]) >= 12
+    write = result.step("probe-write")
+    assert write.rc == 0 and "wrote /run/psci-hook/host.json" in write.stdout, write.stderr
+    assert f"kernel {result.release} (aarch64)" in write.stdout
