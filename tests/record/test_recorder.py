@@ -32,6 +32,8 @@ from psci_hook.recorder import (
     plan_reconcile,
 )
 
+# host-b runs Debian 6.1 on a Cortex-A76 (WORKAROUND_1 = 2, WORKAROUND_3 = 1).
+host_b = ThisHost(profile("6.1__a76"), "host-b", UUID_B, Policy())
 PSCI = regs.FW_BY_NAME["PSCI_VERSION"].reg_id
 WA1 = regs.FW_BY_NAME["SMCCC_ARCH_WORKAROUND_1"].reg_id
 WA3 = regs.FW_BY_NAME["SMCCC_ARCH_WORKAROUND_3"].reg_id
@@ -47,7 +49,7 @@ def persistent(live: bytes) -> Observed:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_boot_without_record_records_this_hosts_values(host_b: ThisHost) -> None:
+def test_boot_without_record_records_this_hosts_values() -> None:
     plan = plan_boot(persistent(domain_xml()), host_b, NOW)
     assert (plan.action, plan.trigger, plan.domain) == (RECORDED, BOOTED, "vm1")
     assert plan.live is plan.config is not None
@@ -59,8 +61,7 @@ def test_boot_without_record_records_this_hosts_values(host_b: ThisHost) -> None
     assert plan.targets() == "live and persistent definitions"
 
 
-def test_boot_replaces_a_stale_record_from_another_host_keeping_the_override(
-        host_b: ThisHost) -> None:
+def test_boot_replaces_a_stale_record_from_another_host_keeping_the_override() -> None:
     stale = dataclasses.replace(
         booted("5.10__a57", "host-a", UUID_A),
         override=Override(frozenset({"WA_LEVEL_TOO_HIGH"}), "ticket 4711"),
@@ -76,7 +77,7 @@ def test_boot_replaces_a_stale_record_from_another_host_keeping_the_override(
     assert plan.live.history == stale.history
 
 
-def test_boot_replaces_an_invalid_record(host_b: ThisHost) -> None:
+def test_boot_replaces_an_invalid_record() -> None:
     good = domain_xml(booted("6.1__a76", "host-b")).decode()
     broken = good.replace('version="1"', 'version="99"', 1).encode()
     plan = plan_boot(Observed(broken), host_b, NOW)
@@ -85,7 +86,7 @@ def test_boot_replaces_an_invalid_record(host_b: ThisHost) -> None:
     assert plan.config is None  # transient: no persistent definition
 
 
-def test_boot_takes_the_vcpu_features_from_the_domain_xml(host_b: ThisHost) -> None:
+def test_boot_takes_the_vcpu_features_from_the_domain_xml() -> None:
     plan = plan_boot(Observed(domain_xml(pmu=False)), host_b, NOW)
     assert plan.live is not None
     assert plan.live.state.features == frozenset()
@@ -93,7 +94,7 @@ def test_boot_takes_the_vcpu_features_from_the_domain_xml(host_b: ThisHost) -> N
 
 
 @pytest.mark.parametrize(("domain_type", "arch"), [("qemu", "aarch64"), ("kvm", "x86_64")])
-def test_domains_the_hook_does_not_act_on_are_skipped(host_b: ThisHost, domain_type: str,
+def test_domains_the_hook_does_not_act_on_are_skipped(domain_type: str,
                                                       arch: str) -> None:
     data = domain_xml(domain_type=domain_type, arch=arch)
     for plan in (plan_boot(Observed(data), host_b, NOW),
@@ -103,7 +104,7 @@ def test_domains_the_hook_does_not_act_on_are_skipped(host_b: ThisHost, domain_t
         assert f"type={domain_type}" in plan.reason
 
 
-def test_tcg_domains_are_recorded_when_the_policy_says_so(host_b: ThisHost) -> None:
+def test_tcg_domains_are_recorded_when_the_policy_says_so() -> None:
     host = dataclasses.replace(host_b, policy=Policy(domain_types=frozenset({"kvm", "qemu"})))
     assert plan_boot(Observed(domain_xml(domain_type="qemu")), host, NOW).action == RECORDED
 
@@ -113,8 +114,7 @@ def test_tcg_domains_are_recorded_when_the_policy_says_so(host_b: ThisHost) -> N
 # ---------------------------------------------------------------------------------------------
 
 
-def test_arrival_annotated_by_the_hook_only_syncs_the_persistent_definition(
-        host_b: ThisHost) -> None:
+def test_arrival_annotated_by_the_hook_only_syncs_the_persistent_definition() -> None:
     incoming = booted("5.10__a57", "host-a", UUID_A)
     after = decide(incoming.state, host_b.profile).guest_after
     annotated = dataclasses.replace(incoming, state=after)
@@ -131,7 +131,7 @@ def test_arrival_annotated_by_the_hook_only_syncs_the_persistent_definition(
 @pytest.mark.parametrize(("trigger", "event", "op"), [(MIGRATED, "migrated", "migrate"),
                                                       (RESTORED, "restored", "restore")])
 def test_arrival_without_annotation_brings_the_record_to_this_host(
-        host_b: ThisHost, trigger: str, event: str, op: str) -> None:
+        trigger: str, event: str, op: str) -> None:
     incoming = booted("5.10__a57", "host-a", UUID_A)  # PSCI 1.0, no bitmaps, WA levels 0
     plan = plan_arrival(persistent(domain_xml(incoming)), host_b, NOW, trigger)
     assert plan.action == UPDATED
@@ -149,7 +149,7 @@ def test_arrival_without_annotation_brings_the_record_to_this_host(
     assert (again.action, again.writes) == (UNCHANGED, False)
 
 
-def test_arrival_without_a_record_records_an_upper_bound(host_b: ThisHost) -> None:
+def test_arrival_without_a_record_records_an_upper_bound() -> None:
     plan = plan_arrival(Observed(domain_xml()), host_b, NOW, RESTORED)
     assert (plan.action, plan.codes) == (RECORDED, ("NO_RECORD",))
     assert plan.live is not None and plan.config is None
@@ -158,7 +158,7 @@ def test_arrival_without_a_record_records_an_upper_bound(host_b: ThisHost) -> No
     assert plan.live.history[-1].codes == ("NO_RECORD",)
 
 
-def test_arrival_with_an_invalid_record_leaves_it_alone(host_b: ThisHost) -> None:
+def test_arrival_with_an_invalid_record_leaves_it_alone() -> None:
     good = domain_xml(booted("6.1__a76", "host-a")).decode()
     broken = good.replace('event="booted"', 'event="teleported"').encode()
     plan = plan_arrival(persistent(broken), host_b, NOW, MIGRATED)
@@ -171,7 +171,7 @@ def test_arrival_with_an_invalid_record_leaves_it_alone(host_b: ThisHost) -> Non
 # ---------------------------------------------------------------------------------------------
 
 
-def test_reconcile_records_an_unrecorded_domain(host_b: ThisHost) -> None:
+def test_reconcile_records_an_unrecorded_domain() -> None:
     plan = plan_reconcile(persistent(domain_xml()), host_b, NOW)
     assert (plan.action, plan.trigger) == (RECORDED, RECONCILE)
     assert plan.live is plan.config is not None
@@ -179,7 +179,7 @@ def test_reconcile_records_an_unrecorded_domain(host_b: ThisHost) -> None:
 
 @pytest.mark.parametrize("event", ["migrated", "restored", "booted", "stamped"])
 def test_reconcile_keeps_a_record_from_another_host_unless_forced(
-        host_b: ThisHost, event: str) -> None:
+        event: str) -> None:
     foreign = booted("5.10__a57", "host-a", UUID_A, event=event)
     observed = persistent(domain_xml(foreign))
     plan = plan_reconcile(observed, host_b, NOW)
@@ -191,8 +191,7 @@ def test_reconcile_keeps_a_record_from_another_host_unless_forced(
     assert forced.live.state == GuestState.booted_on(host_b.profile)
 
 
-def test_reconcile_keeps_this_hosts_record_and_copies_it_to_the_persistent_definition(
-        host_b: ThisHost) -> None:
+def test_reconcile_keeps_this_hosts_record_and_copies_it_to_the_persistent_definition() -> None:
     own = booted("6.1__a76", "host-b", UUID_B, event="migrated")
     plan = plan_reconcile(Observed(domain_xml(own), domain_xml()), host_b, NOW)
     assert (plan.action, plan.live, plan.config) == (SYNCED, None, own)
@@ -202,7 +201,7 @@ def test_reconcile_keeps_this_hosts_record_and_copies_it_to_the_persistent_defin
     assert (plan.action, plan.writes) == (UNCHANGED, False)
 
 
-def test_this_host_is_known_by_uuid_before_hostname(host_b: ThisHost) -> None:
+def test_this_host_is_known_by_uuid_before_hostname() -> None:
     same_name_other_uuid = booted("6.1__a76", "host-b", UUID_A)
     assert plan_reconcile(Observed(domain_xml(same_name_other_uuid)), host_b,
                           NOW).action == SKIPPED
@@ -210,19 +209,19 @@ def test_this_host_is_known_by_uuid_before_hostname(host_b: ThisHost) -> None:
     assert plan_reconcile(Observed(domain_xml(no_uuid)), host_b, NOW).action == UNCHANGED
 
 
-def test_reconcile_leaves_an_invalid_record_unless_forced(host_b: ThisHost) -> None:
+def test_reconcile_leaves_an_invalid_record_unless_forced() -> None:
     good = domain_xml(booted("6.1__a76", "host-b")).decode()
     broken = Observed(good.replace('version="1"', 'version="2"', 1).encode())
     assert plan_reconcile(broken, host_b, NOW).action == SKIPPED
     assert plan_reconcile(broken, host_b, NOW, force=True).action == REPLACED
 
 
-def test_unusable_xml_from_libvirt_is_a_failure(host_b: ThisHost) -> None:
+def test_unusable_xml_from_libvirt_is_a_failure() -> None:
     plan = plan_for(BOOTED, Observed(b"<domain"), host_b, NOW)
     assert plan.action == FAILED and "malformed" in plan.reason
 
 
-def test_written_records_read_back_as_written(host_b: ThisHost) -> None:
+def test_written_records_read_back_as_written() -> None:
     plan = plan_arrival(Observed(domain_xml(booted("5.10__a57", "host-a"))), host_b, NOW,
                         MIGRATED)
     assert plan.live is not None
