@@ -48,6 +48,7 @@ def two_hosts() -> Iterator[TwoHosts]:
     except HarnessError as exc:
         pytest.fail(f"e2e harness: {exc}", pytrace=False)
     _times["setup"] = hosts.timings.get("setup", 0.0)
+    _times["lock_wait"] = hosts.timings.get("lock_wait", 0.0)
     try:
         yield hosts
     finally:
@@ -92,8 +93,12 @@ def guest_name(request: pytest.FixtureRequest) -> str:
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
     if not _times:
         return
+    waited = _times.get("lock_wait", 0.0)
     terminalreporter.write_line(
-        "e2e harness: setup {:.1f} s, teardown {:.1f} s, whole e2e session {:.1f} s".format(
-            _times.get("setup", 0.0), _times.get("teardown", 0.0), _times.get("total", 0.0)
+        "e2e harness: setup {:.1f} s, teardown {:.1f} s, whole e2e session {:.1f} s{}".format(
+            _times.get("setup", 0.0),
+            _times.get("teardown", 0.0),
+            _times.get("total", 0.0) - waited,
+            f" (after waiting {waited:.0f} s for another e2e run)" if waited >= 1 else "",
         )
     )

@@ -20,6 +20,7 @@ cmdline and mount namespace match the record.
 Command line, for manual use::
 
     python3 tests/e2e/harness.py up        # start both hosts, print their URIs
+    python3 tests/e2e/harness.py up --psci-hook .venv/bin/psci-hook   # ... with psci-hook
     python3 tests/e2e/harness.py down      # tear down (also a stale run)
     python3 tests/e2e/harness.py status
 
@@ -370,9 +371,11 @@ class TwoHosts:
     # ---- bring up
 
     def up(self) -> None:
-        started = time.monotonic()
         self._check_prerequisites()
+        waited = time.monotonic()
         self._lock()
+        started = time.monotonic()
+        self.timings["lock_wait"] = started - waited
         try:
             if self.root.exists():
                 self.say(f"cleaning up a previous run in {self.root}")
@@ -676,8 +679,12 @@ class TwoHosts:
             self._stop_host(key, hs)
         created = state.get("created", {})
         for target in reversed(created.get("dirs", [])):
-            with contextlib.suppress(OSError):  # only if empty (rmdir)
-                os.rmdir(target)
+            try:
+                os.rmdir(target)  # only if empty: something else may have put files there
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self.say(f"left {target} in place (created by the harness): {exc.strerror}")
         if created.get("devlog"):
             with contextlib.suppress(OSError):
                 st = os.lstat("/dev/log")
@@ -1004,13 +1011,23 @@ def _getent(database: str, key: str) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     hosts = TwoHosts()
-    if args == ["up"]:
+    if args[:1] == ["up"] and len(args) in (1, 3) and args[1:2] in ([], ["--psci-hook"]):
         probe = Path(__file__).resolve().parent / "hooks" / "10-e2e-probe"
         hosts.hook_files = {"10-e2e-probe": probe}
+        if len(args) == 3:
+            command = args[2]
+
+            def install(hosts: TwoHosts, spec: HostSpec) -> None:
+                root = str(hosts.hostdir(spec))
+                subprocess.run([command, "install", "--root", root, "--no-units"], check=True)
+
+            hosts.before_start = install
         hosts.up()
         hosts._unlock()
         for spec in hosts.specs.values():
             print(f"{spec.name}: virsh -c '{hosts.uri(spec)}'")
+            print(f"  inside: nsenter -t {hosts._host_state(spec)['anchor']} -m -u")
+            print(f"  syslog: {hosts.hostdir(spec) / 'syslog'}")
         return 0
     if args == ["down"]:
         hosts.down()
@@ -1028,7 +1045,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ok = bool(pid) and _matches(pid, name, hs.get("ns"))
                 print(f"host-{key} {program:9} {pid} {'running' if ok else 'gone'}")
         return 0
-    print("usage: harness.py up|down|status", file=sys.stderr)
+    print("usage: harness.py up [--psci-hook PSCI_HOOK_COMMAND] | down | status", file=sys.stderr)
     return 2
 
 
