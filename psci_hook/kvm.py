@@ -633,8 +633,34 @@ def rehearse(
     With ``only_listed`` the ids this vCPU does not list are skipped (QEMU never sets those);
     otherwise they are set too and come back as ENOENT refusals.
     """
+    refusals = _rehearse(features, values, kvm, syscalls, only_listed, stop_at_first=True)
+    return refusals[0] if refusals else None
+
+
+def rehearse_all(
+    features: Iterable[str],
+    values: Mapping[int, int],
+    *,
+    kvm: Kvm | None = None,
+    syscalls: Syscalls | None = None,
+    only_listed: bool = False,
+) -> list[Refusal]:
+    """Like rehearse(), but go on after a refusal and return every one (a refused SET stores
+    nothing, so the later ones are judged as they would be on their own)."""
+    return _rehearse(features, values, kvm, syscalls, only_listed, stop_at_first=False)
+
+
+def _rehearse(
+    features: Iterable[str],
+    values: Mapping[int, int],
+    kvm: Kvm | None,
+    syscalls: Syscalls | None,
+    only_listed: bool,
+    stop_at_first: bool,
+) -> list[Refusal]:
     owned = kvm is None
     handle = Kvm(syscalls) if kvm is None else kvm
+    refusals: list[Refusal] = []
     try:
         with handle.scratch_vcpu(features) as vcpu:
             listed = set(vcpu.reg_list()) if only_listed else None
@@ -644,8 +670,10 @@ def rehearse(
                 value = values[reg_id]
                 code = vcpu.try_set_one_reg(reg_id, value)
                 if code:
-                    return Refusal(reg_id, code, value, vcpu.try_get_one_reg(reg_id))
-        return None
+                    refusals.append(Refusal(reg_id, code, value, vcpu.try_get_one_reg(reg_id)))
+                    if stop_at_first:
+                        break
+        return refusals
     finally:
         if owned:
             handle.close()

@@ -401,6 +401,18 @@ def test_rehearse_returns_the_first_refusal_with_both_values() -> None:
     )
 
 
+def test_rehearse_all_goes_on_after_a_refusal() -> None:
+    fake = kvmfake.FakeKvm()
+    values = {kvmfake.PSCI: 0x10003, kvmfake.WA1: 2, kvmfake.MIDR: 0x411FD071,
+              kvmfake.STD: 3, regs.fw_bmap_reg_id(3): 0}
+    refusals = kvm.rehearse_all([], values, syscalls=fake, only_listed=True)
+    assert [(r.reg_id, r.attempted, r.destination_value) for r in refusals] == [
+        (kvmfake.MIDR, 0x411FD071, 0x411FD070), (kvmfake.PSCI, 0x10003, 0x10001),
+        (kvmfake.STD, 3, 1)]
+    assert [i for i, _ in fake.sets] == sorted(set(values) - {regs.fw_bmap_reg_id(3)})
+    assert kvm.rehearse_all([], {kvmfake.WA1: 2}, syscalls=kvmfake.FakeKvm()) == []
+
+
 def test_rehearse_unlisted_register() -> None:
     bmap2 = regs.fw_bmap_reg_id(3)
     refusal = kvm.rehearse([], {bmap2: 0}, syscalls=kvmfake.FakeKvm())

@@ -59,7 +59,8 @@ PACKAGES = (
 KERNELS = ("5.10", "6.1", "6.12", "7.2")
 CPUS = {"max": "max,pauth-impdef=on", "a57": "cortex-a57"}
 MARK = "@@psci-nested"
-STEPS = ("probe", "probe-write", "conformance", "conformance-json", "checks")
+STEPS = ("probe", "probe-write", "conformance", "conformance-json", "checks",
+         "cross-rehearsal")
 DEBIAN_CODENAMES = (
     "buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid",
     "oldstable", "stable", "testing", "unstable",
@@ -416,6 +417,7 @@ run probe-write python3 -m psci_hook probe --write
 run conformance python3 -m psci_hook conformance
 run conformance-json python3 -m psci_hook conformance --json
 run checks python3 /opt/psci-hook/guest_checks.py
+run cross-rehearsal python3 /opt/psci-hook/guest_cross_rehearsal.py
 echo "{mark} done"
 poweroff -f
 sleep 5
@@ -438,7 +440,10 @@ def overlay(out: BinaryIO) -> None:
         package = Path(tmp) / "psci_hook"
         shutil.copytree(REPO_ROOT / "psci_hook", package,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        shutil.copy(Path(__file__).with_name("guest_checks.py"), tmp)
+        for script in ("guest_checks.py", "guest_cross_rehearsal.py"):
+            shutil.copy(Path(__file__).with_name(script), tmp)
+        shutil.copytree(REPO_ROOT / "tests" / "data" / "probed-profiles",
+                        Path(tmp) / "probed-profiles")
         _precompile(Path(tmp), "/opt/psci-hook")
         writer.tree(Path(tmp), "opt/psci-hook")
     writer.trailer()

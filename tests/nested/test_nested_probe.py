@@ -201,3 +201,60 @@ def test_kvm_layer_error_paths_and_rehearsal_on_real_kvm(
     write = result.step("probe-write")
     assert write.rc == 0 and "wrote /run/psci-hook/host.json" in write.stdout, write.stderr
     assert f"kernel {result.release} (aarch64)" in write.stdout
+
+
+# real-qemu-migrations.md, "Every value incompatibility": the registers each destination kernel
+# refused when real QEMU (7.2.22 and 11.1.3, L2 -cpu host on L1 -cpu max) loaded a state saved
+# under another kernel; X -> X loaded. Keys: (source, destination).
+_NORMALISED_CACHE = {"CCSIDR_0", "CCSIDR_1", "CCSIDR_2", "CLIDR_EL1"}
+_DEBUG_PMU = {"ID_DFR0_EL1", "ID_AA64DFR0_EL1"}
+REAL_QEMU_VALUE_REFUSALS = {
+    ("5.10", "6.1"): _DEBUG_PMU | {"SMCCC_ARCH_WORKAROUND_3"},
+    ("5.10", "6.12"): {"ID_AA64MMFR1_EL1", "SMCCC_ARCH_WORKAROUND_3"},
+    ("5.10", "7.2"): {"SMCCC_ARCH_WORKAROUND_3"},
+    ("6.1", "5.10"): _DEBUG_PMU | {"PSCI_VERSION"},
+    ("6.1", "6.12"): {"ID_AA64MMFR1_EL1"},
+    ("6.1", "7.2"): set(),
+    ("6.12", "5.10"): _NORMALISED_CACHE | _DEBUG_PMU | {"ID_AA64MMFR1_EL1", "PSCI_VERSION"},
+    ("6.12", "6.1"): _NORMALISED_CACHE | _DEBUG_PMU | {"ID_AA64MMFR1_EL1"},
+    ("6.12", "7.2"): set(),
+    ("7.2", "5.10"): _NORMALISED_CACHE | _DEBUG_PMU | {"ID_AA64MMFR1_EL1", "PSCI_VERSION"},
+    ("7.2", "6.1"): _NORMALISED_CACHE | _DEBUG_PMU | {"ID_AA64MMFR1_EL1", "PSCI_VERSION"},
+    ("7.2", "6.12"): {"PSCI_VERSION"},
+    **{(k, k): set() for k in harness.KERNELS},
+}
+# The values that table names (incoming, destination's own).
+REAL_QEMU_VALUES = {
+    ("5.10", "6.1", "SMCCC_ARCH_WORKAROUND_3"): (2, 0),
+    ("5.10", "6.1", "ID_DFR0_EL1"): (0x4010009, 0x5010009),
+    ("5.10", "6.1", "ID_AA64DFR0_EL1"): (0x10305409, 0x10305506),
+    ("5.10", "6.12", "ID_AA64MMFR1_EL1"): (0x1010211122, 0x11010211122),
+    ("6.1", "6.12", "ID_AA64MMFR1_EL1"): (0x1010211122, 0x11010211122),
+    ("7.2", "6.12", "PSCI_VERSION"): (0x10003, 0x10001),
+    ("6.12", "6.1", "CCSIDR_0"): (0x2, 0x701FE00A),
+    ("6.12", "6.1", "CLIDR_EL1"): (0x2000021, None),
+}
+
+
+@pytest.mark.parametrize("kernel", harness.KERNELS)
+def test_rehearsal_reproduces_real_qemu_value_refusals(
+    nested_results: dict[str, harness.BootResult], kernel: str
+) -> None:
+    """On each kernel's real KVM, the rehearsal of a -cpu host guest from every other kernel
+    refuses exactly the registers real QEMU's migrations were refused on (max CPU)."""
+    result = _result(nested_results, kernel, "max")
+    step = result.step("cross-rehearsal")
+    assert step.rc == 0, step.stderr
+    report = json.loads(step.stdout)
+    assert report["destination"] == f"{kernel}__max"
+    for source in harness.KERNELS:
+        refusals = report["sources"][f"{source}__max"]
+        assert {r["register"] for r in refusals} == REAL_QEMU_VALUE_REFUSALS[(source, kernel)], (
+            f"{source} -> {kernel}: {refusals}")
+        assert all(r["errno"] == "EINVAL" for r in refusals)
+        for r in refusals:
+            expected = REAL_QEMU_VALUES.get((source, kernel, r["register"]))
+            if expected is not None:
+                assert r["attempted"] == expected[0], r
+                if expected[1] is not None:
+                    assert r["own"] == expected[1], r
