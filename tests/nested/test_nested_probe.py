@@ -258,3 +258,42 @@ def test_rehearsal_reproduces_real_qemu_value_refusals(
                 assert r["attempted"] == expected[0], r
                 if expected[1] is not None:
                     assert r["own"] == expected[1], r
+
+
+def _value_name(reg_id: int) -> str:
+    if regs.reg_class(reg_id) == regs.RegClass.DEMUX:
+        return regs.ccsidr_name(reg_id & 0xFF)
+    return regs.firmware_name(reg_id) if regs.is_firmware(reg_id) else regs.register_name(reg_id)
+
+
+@pytest.mark.parametrize("kernel", harness.KERNELS)
+def test_engine_value_findings_agree_with_the_real_kernel(
+    nested_results: dict[str, harness.BootResult], kernel: str
+) -> None:
+    """The engine's value verdicts (firmware, ID registers, cache geometry) for a -cpu host guest
+    from every kernel against this destination, next to what this kernel's KVM really did:
+    a value the engine calls rejected was refused, and no refused value is called accepted."""
+    from psci_hook.engine import GuestState, decide
+
+    step = _result(nested_results, kernel, "max").step("cross-rehearsal")
+    report = json.loads(step.stdout)
+    data = harness.REPO_ROOT / "tests" / "data" / "probed-profiles"
+    destination = HostProfile.from_dict(json.loads((data / f"{kernel}__max.json").read_text()))
+    problems = []
+    for source_kernel in harness.KERNELS:
+        source = HostProfile.from_dict(
+            json.loads((data / f"{source_kernel}__max.json").read_text()))
+        refused = {r["register"] for r in report["sources"][f"{source_kernel}__max"]}
+        decision = decide(GuestState.booted_on(source), destination, "tolerant")
+        outcomes = {_value_name(f.reg_id): f.outcome for f in decision.findings
+                    if f.reg_id is not None and f.outcome in ("accepted", "rejected",
+                                                              "unverified")}
+        for name, outcome in outcomes.items():
+            if outcome == "rejected" and name not in refused:
+                problems.append(f"{source_kernel} -> {kernel}: engine rejects {name}, "
+                                "the kernel accepted it")
+        for name in refused:
+            if outcomes.get(name, "accepted") == "accepted":
+                problems.append(f"{source_kernel} -> {kernel}: the kernel refused {name}, "
+                                f"the engine says {outcomes.get(name, 'nothing')}")
+    assert not problems, "\n".join(problems)
