@@ -57,6 +57,7 @@ from psci_hook.status import ExitStatus
 HELP = ("service: record freshly booted guests and keep persistent definitions in step with "
         "the live record, from libvirt lifecycle events (psci-hook-watch.service)")
 POLL_SECONDS = 0.5  # how often the main loop looks at the stop flag and the connection
+RECONNECT_PAUSE = 0.5  # after losing a connection, before the first reconnection attempt
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -111,8 +112,9 @@ class Watcher:
                     break
                 try:
                     self._serve(client)
-                except LibvirtUnavailable as exc:
+                except (LibvirtUnavailable, LibvirtCallFailed) as exc:
                     self.service_event("disconnected", f"{exc}; reconnecting")
+                    self.stop.wait(RECONNECT_PAUSE)
                 finally:
                     client.close()
         finally:
@@ -174,7 +176,20 @@ class Watcher:
         if ctx is None:
             return
         for dom in client.running():
-            record_domain(client, dom, RECONCILE, ctx)
+            self._record(client, dom, RECONCILE, ctx, client.name(dom))
+
+    def _record(self, client: Client, dom: Any, trigger: str, ctx: Context, domain: str
+                ) -> None:
+        """record_domain; a bug there is logged as that domain's failure, not the end of the
+        service (a lost connection still ends the connection)."""
+        try:
+            record_domain(client, dom, trigger, ctx)
+        except (LibvirtUnavailable, LibvirtCallFailed):
+            raise
+        except Exception as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            log_plan(ctx, plan_failed(domain, trigger,
+                                      f"internal error: {type(exc).__name__}: {detail}"))
 
     def _handle(self, client: Client, item: Lifecycle) -> None:
         """Boots and restores are acted on at once. An incoming migration is remembered at
@@ -208,7 +223,7 @@ class Watcher:
         if not running:
             log_plan(ctx, Plan(item.name, item.uuid, trigger, SKIPPED, "no longer running"))
             return
-        record_domain(client, dom, trigger, ctx)
+        self._record(client, dom, trigger, ctx, item.name)
 
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:

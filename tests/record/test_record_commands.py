@@ -258,3 +258,27 @@ def test_the_qemu_version_falls_back_to_the_aarch64_emulator(tmp_path: Path) -> 
     assert aarch64_emulator("<capabilities/>") is None
     assert aarch64_emulator("<capabilities") is None
     assert emulator_version(str(tmp_path / "missing")) is None
+
+
+def test_a_bug_in_one_domain_is_that_domains_failure_not_the_services_end(
+        env_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from psci_hook.commands import watch as watch_mod
+
+    logged: list[Any] = []
+    monkeypatch.setattr(watch_mod, "log_plan", lambda _ctx, plan: logged.append(plan))
+
+    def broken(*_args: Any) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(watch_mod, "record_domain", broken)
+    watcher = Watcher(env_for("watch"), URI)
+    watcher._record(None, None, "booted", None, "vm9")  # type: ignore[arg-type]
+    assert [(p.domain, p.action, p.reason) for p in logged] == [
+        ("vm9", "failed", "internal error: KeyError: 'boom'")]
+
+    def gone(*_args: Any) -> None:
+        raise libvirt_client.LibvirtUnavailable("lost the libvirt connection")
+
+    monkeypatch.setattr(watch_mod, "record_domain", gone)
+    with pytest.raises(libvirt_client.LibvirtUnavailable):
+        watcher._record(None, None, "booted", None, "vm9")  # type: ignore[arg-type]
