@@ -597,12 +597,29 @@ class TwoHosts:
                 return None
             return pid or None
 
-        pid = _wait_for(pid_from_file, 10, f"{spec.name}'s {program} pid file")
+        try:
+            pid = _wait_for(pid_from_file, 10, f"{spec.name}'s {program} pid file")
+        except HarnessError as exc:
+            raise HarnessError(f"{exc}; {self._daemon_log_tail(spec, program)}") from None
         if not _matches(pid, program, hs["ns"]):
-            raise HarnessError(f"{spec.name}: {program} (pid {pid}) is not running")
+            raise HarnessError(
+                f"{spec.name}: {program} (pid {pid}) is not running; "
+                + self._daemon_log_tail(spec, program)
+            )
         hs[program] = pid
         self._save_state()
         return int(pid)
+
+    def _daemon_log_tail(self, host: HostRef, program: str) -> str:
+        """The last errors a daemon logged (the harness removes the logs at teardown)."""
+        log = self.path(host, f"/var/log/libvirt/{program}.log")
+        try:
+            lines = [ln for ln in log.read_text(errors="replace").splitlines() if " error : " in ln]
+        except OSError:
+            lines = []
+        if not lines:
+            return "no error logged"
+        return "its last errors: " + " / ".join(ln.split(" error : ", 1)[1] for ln in lines[-3:])
 
     def _wait_ready(self, hosts: Sequence[HostRef] | None = None) -> None:
         """Wait until each libvirtd answers API calls (the first one probes QEMU: ~4 s)."""
@@ -615,9 +632,7 @@ class TwoHosts:
                 if not _matches(
                     self._host_state(spec)["libvirtd"], "libvirtd", self._host_state(spec)["ns"]
                 ):
-                    errors[spec.key] = "libvirtd exited; see " + str(
-                        self.path(spec, "/var/log/libvirt/libvirtd.log")
-                    )
+                    errors[spec.key] = "libvirtd exited; " + self._daemon_log_tail(spec, "libvirtd")
                     return
                 res = self.virsh(
                     spec,
