@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("PSCI_HOOK_SHARED_DIR", str(REPO.parent / "shared")))
 SHARED_PROFILES = SHARED / "profiles"
 BUNDLED_PROFILES = REPO / "psci_hook" / "data" / "profiles"
+# Profiles probed with ID registers and cache geometry, including a 7.2 kernel (PSCI 1.3).
+PROBED_PROFILES = REPO / "tests" / "data" / "probed-profiles"
 HOOK_NAME = "50-psci-hook"
 HOOK_PATH = f"/etc/libvirt/hooks/qemu.d/{HOOK_NAME}"
 RECORD_NS = "https://psci-hook.org/xmlns/record/1"
@@ -28,13 +30,15 @@ Q = "{" + RECORD_NS + "}"
 
 
 def profile(name: str) -> Path:
-    """A host profile by file stem: measured ones from shared/profiles, synthetic ones bundled."""
-    for directory in (SHARED_PROFILES, BUNDLED_PROFILES):
+    """A host profile by file stem: measured ones from shared/profiles, synthetic ones bundled
+    with the package, 7.2 from the repository's probed profiles."""
+    directories = (SHARED_PROFILES, BUNDLED_PROFILES, PROBED_PROFILES)
+    for directory in directories:
         path = directory / f"{name}.json"
         if path.exists():
             return path
     raise HarnessError(
-        f"no host profile {name}.json in {SHARED_PROFILES} or {BUNDLED_PROFILES} "
+        f"no host profile {name}.json in {', '.join(map(str, directories))} "
         "(set PSCI_HOOK_SHARED_DIR to the shared/ directory)"
     )
 
