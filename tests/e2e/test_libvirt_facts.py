@@ -180,3 +180,35 @@ def test_daemon_restart_and_reload(hosts: TwoHosts, guest_name: str) -> None:
     hosts.reload("a")
     assert hosts.daemon_pid("a") == pid
     assert hosts.is_running("a", guest_name)
+
+
+def test_hooks_are_discovered_at_daemon_start_or_sighup(hosts: TwoHosts, guest_name: str) -> None:
+    """A hook installed while libvirtd runs without any qemu hook is not called until SIGHUP
+    (or a restart): why psci-hook install says to reload libvirt."""
+    qemu_d = hosts.path("b", "/etc/libvirt/hooks/qemu.d")
+    aside = hosts.hostdir("b") / "qemu.d-aside"
+    qemu_d.rename(aside)
+    qemu_d.mkdir()
+    try:
+        hosts.restart_daemon("b")  # b now runs with no qemu hook at all
+        for script in sorted(aside.iterdir()):
+            script.rename(qemu_d / script.name)  # installed while the daemon runs
+        hosts.probe_flag("b", "veto-migrate")
+        hosts.define_and_start("a", guest_name)
+
+        unseen = hosts.migrate("a", "b", guest_name)
+        assert unseen.rc == 0, unseen.stderr
+        assert hosts.hook_calls("b") == []
+        assert hosts.migrate("b", "a", guest_name).rc == 0
+
+        hosts.reload("b")
+        seen = hosts.migrate("a", "b", guest_name)
+        assert seen.rc == 1
+        assert f"e2e-hook: refusing migrate of {guest_name} on host-b" in seen.stderr
+        assert ops(hosts.hook_calls("b")) == [("migrate", "begin")]
+    finally:
+        if aside.exists():
+            for script in aside.iterdir():
+                script.rename(qemu_d / script.name)
+            aside.rmdir()
+        hosts.reload("b")
