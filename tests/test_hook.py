@@ -219,3 +219,20 @@ def test_exactly_one_event_per_invocation_in_process(
     assert main(env, sink) == ExitStatus.OK
     assert len(sink.events) == 1 and sink.events[0]["op"] == op
     assert env.stdout.getvalue().startswith(b"<domain")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("cached", "generation"), [(None, "legacy"), ("7.2.22", "legacy"),
+                                                    ("11.1.3", "tolerant")])
+def test_the_qemu_version_cached_by_refresh_sets_the_generation(
+        tmp_path: Path, bundled: dict[str, HostProfile], cached: str | None,
+        generation: str) -> None:
+    if cached is not None:
+        (tmp_path / "qemu-version").write_text(cached + "\n")
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["6.12__a57"]),
+                          None)
+    env = Environment.for_test(["hook", "vm1", "migrate", "begin", "-"], domain,
+                               {"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert sink.events[0]["qemu_generation"] == generation

@@ -71,7 +71,7 @@ class Context:
     env: Environment
 
     def now(self) -> str:
-        return hook_mod._now(self.env)
+        return hook_mod.utc_now(self.env)
 
 
 def load_context(env: Environment) -> Context:
@@ -82,12 +82,12 @@ def load_context(env: Environment) -> Context:
     except PolicyError as exc:
         raise ContextError(str(exc), ExitStatus.BAD_INPUT) from None
     try:
-        profile = hook_mod._load_host_profile(policy, env)
+        profile = hook_mod.load_host_profile(policy, env)
     except Exception as exc:  # missing, stale, corrupt, unreadable, not probeable
         status = getattr(exc, "status", ExitStatus.INTERNAL_ERROR)
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ContextError(f"no usable host profile: {text}", ExitStatus(status)) from None
-    identity = hook_mod._host_identity(env, profile)
+    identity = hook_mod.host_identity(env, profile)
     host = ThisHost(profile, identity["hostname"], identity.get("uuid", ""), policy)
     return Context(host, identity, sink_for(policy), env)
 
