@@ -6,8 +6,7 @@ logged. Parsing is hardened: a size cap, no DTD, no entity expansion, no network
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 from lxml import etree
 
@@ -20,8 +19,7 @@ class DomainXMLError(ValueError):
     """Input that is not a usable domain XML document; the message is one line."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Domain:
+class Domain(NamedTuple):  # not a dataclass: ~0.5 ms less for every hook run to import
     root: Any  # the lxml <domain> element
     name: str
     uuid: str
