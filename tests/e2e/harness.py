@@ -33,6 +33,7 @@ import contextlib
 import fcntl
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -43,13 +44,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import IO, Union
 
 DEFAULT_ROOT = Path(os.environ.get("PSCI_HOOK_E2E_ROOT", "/tmp/psci-hook-e2e"))
 LOCK_PATH = Path("/tmp/psci-hook-e2e.lock")
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 CLEAN_ENV = ("env", "-i", f"PATH={CLEAN_PATH}", "HOME=/root", "LANG=C.UTF-8")
 QEMU_USER = "libvirt-qemu"
+REAPER = Path(__file__).resolve().parent / "reaper.py"
 
 # The guest's whole "kernel": poll PL061 GPIO pin 3 (the power button that `virsh shutdown`
 # presses when ACPI is off), then call PSCI SYSTEM_OFF via hvc.
@@ -158,6 +160,12 @@ def _terminate(pids: Sequence[int], timeout: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     _wait_dead(left, 5.0)
+
+
+def _readline(stream: IO[bytes], timeout: float) -> str:
+    """One line from a pipe, or "" at EOF or after `timeout` seconds."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    return stream.readline().decode(errors="replace") if ready else ""
 
 
 def _wait_for(predicate, timeout: float, what: str, interval: float = 0.05):  # type: ignore[no-untyped-def]
@@ -577,17 +585,27 @@ class TwoHosts:
             pidfile.unlink()
         out = (self.hostdir(spec) / f"{program}.out").open("ab")
         with out:
-            proc = subprocess.run(
-                self._ns(spec, program, "-d", "-p", f"/run/libvirt/{program}.pid"),
+            # Through the reaper: the daemon and its QEMUs are reaped as soon as they exit.
+            reaper = subprocess.Popen(
+                self._ns(
+                    spec, "python3", str(REAPER), program, "-d", "-p", f"/run/libvirt/{program}.pid"
+                ),
                 stdin=subprocess.DEVNULL,
-                stdout=out,
+                stdout=subprocess.PIPE,
                 stderr=out,
-                timeout=60,
+                start_new_session=True,
             )
-        if proc.returncode != 0:
+        self._children.append(reaper)
+        hs.setdefault("reapers", []).append(reaper.pid)
+        self._save_state()
+        assert reaper.stdout is not None
+        with reaper.stdout:
+            status = _readline(reaper.stdout, 60).strip()
+        if status != "0":
             raise HarnessError(
-                f"{spec.name}: {program} -d failed ({proc.returncode}), "
-                f"see {self.hostdir(spec) / (program + '.out')}"
+                f"{spec.name}: {program} -d failed ({status or 'no status'}), "
+                f"see {self.hostdir(spec) / (program + '.out')}; "
+                + self._daemon_log_tail(spec, program)
             )
 
         def pid_from_file() -> int | None:
@@ -777,7 +795,9 @@ class TwoHosts:
         if ns:
             known = ("libvirtd", "virtlogd", "rsyslogd", "qemu-system-aarch64", "sleep", "nsenter")
             stray = [
-                p for p in _procs_in_ns(ns) if os.path.basename((_cmdline(p) or [""])[0]) in known
+                p
+                for p in _procs_in_ns(ns)
+                if os.path.basename((_cmdline(p) or [""])[0]) in known or str(REAPER) in _cmdline(p)
             ]
             _terminate(stray)
 
