@@ -34,6 +34,8 @@ from .product import (
 pytestmark = pytest.mark.e2e
 
 WA1, WA2, WA3 = (f"SMCCC_ARCH_WORKAROUND_{n}" for n in (1, 2, 3))
+# What the hook's veto line adds for vetoes that QEMU or KVM would otherwise make late.
+REFUSE_LATE = "the destination would refuse this only after copying all guest memory"
 
 
 def start_stamped(hosts: TwoHosts, host: str, name: str, guest_profile: str) -> int:
@@ -161,6 +163,7 @@ def test_incompatible_host_vetoes(
 
     reason = assert_migration_vetoed(hosts, res, "a", "b", guest_name, code, qemu)
     assert reason.startswith(reason_start), reason
+    assert reason.endswith(f"({REFUSE_LATE})"), reason
     record = record_of(hosts.dumpxml("a", guest_name))
     assert record is not None and record.history == []  # the source's record is untouched
     summary = audit(hosts, "b", guest_name, 1)
@@ -212,7 +215,9 @@ def test_guest_without_record(hosts: TwoHosts, guest_name: str, unrecorded: str)
         assert record_of(hosts.dumpxml("b", guest_name)) is None
         assert summary["by_decision"] == {"allow": 1}
     else:
-        assert_migration_vetoed(hosts, res, "a", "b", guest_name, "NO_RECORD", qemu)
+        reason = assert_migration_vetoed(hosts, res, "a", "b", guest_name, "NO_RECORD", qemu)
+        # A policy veto: nothing says the destination would refuse this guest.
+        assert REFUSE_LATE not in reason, reason
         assert summary["by_decision"] == {"veto": 1}
 
 
@@ -263,6 +268,9 @@ def test_silently_dropped_workaround_is_vetoed(hosts: TwoHosts, guest_name: str)
 
     reason = assert_migration_vetoed(hosts, res, "a", "b", guest_name, "WA_DROPPED", qemu)
     assert reason.startswith(f"{WA3} guest=AVAIL"), reason
+    # The danger of WA_DROPPED is that the destination would NOT refuse: the reason must not
+    # say it would.
+    assert REFUSE_LATE not in reason, reason
     summary = audit(hosts, "b", guest_name, 1)
     assert summary["by_decision"] == {"veto": 1}
     assert "WA_DROPPED" in summary["by_code"]
