@@ -460,7 +460,7 @@ def collect(runs: int = 40, quick: bool = False) -> dict[str, Any]:
             results["growth"] = bench_growth(tmp, max(3, runs // 4), sizes, log)
         finally:
             log.close()
-        results["matrix"] = bench_matrix(tmp, counts, 1 if quick else 3)
+        results["matrix"] = bench_matrix(tmp, counts, 1)  # seconds-long runs: one each
     results["machine"]["loadavg_end"] = os.getloadavg()
     return results
 

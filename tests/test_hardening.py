@@ -51,6 +51,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -647,12 +648,20 @@ def test_an_unusable_configuration_keeps_its_on_error(setup: Setup, case: str) -
                  "configuration unusable")
 
 
-@pytest.mark.parametrize("case", ["a directory", "binary garbage", "on_error misspelt"])
+ROOT = os.geteuid() == 0
+AS_ROOT = pytest.mark.skipif(ROOT, reason="root reads a mode-000 file (a directory stands in)")
+
+
+@pytest.mark.parametrize("case", ["a directory", "binary garbage", "on_error misspelt",
+                                  pytest.param("permission denied", marks=AS_ROOT)])
 def test_an_unreadable_configuration_fails_open(setup: Setup, case: str) -> None:
     """With no readable on_error = veto, the default (allow) is all the hook can go by."""
     config = setup.path("psci-hook.conf")
     if case == "a directory":
         config.mkdir()
+    elif case == "permission denied":
+        config.write_text("[hook]\non_error = veto\n")
+        config.chmod(0)
     elif case == "binary garbage":
         config.write_bytes(bytes(range(256)) * 8)
     else:
@@ -683,11 +692,13 @@ def _profile_cases(s: Setup) -> dict[str, Callable[[Path], None]]:
         "a JSON array": lambda p: p.write_text("[1, 2, 3]"),
         "a register value over 64 bits": lambda p: p.write_text(
             good.replace('"PSCI_VERSION": 65537', f'"PSCI_VERSION": {1 << 70}', 1)),
+        "permission denied": lambda p: (p.write_text(good), p.chmod(0)),
     }
 
 
 PROFILE_CASES = ["missing", "a directory", "empty", "corrupt JSON", "half-written", "not UTF-8",
-                 "another schema", "a JSON array", "a register value over 64 bits"]
+                 "another schema", "a JSON array", "a register value over 64 bits",
+                 pytest.param("permission denied", marks=AS_ROOT)]
 
 
 @pytest.mark.parametrize("case", PROFILE_CASES)
@@ -905,6 +916,36 @@ def test_sigterm_while_deciding(setup: Setup) -> None:
 
     expect_error(both(make), "INTERNAL_ERROR", ExitStatus.INTERNAL_ERROR,
                  "interrupted by SIGTERM")
+
+
+SIGTERM_WHILE_LOGGING = """
+import os, signal, sys
+from psci_hook import auditlog
+from psci_hook.environment import Environment
+from psci_hook.hook import main
+
+
+class TermWhileLogging(auditlog.Sink):
+    def emit(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives between the decision and the answer
+        return False
+
+
+sys.exit(int(main(Environment.from_process(), TermWhileLogging(None, None))))
+"""
+
+
+def test_sigterm_after_the_decision_is_ignored(setup: Setup) -> None:
+    """Once decided, the answer is given: a SIGTERM then neither kills nor changes it."""
+    script = setup.path("term.py")
+    script.write_text(SIGTERM_WHILE_LOGGING)
+    for xml, profile in ((setup.allow_xml, "allow"), (setup.veto_xml, "veto")):
+        result = run(Path(sys.executable), ["-I", str(script), *ARGS], xml,
+                     setup.config("veto", profile=profile))
+        if profile == "allow":
+            expect_allowed(result)
+        else:
+            expect_veto(result, "CPREG_COUNT")
 
 
 @pytest.mark.parametrize("where", ["host profile file", "boot-time cache"])
