@@ -213,19 +213,41 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     return outcome
 
 
+# Why a veto matters, by code: most refusals would come after the whole memory copy; some are
+# worse (nothing would refuse) or are the operator's own policy.
+_VETO_CONSEQUENCE = {
+    "WA_DROPPED": "QEMU would accept the guest and silently drop the register; the guest "
+                  "would keep relying on a mitigation this host does not provide",
+    "NO_RECORD": "the policy vetoes guests without a record (unrecorded = veto)",
+    "RECORD_INVALID": "the record cannot be trusted, so the migration cannot be checked",
+}
+_LATE_FAILURE = "the destination would refuse this only after copying all guest memory"
+EVENT_FINDINGS = 12  # findings listed in an audit event; a syslog datagram must stay small
+
+
 def _veto_or_warn(policy: Policy, domain: Domain, findings: list[Finding],
                   base: dict[str, Any], decision: Decision | None = None) -> Outcome:
     # The reason shown: the first blocking finding, or the one the policy made decisive.
     first = next((f for f in findings if f.blocking), findings[0])
+    consequence = _VETO_CONSEQUENCE.get(first.code, _LATE_FAILURE)
     message = (f"psci-hook: VETO {first.code} domain {domain.name}: {veto_reason(first)} "
-               "(the destination would refuse this only after copying all guest memory)")
+               f"({consequence})")
     codes = significant_codes(findings)
+    notable = [f for f in findings if f.severity > Severity.INFO]
     event = {**base, "reason": veto_reason(first),
-             "findings": [f.to_dict() for f in findings if f.severity > Severity.INFO]}
+             "findings": [_event_finding(f) for f in notable[:EVENT_FINDINGS]]}
+    if len(notable) > EVENT_FINDINGS:
+        event["more_findings"] = len(notable) - EVENT_FINDINGS
     if not policy.enforcing:
         return Outcome(ExitStatus.OK, "warn", codes, message.replace("VETO", "WOULD VETO", 1),
                        event=event)
     return Outcome(ExitStatus.VETO, "veto", codes, message, event=event)
+
+
+def _event_finding(finding: Finding) -> dict[str, Any]:
+    """A finding as the audit event carries it: the facts, not the prose."""
+    full = finding.to_dict()
+    return {k: full[k] for k in ("code", "register", "guest", "destination") if k in full}
 
 
 # ---------------------------------------------------------------------------------------------
