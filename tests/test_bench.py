@@ -21,7 +21,8 @@ def test_the_benchmark_runs_and_prints_every_figure(capsys: Any) -> None:
         print("\n" + text)
     names = [row["name"] for row in results["latency"]["rows"]]
     assert len(names) == 5 and all(row["median_ms"] > 0 for row in results["latency"]["rows"])
-    assert len(results["growth"]["rows"]) >= 3 and "slope_ms_per_mb" in results["growth"]["fit"]
+    growth = results["growth"]
+    assert len(growth["rows"]) >= 3 and "slope_ms_per_mb" in growth["cpu_fit"]
     assert [row["pairs"] for row in results["matrix"]["rows"]] == [2500, 10000]
     for heading in ("Hook latency", "Targets", "Growth with domain XML size", "Linear fit",
                     "psci-hook matrix", "not measured here"):
