@@ -10,12 +10,14 @@ no psci_hook unless the package is installed).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from psci_hook import auditlog
 from psci_hook.engine import GuestState
 from psci_hook.profile import HostProfile
 from psci_hook.record import GuestRecord, Origin, record_xml
@@ -115,3 +117,15 @@ class SyslogListener:
         self.sock.close()
         if self.path.exists():
             os.unlink(self.path)
+
+
+class CollectingSink(auditlog.Sink):
+    """An audit sink that keeps the decoded events, for in-process hook runs."""
+
+    def __init__(self) -> None:
+        super().__init__(None, None)
+        self.events: list[dict[str, object]] = []
+
+    def emit(self, decision: str, message: str, fields: object, **_: object) -> bool:
+        self.events.append(json.loads(message))
+        return True

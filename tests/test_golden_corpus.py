@@ -7,14 +7,12 @@ validity against libvirt's domain.rng from the same source package is unchanged.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from corpus import corpus_files, is_valid
-from hooktools import profile_file, stamped, write_config
+from hooktools import CollectingSink, profile_file, stamped, write_config
 
-from psci_hook import auditlog
 from psci_hook.domainxml import parse_domain
 from psci_hook.engine import GuestState
 from psci_hook.environment import Environment
@@ -34,15 +32,6 @@ def _without_record(data: bytes) -> bytes:
     (span,) = layout(data).records
     return data[:span.start] + data[span.end:]
 
-
-class _Quiet(auditlog.Sink):
-    def __init__(self) -> None:
-        super().__init__(None, None)
-        self.events: list[dict[str, object]] = []
-
-    def emit(self, decision: str, message: str, fields: object) -> bool:
-        self.events.append(json.loads(message))
-        return True
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +69,7 @@ def test_stamp_and_hook_output_minus_our_element_is_the_input(
                           None, extra_hook="domain_types = kvm, qemu, hvf")
     env = Environment.for_test(["hook", domain.name, "migrate", "begin", "-"], with_record,
                                {"PSCI_HOOK_CONFIG": str(config)})
-    sink = _Quiet()
+    sink = CollectingSink()
     status = main(env, sink)
     output = env.stdout.getvalue()  # type: ignore[attr-defined]
     assert len(sink.events) == 1

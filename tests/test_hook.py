@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hooktools import (
     DOMAIN,
+    CollectingSink,
     SyslogListener,
     install_hook,
     profile_file,
@@ -17,7 +18,6 @@ from hooktools import (
     write_config,
 )
 
-from psci_hook import auditlog
 from psci_hook.domainxml import parse_domain
 from psci_hook.engine import GuestState
 from psci_hook.environment import Environment
@@ -196,15 +196,6 @@ def test_a_dead_log_socket_changes_nothing_but_the_log(
     assert (alive.returncode, alive.stderr) == (dead.returncode, dead.stderr) == (0, "")
     assert without_times(alive.stdout) == without_times(dead.stdout) != b""
 
-
-class CollectingSink(auditlog.Sink):
-    def __init__(self) -> None:
-        super().__init__(None, None)
-        self.events: list[dict[str, object]] = []
-
-    def emit(self, decision: str, message: str, fields: object) -> bool:
-        self.events.append(json.loads(message))
-        return True
 
 
 @pytest.mark.parametrize("op", ["migrate", "restore"])

@@ -7,13 +7,11 @@ arm64 ioctls. The real rehearsal on arm64 KVM runs in tests/nested (Debian kerne
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from hooktools import DOMAIN, profile_file, stamped, write_config
+from hooktools import DOMAIN, CollectingSink, profile_file, stamped, write_config
 
-from psci_hook import auditlog
 from psci_hook import registers as regs
 from psci_hook.engine import GuestState, decide
 from psci_hook.environment import Environment
@@ -65,15 +63,6 @@ def test_a_refusal_vetoes_and_names_both_values(bundled: dict[str, HostProfile])
     assert "MODEL_DEFECT" in [f.code for f in after]  # the model had accepted it
 
 
-class _Sink(auditlog.Sink):
-    def __init__(self) -> None:
-        super().__init__(None, None)
-        self.events: list[dict[str, object]] = []
-
-    def emit(self, decision: str, message: str, fields: object) -> bool:
-        self.events.append(json.loads(message))
-        return True
-
 
 def _run(tmp_path: Path, domain: bytes, destination: HostProfile, rehearser: object
          ) -> tuple[ExitStatus, Environment, dict[str, object]]:
@@ -81,7 +70,7 @@ def _run(tmp_path: Path, domain: bytes, destination: HostProfile, rehearser: obj
     env = Environment.for_test(["hook", "vm1", "migrate", "begin", "-"], domain,
                                {"PSCI_HOOK_CONFIG": str(config)})
     env.rehearser = rehearser
-    sink = _Sink()
+    sink = CollectingSink()
     status = main(env, sink)
     return status, env, sink.events[0]
 
