@@ -130,7 +130,8 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     try:
         domain = parse_domain(data)
     except DomainXMLError as exc:
-        return _error_outcome(policy, "XML_INVALID", str(exc), "")
+        name = env.argv[1] if len(env.argv) > 1 else ""
+        return _error_outcome(policy, "XML_INVALID", str(exc), name)
     base: dict[str, Any] = {"domain": domain.name, "uuid": domain.uuid}
     if domain.type not in policy.domain_types or not domain.is_aarch64:
         return Outcome(ExitStatus.OK, "allow", ["NOT_APPLICABLE"], event={
