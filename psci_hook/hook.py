@@ -91,7 +91,7 @@ def load_host_profile(policy: Policy, env: Environment) -> HostProfile:
 
         profile = load_cached(env.run_dir, probe_inline=True)
     if profile.qemu_version is None and profile.qemu_generation is None:
-        from psci_hook.probe import read_qemu_version
+        from psci_hook.profile import read_qemu_version
 
         version = read_qemu_version(env.run_dir)
         if version is not None:

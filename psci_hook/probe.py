@@ -23,20 +23,17 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
 from psci_hook import kvm as kvm_mod
 from psci_hook import registers as regs
-from psci_hook.profile import FEATURE_ORDER, SCHEMA, feature_key
+from psci_hook.profile import FEATURE_ORDER, SCHEMA, feature_key, read_qemu_version
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 # Where the running system's identity comes from; module attributes so tests can replace them.
 UNAME: Callable[[], os.uname_result] = os.uname
-QEMU_VERSION_FILE = "qemu-version"
-_QEMU_VERSION_RE = re.compile(r"\s*(\d+\.\d+(?:\.\d+)?)\s*$")
 
 
 def migrated_list(reg_ids: Iterable[int]) -> list[int]:
@@ -46,18 +43,6 @@ def migrated_list(reg_ids: Iterable[int]) -> list[int]:
 
 def read_boot_id(path: Path | None = None) -> str:
     return (path or BOOT_ID_PATH).read_text(encoding="ascii").strip()
-
-
-def read_qemu_version(run_dir: Path | None) -> str | None:
-    """The QEMU version ``psci-hook refresh`` cached as plain text, if any and well-formed."""
-    if run_dir is None:
-        return None
-    try:
-        text = (run_dir / QEMU_VERSION_FILE).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    match = _QEMU_VERSION_RE.match(text)
-    return match.group(1) if match else None
 
 
 def _firmware_values(vcpu: kvm_mod.ScratchVcpu, listed: Sequence[int]) -> dict[str, int]:

@@ -27,6 +27,9 @@ _KNOWN_KEYS = {
     "cache_geometry", "qemu_version", "qemu_generation",
 }
 _QEMU_VERSION_RE = re.compile(r"\d+\.\d+(\.\d+)?")
+# `psci-hook refresh` caches the hypervisor version here, next to the boot-time profile.
+QEMU_VERSION_FILE = "qemu-version"
+_CACHED_QEMU_VERSION_RE = re.compile(r"\s*(\d+\.\d+(?:\.\d+)?)\s*$")
 _KERNEL_VERSION_RE = re.compile(r"(\d+)\.(\d+)")
 
 
@@ -296,6 +299,18 @@ def _parse_list(key: str, ids: Any, fw: Mapping[int, int]) -> tuple[int, ...]:
             f"{sorted(regs.firmware_name(i) for i in fw)}"
         )
     return tuple(parsed)
+
+
+def read_qemu_version(run_dir: Path | None) -> str | None:
+    """The QEMU version ``psci-hook refresh`` cached as plain text, if any and well-formed."""
+    if run_dir is None:
+        return None
+    try:
+        text = (run_dir / QEMU_VERSION_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = _CACHED_QEMU_VERSION_RE.match(text)
+    return match.group(1) if match else None
 
 
 BUNDLED_DIR = Path(__file__).parent / "data" / "profiles"

@@ -19,7 +19,7 @@ from lxml import etree
 from psci_hook import cache
 from psci_hook.environment import Environment
 from psci_hook.libvirt_client import Client, LibvirtCallFailed, LibvirtUnavailable
-from psci_hook.probe import QEMU_VERSION_FILE
+from psci_hook.profile import QEMU_VERSION_FILE
 from psci_hook.status import ExitStatus
 
 HELP = ("cache libvirt's host capabilities and the QEMU version in the run directory "
