@@ -129,8 +129,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
 
 
 def run(hook: Path, args: Sequence[str | bytes], data: bytes | None, config: Path | None,
-        timeout: float = 60, **popen: Any) -> HookResult:
-    """The hook as libvirt runs it; ``popen`` overrides (e.g. a preexec_fn closing a stream)."""
+        timeout: float = 60, prefix: Sequence[str] = (), **popen: Any) -> HookResult:
+    """The hook as libvirt runs it; ``popen`` overrides (e.g. a preexec_fn closing a stream);
+    ``prefix`` wraps the command (e.g. WITHOUT_DAC)."""
     env = dict(LIBVIRT_ENV)
     if config is not None:
         env["PSCI_HOOK_CONFIG"] = str(config)
@@ -139,7 +140,8 @@ def run(hook: Path, args: Sequence[str | bytes], data: bytes | None, config: Pat
     options.update(popen)
     if "stdin" in popen:
         del options["input"]
-    proc = subprocess.run([str(hook), *args], env=env, cwd="/", timeout=timeout, check=False,
+    proc = subprocess.run([*prefix, str(hook), *args], env=env, cwd="/", timeout=timeout,
+                          check=False,
                           **options)
     return HookResult(proc.returncode, proc.stdout or b"",
                       (proc.stderr or b"").decode("utf-8", "replace"))
@@ -648,12 +650,19 @@ def test_an_unusable_configuration_keeps_its_on_error(setup: Setup, case: str) -
                  "configuration unusable")
 
 
-ROOT = os.geteuid() == 0
-AS_ROOT = pytest.mark.skipif(ROOT, reason="root reads a mode-000 file (a directory stands in)")
+# Root reads a mode-000 file through CAP_DAC_OVERRIDE; libvirt's hook runs as root with it. For
+# the "permission denied" cases the hook runs as root without the DAC capabilities (util-linux
+# setpriv), so that a mode-000 file really cannot be read.
+WITHOUT_DAC = (["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+               if os.geteuid() == 0 else [])
+
+
+def prefix_for(case: str) -> list[str]:
+    return WITHOUT_DAC if case == "permission denied" else []
 
 
 @pytest.mark.parametrize("case", ["a directory", "binary garbage", "on_error misspelt",
-                                  pytest.param("permission denied", marks=AS_ROOT)])
+                                  "permission denied"])
 def test_an_unreadable_configuration_fails_open(setup: Setup, case: str) -> None:
     """With no readable on_error = veto, the default (allow) is all the hook can go by."""
     config = setup.path("psci-hook.conf")
@@ -666,8 +675,9 @@ def test_an_unreadable_configuration_fails_open(setup: Setup, case: str) -> None
         config.write_bytes(bytes(range(256)) * 8)
     else:
         config.write_text("[hook]\non_error = vet0\n")
-    result = run(setup.hook, ARGS, setup.allow_xml, config)
+    result = run(setup.hook, ARGS, setup.allow_xml, config, prefix=prefix_for(case))
     sane(result)
+    assert case != "permission denied" or "Permission denied" in result.stderr
     assert (result.returncode, result.stdout) == (0, b"")
     assert result.stderr.startswith("psci-hook: ERROR INTERNAL_ERROR domain vm1: configuration "
                                     "unusable: ")
@@ -698,7 +708,7 @@ def _profile_cases(s: Setup) -> dict[str, Callable[[Path], None]]:
 
 PROFILE_CASES = ["missing", "a directory", "empty", "corrupt JSON", "half-written", "not UTF-8",
                  "another schema", "a JSON array", "a register value over 64 bits",
-                 pytest.param("permission denied", marks=AS_ROOT)]
+                 "permission denied"]
 
 
 @pytest.mark.parametrize("case", PROFILE_CASES)
@@ -706,9 +716,13 @@ def test_an_unusable_host_profile_file(setup: Setup, case: str) -> None:
     def make(on_error: str) -> HookResult:
         profile = setup.path("profile.json")
         _profile_cases(setup)[case](profile)
-        return run(setup.hook, ARGS, setup.allow_xml, setup.config(on_error, profile=profile))
+        return run(setup.hook, ARGS, setup.allow_xml, setup.config(on_error, profile=profile),
+                   prefix=prefix_for(case))
 
-    expect_error(both(make), "PROFILE_UNAVAILABLE", ExitStatus.INTERNAL_ERROR)
+    results = both(make)
+    expect_error(results, "PROFILE_UNAVAILABLE", ExitStatus.INTERNAL_ERROR)
+    if case == "permission denied":
+        assert all("Permission denied" in r.stderr for r in results.values())
 
 
 NO_KVM = '''
@@ -775,11 +789,14 @@ def test_an_unusable_cache_with_no_kvm_to_probe(setup: Setup, case: str) -> None
         else:
             run_dir.mkdir()
             _profile_cases(setup)[case](run_dir / "host.json")
-        return run(hook, ARGS, setup.allow_xml, setup.config(on_error, profile=None))
+        return run(hook, ARGS, setup.allow_xml, setup.config(on_error, profile=None),
+                   prefix=prefix_for(case))
 
     results = both(make)
     expect_error(results, "PROFILE_UNAVAILABLE", ExitStatus.INTERNAL_ERROR,
                  "/dev/kvm does not exist")
+    if case == "permission denied":
+        assert all("Permission denied" in r.stderr for r in results.values())
     reason = "another boot" if case == "stale: another boot" else \
         "from kernel 0-other" if case == "stale: another kernel" else "host.json"
     assert reason in results["veto"].stderr
