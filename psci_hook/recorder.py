@@ -231,13 +231,7 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: str) -> 
         plan = Plan(live.name, live.uuid, trigger, UNCHANGED,
                     f"the live record is current for this host ({origin_text(old.origin)})",
                     previous=old.origin)
-        # Copy the live record as it is into the persistent definition.
-        if observed.persistent is not None and not _same(_config_record(persistent), old):
-            plan = dataclasses.replace(
-                plan, action=SYNCED, config=old,
-                reason=f"the persistent definition now carries the live record "
-                       f"({origin_text(old.origin)})")
-        return plan
+        return _synced_if_needed(plan, observed, persistent, old)
     verdict = "warn" if decision.vetoed else "allow"
     record = GuestRecord(after, host.origin(event, now), old.history, old.override).with_check(
         HistoryEntry(now, op, host.hostname, verdict, codes), policy.history_limit)
@@ -272,12 +266,18 @@ def plan_reconcile(observed: Observed, host: ThisHost, now: str, force: bool = F
                      "with this host's values", previous=old.origin)
     plan = Plan(live.name, live.uuid, trigger, UNCHANGED,
                 f"its record is current ({origin_text(old.origin)})", previous=old.origin)
-    if observed.persistent is not None and not _same(_config_record(persistent), old):
-        plan = dataclasses.replace(
-            plan, action=SYNCED, config=old,
-            reason=f"the persistent definition now carries the live record "
-                   f"({origin_text(old.origin)})")
-    return plan
+    return _synced_if_needed(plan, observed, persistent, old)
+
+
+def _synced_if_needed(plan: Plan, observed: Observed, persistent: Domain | None,
+                      old: GuestRecord) -> Plan:
+    """``plan``, or a copy of the live record into a persistent definition that lacks it."""
+    if observed.persistent is None or _same(_config_record(persistent), old):
+        return plan
+    return dataclasses.replace(
+        plan, action=SYNCED, config=old,
+        reason=f"the persistent definition now carries the live record "
+               f"({origin_text(old.origin)})")
 
 
 def plan_failed(name: str, trigger: str, reason: str, uuid: str = "") -> Plan:
