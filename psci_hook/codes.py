@@ -6,8 +6,8 @@ against this one by the tests.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
+from typing import NamedTuple
 
 
 class Severity(enum.IntEnum):
@@ -16,8 +16,9 @@ class Severity(enum.IntEnum):
     BLOCKING = 2  # QEMU or the destination kernel would fail the migration
 
 
-@dataclasses.dataclass(frozen=True)
-class Code:
+class Code(NamedTuple):
+    """A finding code: its stable name, how severe it is, and what it means."""
+
     name: str
     severity: Severity
     meaning: str

@@ -2,14 +2,15 @@
 
 Spec: kvm-firmware-registers.md §9 (the whole migrated list: count check, merge, write) and
 §2/§8 (which firmware register values a kernel accepts), §10 (ID registers, cache geometry).
-Pure functions over frozen dataclasses: no files, no clock, no libvirt, no lxml.
+Pure functions over immutable values (named tuples, frozen dataclasses): no files, no clock,
+no libvirt, no lxml.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from psci_hook import registers as regs
 from psci_hook.codes import Severity, severity
@@ -49,8 +50,7 @@ QEMU_GENERATIONS = ("legacy", "tolerant")
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class GuestState:
+class GuestState(NamedTuple):
     """What the source QEMU will send: register values, vCPU features and the migrated list."""
 
     registers: Mapping[int, int]  # firmware register id -> value
@@ -86,8 +86,10 @@ class GuestState:
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
+    """One outcome of the decision: a code, the register and both values where they apply,
+    and one sentence an operator understands."""
+
     code: str
     outcome: str
     message: str
@@ -133,6 +135,8 @@ class Finding:
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
+    """The verdict, every finding, and the guest's state after the migration."""
+
     verdict: str  # "allow" or "veto"
     findings: tuple[Finding, ...]
     guest_after: GuestState
@@ -186,8 +190,9 @@ def significant_codes(findings: Iterable[Finding]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Judgement:
+class Judgement(NamedTuple):
+    """Whether a destination kernel accepts one firmware register value, and why."""
+
     accepted: bool | None  # None: the model cannot tell (unknown register)
     code: str
     reason: str

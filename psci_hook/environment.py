@@ -23,6 +23,8 @@ CONFIG_ENV_VAR = "PSCI_HOOK_CONFIG"
 
 @dataclasses.dataclass
 class Environment:
+    """argv, the standard streams, the environment, the clock and the file locations of one run."""
+
     argv: Sequence[str]
     stdin: BinaryIO
     stdout: BinaryIO

@@ -8,9 +8,9 @@ invalid is an error, reported in one line naming the file, the section and the k
 from __future__ import annotations
 
 import configparser
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 
 class PolicyError(ValueError):
@@ -23,8 +23,9 @@ GENERATIONS = ("auto", "legacy", "tolerant")
 LOG_TARGETS = ("auto", "journal", "syslog", "none")
 
 
-@dataclasses.dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
+    """The operator's settings; every field has its default here."""
+
     # enforce: veto what would fail; warn: log what would be vetoed, and allow.
     mode: str = "enforce"
     # A guest whose domain XML carries no psci-hook record: allow (and say so) or veto.

@@ -63,6 +63,8 @@ def parse_feature_key(key: str) -> FeatureSet:
 
 @dataclasses.dataclass(frozen=True)
 class HostProfile:
+    """What one host's kernel lists and returns (schema psci-hook.host-profile/v1)."""
+
     kernel_release: str
     machine: str
     # Firmware register id -> value on a fresh PSCI_0_2 vCPU; absent = not listed by the kernel.

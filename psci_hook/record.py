@@ -29,7 +29,7 @@ import dataclasses
 import importlib
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable, cast
+from typing import Any, Callable, NamedTuple, cast
 
 from lxml import etree
 
@@ -72,8 +72,7 @@ class RecordError(ValueError):
 
 # Every dataclass here has a docstring: without one, creating the class computes a signature
 # for it (inspect), a cost every hook run pays at import.
-@dataclasses.dataclass(frozen=True)
-class Origin:
+class Origin(NamedTuple):
     """Where the guest's state came from."""
 
     event: str  # booted, migrated, restored, stamped
@@ -83,8 +82,7 @@ class Origin:
     host_uuid: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
-class HistoryEntry:
+class HistoryEntry(NamedTuple):
     """One check of the guest, kept in the record's bounded history."""
 
     time: str
@@ -94,8 +92,7 @@ class HistoryEntry:
     codes: tuple[str, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
-class Override:
+class Override(NamedTuple):
     """An operator's per-domain override: these blocking codes do not veto this domain."""
 
     codes: frozenset[str]

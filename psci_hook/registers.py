@@ -6,10 +6,11 @@ arch/arm64/include/uapi/asm/kvm.h. Everything here is data and pure functions.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import re
+import types
 from collections.abc import Mapping
+from typing import NamedTuple
 
 # ---------------------------------------------------------------------------------------------
 # Register id layout (uapi/asm/kvm.h)
@@ -111,8 +112,12 @@ class FwKind(enum.Enum):
     BITMAP = "bitmap"
 
 
-@dataclasses.dataclass(frozen=True)
-class FirmwareRegister:
+_NO_NAMES: Mapping[int, str] = types.MappingProxyType({})
+
+
+class FirmwareRegister(NamedTuple):
+    """One of the eight firmware pseudo-registers: id, encoding and meaning."""
+
     name: str
     reg_id: int
     kind: FwKind
@@ -121,8 +126,8 @@ class FirmwareRegister:
     # PSCI and the bitmaps are stored per VM and travel with the guest for life; the
     # WORKAROUNDs are a check against the current host's level and are never stored.
     kept: bool
-    value_names: Mapping[int, str] = dataclasses.field(default_factory=dict)
-    bit_names: Mapping[int, str] = dataclasses.field(default_factory=dict)
+    value_names: Mapping[int, str] = _NO_NAMES
+    bit_names: Mapping[int, str] = _NO_NAMES
 
     @property
     def hex_id(self) -> str:

@@ -10,11 +10,10 @@ disagreement is reported as MODEL_DEFECT.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 from collections.abc import Mapping
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from psci_hook import registers as regs
 from psci_hook.engine import REJECTED, UNVERIFIED, Finding, GuestState
@@ -22,8 +21,7 @@ from psci_hook.engine import REJECTED, UNVERIFIED, Finding, GuestState
 KVM_DEVICE = "/dev/kvm"
 
 
-@dataclasses.dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     """What the kernel said: the first refusal (id, value, own value, errno name) or none."""
 
     rehearsed: frozenset[int]
