@@ -68,8 +68,9 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Command 
             command = _load(name)
             sub = subparsers.add_parser(name, help=command.HELP, description=command.HELP)
             command.configure(sub)
-        else:
-            # Listed for --help without importing the module.
+        elif chosen is None:  # the overview (--help, or no command): every command's summary
+            subparsers.add_parser(name, help=_load(name).HELP, add_help=False)
+        else:  # another command was chosen: only its module is imported
             subparsers.add_parser(name, add_help=False)
     return parser, command
 

@@ -152,3 +152,19 @@ def test_audit_summarises_a_syslog_file(tmp_path: Path) -> None:
     assert "psci-hook decisions: 1 (allow 1)" in out
     status, _, err = run("audit", str(tmp_path / "missing"))
     assert status == ExitStatus.BAD_INPUT and "cannot read" in err
+
+
+def test_the_overview_lists_every_command_with_its_summary() -> None:
+    from psci_hook.cli import COMMANDS
+
+    env = Environment.for_test(["psci-hook", "--help"])
+    with pytest.raises(SystemExit) as info:
+        main(env=env)
+    assert info.value.code == 0
+    # argparse prints --help to sys.stdout; the overview is also what a missing command prints.
+    env = Environment.for_test(["psci-hook"])
+    assert main(env=env) == ExitStatus.BAD_INPUT
+    overview = env.stderr.getvalue()  # type: ignore[attr-defined]
+    for name in COMMANDS:
+        assert f"    {name}" in overview, name
+    assert "decide offline whether a guest can migrate" in overview
