@@ -54,13 +54,37 @@ PACKAGES = (
     "libexpat1",
     "zlib1g",
     "libffi8",
+    # The hook itself imports lxml and structlog: bookworm's python3-lxml (4.9.2, built for
+    # python3.11) with its library closure (libxml2 -> libicu72, liblzma5, zlib1g; libxslt1.1 ->
+    # libgcrypt20 -> libgpg-error0; libicu72 -> libstdc++6, libgcc-s1), and python3-structlog
+    # (pure Python). check_elf_closure() proves at build time that this list is complete.
+    "python3-lxml",
+    "python3-structlog",
+    "libxml2",
+    "libxslt1.1",
+    "libicu72",
+    "liblzma5",
+    "libgcrypt20",
+    "libgpg-error0",
+    "libstdc++6",
+    "libgcc-s1",
 )
 # Kernel file stem in shared/kernels -> version label; CPU label -> QEMU -cpu argument.
 KERNELS = ("5.10", "6.1", "6.12", "7.2")
 CPUS = {"max": "max,pauth-impdef=on", "a57": "cortex-a57"}
 MARK = "@@psci-nested"
 STEPS = ("probe", "probe-write", "conformance", "conformance-json", "checks",
-         "cross-rehearsal")
+         "cross-rehearsal", "hook")
+# Where the overlay installs the real hook file, as `psci-hook install` does (its #! line rewritten
+# to name the image's python with -I; -I ignores PYTHONPATH, so psci_hook is also reachable from
+# the interpreter's own dist-packages, like lxml and structlog).
+GUEST_HOOK_PATH = "etc/libvirt/hooks/qemu.d/50-psci-hook"
+GUEST_PYTHON = "/usr/bin/python3.11"
+DIST_PACKAGES = "usr/lib/python3/dist-packages"
+# The ELF objects whose NEEDED closure must be in the image (see check_elf_closure).
+ELF_ROOTS = ("usr/bin/python3.11", f"{DIST_PACKAGES}/lxml/etree.cpython-311-aarch64-linux-gnu.so",
+             f"{DIST_PACKAGES}/lxml/objectify.cpython-311-aarch64-linux-gnu.so")
+LIBRARY_DIRS = ("lib/aarch64-linux-gnu", "usr/lib/aarch64-linux-gnu", "lib", "usr/lib")
 DEBIAN_CODENAMES = (
     "buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid",
     "oldstable", "stable", "testing", "unstable",
@@ -278,7 +302,9 @@ def fetch_debs(refresh: bool | None = None) -> list[Path]:
             )
         names = {}
         for package in PACKAGES:
-            found = sorted(staging.glob(f"{package}_*_arm64.deb"))
+            # arm64 packages, or Architecture: all ones (python3-structlog).
+            found = sorted(p for p in staging.glob(f"{package}_*.deb")
+                           if p.name.endswith(("_arm64.deb", "_all.deb")))
             if len(found) != 1:
                 raise HarnessError(f"apt-get download did not produce one {package} arm64 .deb")
             names[package] = found[0].name
@@ -371,7 +397,9 @@ def base_image(debs: Sequence[Path]) -> Path:
             shutil.rmtree(root / rel, ignore_errors=True)
         for dynload in (root / "usr/lib/python3.11/lib-dynload").glob("*test*"):
             dynload.unlink()
+        check_elf_closure(root)
         _precompile(root / "usr/lib/python3.11", "/usr/lib/python3.11")
+        _precompile(root / DIST_PACKAGES, "/" + DIST_PACKAGES)  # structlog, lxml's .py parts
         partial = Path(tmp) / "base.cpio"
         with open(partial, "wb") as handle:
             writer = CpioWriter(handle)
@@ -379,6 +407,57 @@ def base_image(debs: Sequence[Path]) -> Path:
             writer.trailer()
         os.replace(partial, out)
     return out
+
+
+def elf_needed(path: Path) -> list[str]:
+    """The DT_NEEDED sonames of a 64-bit little-endian ELF file (what readelf -d lists), read
+    from its section headers: the SHT_DYNAMIC section and the string table it links to."""
+    import struct
+
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise HarnessError(f"{path} is not a 64-bit little-endian ELF file")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
+                for i in range(shnum)]
+    needed = []
+    for _name, kind, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
+        if kind != 6:  # SHT_DYNAMIC
+            continue
+        strtab = sections[link][4]
+        for pos in range(offset, offset + size, entsize or 16):
+            tag, value = struct.unpack_from("<qQ", data, pos)
+            if tag == 0:  # DT_NULL
+                break
+            if tag == 1:  # DT_NEEDED
+                end = data.index(b"\0", strtab + value)
+                needed.append(data[strtab + value:end].decode())
+    return needed
+
+
+def check_elf_closure(root: Path) -> None:
+    """Every library python3.11 and lxml's extension modules need, transitively, is in the
+    unpacked packages (the dynamic loader's default directories), else HarnessError naming it:
+    a missing package in PACKAGES shows here, at build time, not as an ImportError in a guest."""
+    pending = [root / rel for rel in ELF_ROOTS]
+    seen: set[Path] = set()
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        if not path.is_file():
+            raise HarnessError(f"{path.relative_to(root)} is not in the unpacked packages")
+        for soname in elf_needed(path):
+            if soname.startswith("ld-linux"):
+                continue
+            found = [root / d / soname for d in LIBRARY_DIRS if (root / d / soname).exists()]
+            if not found:
+                raise HarnessError(
+                    f"{path.name} needs {soname}, which none of the nested harness's "
+                    "packages provides (add its package to PACKAGES)")
+            pending.append(found[0])  # a relative symlink: read through it, inside root
 
 
 def _precompile(path: Path, ddir: str) -> None:
@@ -418,6 +497,7 @@ run conformance python3 -m psci_hook conformance
 run conformance-json python3 -m psci_hook conformance --json
 run checks python3 /opt/psci-hook/guest_checks.py
 run cross-rehearsal python3 /opt/psci-hook/guest_cross_rehearsal.py
+run hook python3 /opt/psci-hook/guest_hook.py
 echo "{mark} done"
 poweroff -f
 sleep 5
@@ -428,7 +508,8 @@ def overlay(out: BinaryIO) -> None:
     """The per-run part: /init, busybox links, this package's source and the guest checks."""
     writer = CpioWriter(out)
     for name in ("bin", "usr", "usr/bin", "proc", "sys", "dev", "tmp", "root", "opt",
-                 "opt/psci-hook"):
+                 "opt/psci-hook", "etc", "etc/libvirt", "etc/libvirt/hooks",
+                 "etc/libvirt/hooks/qemu.d"):
         writer.directory(name, 0o1777 if name == "tmp" else 0o755)
     writer.chardev("dev/console", 5, 1)
     writer.chardev("dev/null", 1, 3, 0o666)
@@ -436,11 +517,16 @@ def overlay(out: BinaryIO) -> None:
         writer.symlink(f"bin/{applet}", "busybox")
     writer.symlink("usr/bin/python3", "python3.11")
     writer.file("init", INIT_SCRIPT.format(mark=MARK).encode(), 0o755)
+    # The real hook, its #! line pointing at the image's python with -I (psci-hook install does
+    # the same with the interpreter it runs under); psci_hook importable under -I.
+    hook = (REPO_ROOT / "hooks" / "50-psci-hook").read_text(encoding="utf-8").split("\n", 1)[1]
+    writer.file(GUEST_HOOK_PATH, f"#!{GUEST_PYTHON} -I\n{hook}".encode(), 0o755)
+    writer.symlink(f"{DIST_PACKAGES}/psci_hook", "/opt/psci-hook/psci_hook")
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(tmp) / "psci_hook"
         shutil.copytree(REPO_ROOT / "psci_hook", package,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        for script in ("guest_checks.py", "guest_cross_rehearsal.py"):
+        for script in ("guest_checks.py", "guest_cross_rehearsal.py", "guest_hook.py"):
             shutil.copy(Path(__file__).with_name(script), tmp)
         shutil.copytree(REPO_ROOT / "tests" / "data" / "probed-profiles",
                         Path(tmp) / "probed-profiles")

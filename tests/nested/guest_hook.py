@@ -1,0 +1,128 @@
+"""Run inside the nested arm64 guest: the REAL hook on this kernel's real KVM, as libvirt runs it.
+
+The hook (/etc/libvirt/hooks/qemu.d/50-psci-hook, #! naming the image's python3.11 with -I, so it
+imports psci_hook, lxml and structlog from the interpreter's own paths) is run with argv
+``<domain> migrate begin -``, an environment of LC_ALL=C, PATH and HOME only, and the domain XML
+on stdin. The configuration (/etc/psci-hook/psci-hook.conf, the hook's default location) has no
+[host] profile, so the hook uses the boot-time cache /run/psci-hook/host.json.
+
+The domain XML is a <domain type='kvm'> aarch64 -cpu host-passthrough guest stamped with the
+state of a guest booted on each kernel's probed profile for this emulated CPU
+(tests/data/probed-profiles; this kernel's own is the control). For each source the hook runs
+twice: with the cache removed (it must probe inline and write the cache back), then warm.
+
+Prints {"destination": label, "release": ..., "runs": {source label: {"cold": run, "warm": run}}}
+where a run is {"rc", "stdout", "stderr", "seconds", "cache": {...}}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from psci_hook import kvm as kvm_mod
+from psci_hook import registers as regs
+from psci_hook.domainxml import parse_domain, requested_features
+from psci_hook.engine import GuestState
+from psci_hook.profile import load_profile
+from psci_hook.record import GuestRecord, Origin, record_xml
+from psci_hook.splice import splice_record
+
+PROFILES = Path(__file__).resolve().parent / "probed-profiles"
+HOOK = "/etc/libvirt/hooks/qemu.d/50-psci-hook"
+CONFIG = Path("/etc/psci-hook/psci-hook.conf")
+CACHE = Path("/run/psci-hook/host.json")
+# No [host] section: the boot-time cache, probed inline when missing. on_error = veto so that an
+# error (PROFILE_UNAVAILABLE, a crash) shows as a non-zero exit rather than an unchecked allow.
+# The timeout is raised because every instruction here is emulated (TCG): the hook's time bound
+# is not what this test is about.
+POLICY = """[hook]
+domain_types = kvm
+on_error = veto
+timeout = 60
+
+[log]
+target = none
+"""
+# What libvirt passes to a hook: LC_ALL=C, PATH and HOME, nothing else.
+HOOK_ENV = {"LC_ALL": "C", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root"}
+DOMAIN = """<domain type='kvm'>
+  <name>{name}</name>
+  <uuid>6f1c7e2a-1b8e-4c47-9d7e-{index:012x}</uuid>
+  <memory unit='KiB'>65536</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='aarch64' machine='virt'>hvm</type>
+  </os>
+  <cpu mode='host-passthrough'/>
+  <devices>
+    <emulator>/usr/bin/qemu-system-aarch64</emulator>
+  </devices>
+</domain>
+"""
+
+
+def stamped(label: str, index: int) -> bytes:
+    """A domain XML with the record of a -cpu host guest cold-booted on profile ``label``
+    (what ``psci-hook stamp --guest-profile`` prints)."""
+    profile = load_profile(PROFILES / f"{label}.json")
+    data = DOMAIN.format(name=f"from-{label.replace('__', '-')}", index=index).encode()
+    features = requested_features(parse_domain(data), profile.default_features())
+    record = GuestRecord(GuestState.booted_on(profile, features),
+                         Origin("stamped", f"host-{label}", profile.kernel_release,
+                                "2026-01-01T00:00:00Z"))
+    return splice_record(data, lambda indent: record_xml(record, indent)).data
+
+
+def cache_state() -> dict[str, Any]:
+    if not CACHE.is_file():
+        return {"exists": False}
+    data = json.loads(CACHE.read_text(encoding="utf-8"))
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return {"exists": True, "mtime_ns": CACHE.stat().st_mtime_ns,
+            "mode": oct(CACHE.stat().st_mode & 0o777),
+            "kernel_release": data.get("kernel_release"),
+            "this_boot": data.get("boot_id") == boot_id}
+
+
+def run_hook(domain: str, xml: bytes) -> dict[str, Any]:
+    start = time.monotonic()
+    proc = subprocess.run([HOOK, domain, "migrate", "begin", "-"], input=xml,
+                          capture_output=True, env=HOOK_ENV, cwd="/", timeout=300)
+    seconds = time.monotonic() - start
+    return {"rc": proc.returncode, "stdout": proc.stdout.decode("utf-8", "replace"),
+            "stderr": proc.stderr.decode("utf-8", "replace"), "seconds": round(seconds, 3),
+            "cache": cache_state()}
+
+
+def main() -> int:
+    CONFIG.parent.mkdir(parents=True, exist_ok=True)
+    CONFIG.write_text(POLICY, encoding="utf-8")
+    profiles = {p.stem: load_profile(p) for p in sorted(PROFILES.glob("*.json"))}
+    with kvm_mod.Kvm() as kvm, kvm.scratch_vcpu(()) as vcpu:
+        midr = vcpu.get_one_reg(regs.SYSREG_BY_NAME["MIDR_EL1"])
+    release = os.uname().release
+    same_cpu = sorted(label for label, p in profiles.items()
+                      if (p.id_registers or {}).get("MIDR_EL1") == midr)
+    destination = next((label for label in same_cpu
+                        if profiles[label].kernel_release == release), "?")
+    runs: dict[str, dict[str, Any]] = {}
+    for index, label in enumerate(same_cpu):
+        xml = stamped(label, index)
+        name = f"from-{label.replace('__', '-')}"
+        CACHE.unlink(missing_ok=True)  # `probe --write` (an earlier step) stored it at "boot"
+        cold = run_hook(name, xml)
+        warm = run_hook(name, xml)
+        runs[label] = {"cold": cold, "warm": warm}
+    print(json.dumps({"destination": destination, "release": release, "runs": runs}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
