@@ -4,7 +4,9 @@ The hook (/etc/libvirt/hooks/qemu.d/50-psci-hook, #! naming the image's python3.
 imports psci_hook, lxml and structlog from the interpreter's own paths) is run with argv
 ``<domain> migrate begin -``, an environment of LC_ALL=C, PATH and HOME only, and the domain XML
 on stdin. The configuration (/etc/psci-hook/psci-hook.conf, the hook's default location) has no
-[host] profile, so the hook uses the boot-time cache /run/psci-hook/host.json.
+[host] profile, so the hook uses the boot-time cache /run/psci-hook/host.json. Its audit events go
+to a syslog socket this script binds, so each run's whole event (every finding, the rehearsal's
+outcome, the decision's own duration_ms) is reported too.
 
 The domain XML is a <domain type='kvm'> aarch64 -cpu host-passthrough guest stamped with the
 state of a guest booted on each kernel's probed profile for this emulated CPU
@@ -12,13 +14,14 @@ state of a guest booted on each kernel's probed profile for this emulated CPU
 twice: with the cache removed (it must probe inline and write the cache back), then warm.
 
 Prints {"destination": label, "release": ..., "runs": {source label: {"cold": run, "warm": run}}}
-where a run is {"rc", "stdout", "stderr", "seconds", "cache": {...}}.
+where a run is {"rc", "stdout", "stderr", "seconds", "cache": {...}, "event": {...} or None}.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -37,17 +40,19 @@ PROFILES = Path(__file__).resolve().parent / "probed-profiles"
 HOOK = "/etc/libvirt/hooks/qemu.d/50-psci-hook"
 CONFIG = Path("/etc/psci-hook/psci-hook.conf")
 CACHE = Path("/run/psci-hook/host.json")
+SYSLOG = Path("/tmp/psci-hook-syslog.sock")
 # No [host] section: the boot-time cache, probed inline when missing. on_error = veto so that an
 # error (PROFILE_UNAVAILABLE, a crash) shows as a non-zero exit rather than an unchecked allow.
 # The timeout is raised because every instruction here is emulated (TCG): the hook's time bound
 # is not what this test is about.
-POLICY = """[hook]
+POLICY = f"""[hook]
 domain_types = kvm
 on_error = veto
 timeout = 60
 
 [log]
-target = none
+target = syslog
+syslog_socket = {SYSLOG}
 """
 # What libvirt passes to a hook: LC_ALL=C, PATH and HOME, nothing else.
 HOOK_ENV = {"LC_ALL": "C", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -91,14 +96,24 @@ def cache_state() -> dict[str, Any]:
             "this_boot": data.get("boot_id") == boot_id}
 
 
-def run_hook(domain: str, xml: bytes) -> dict[str, Any]:
+def read_event(log: socket.socket) -> dict[str, Any] | None:
+    """The decision event the run sent ("<PRI>psci-hook: {json}"), if any."""
+    try:
+        datagram = log.recv(1 << 20).decode("utf-8", "replace")
+    except BlockingIOError:
+        return None
+    event: dict[str, Any] = json.loads(datagram.split(": ", 1)[1])
+    return event
+
+
+def run_hook(domain: str, xml: bytes, log: socket.socket) -> dict[str, Any]:
     start = time.monotonic()
     proc = subprocess.run([HOOK, domain, "migrate", "begin", "-"], input=xml,
                           capture_output=True, env=HOOK_ENV, cwd="/", timeout=300)
     seconds = time.monotonic() - start
     return {"rc": proc.returncode, "stdout": proc.stdout.decode("utf-8", "replace"),
             "stderr": proc.stderr.decode("utf-8", "replace"), "seconds": round(seconds, 3),
-            "cache": cache_state()}
+            "cache": cache_state(), "event": read_event(log)}
 
 
 def main() -> int:
@@ -113,12 +128,15 @@ def main() -> int:
     destination = next((label for label in same_cpu
                         if profiles[label].kernel_release == release), "?")
     runs: dict[str, dict[str, Any]] = {}
+    log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    log.bind(str(SYSLOG))
+    log.setblocking(False)
     for index, label in enumerate(same_cpu):
         xml = stamped(label, index)
         name = f"from-{label.replace('__', '-')}"
         CACHE.unlink(missing_ok=True)  # `probe --write` (an earlier step) stored it at "boot"
-        cold = run_hook(name, xml)
-        warm = run_hook(name, xml)
+        cold = run_hook(name, xml, log)
+        warm = run_hook(name, xml, log)
         runs[label] = {"cold": cold, "warm": warm}
     print(json.dumps({"destination": destination, "release": release, "runs": runs}, indent=1))
     return 0

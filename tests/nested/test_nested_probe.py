@@ -297,3 +297,159 @@ def test_engine_value_findings_agree_with_the_real_kernel(
                 problems.append(f"{source_kernel} -> {kernel}: the kernel refused {name}, "
                                 f"the engine says {outcomes.get(name, 'nothing')}")
     assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real hook file (hooks/50-psci-hook) on real arm64 KVM, as libvirt runs it (guest_hook.py):
+# no [host] profile, so the boot-time cache; first missing (inline probe), then warm.
+# ---------------------------------------------------------------------------------------------
+
+# real-qemu-migrations.md, QEMU 7.2.22 (the legacy generation, which the hook assumes here: the
+# guest has no cached QEMU version), L2 -cpu host: the pairs that loaded. Every other pair failed,
+# on its value refusals (REAL_QEMU_VALUE_REFUSALS) or on the list length, "(len)":
+REAL_QEMU_LOADED = {("6.1", "7.2"), *((k, k) for k in harness.KERNELS)}
+REAL_QEMU_LENGTH_FAILURES = {("6.1", "5.10"), ("6.12", "5.10"), ("6.12", "6.1"), ("6.12", "7.2"),
+                             ("7.2", "5.10"), ("7.2", "6.1")}
+_VETO_LINE = re.compile(r"psci-hook: VETO (?P<code>[A-Z_0-9]+) domain (?P<domain>\S+): "
+                        r"(?P<register>[A-Z][A-Z_0-9]*)?")
+
+
+def _hook_report(result: harness.BootResult) -> dict[str, Any]:
+    step = result.step("hook")
+    assert step.rc == 0, step.stderr
+    report: dict[str, Any] = json.loads(step.stdout)
+    assert report["destination"] == result.label and report["release"] == result.release
+    return report
+
+
+def _blocking_registers(event: dict[str, Any]) -> set[str]:
+    from psci_hook.codes import Severity, severity
+
+    return {f["register"] for f in event.get("findings", [])
+            if f.get("register") and severity(f["code"]) == Severity.BLOCKING}
+
+
+@pytest.mark.parametrize(("kernel", "cpu"), COMBOS, ids=IDS)
+def test_hook_probes_inline_writes_the_cache_and_decides_the_same_warm(
+    nested_results: dict[str, harness.BootResult], kernel: str, cpu: str
+) -> None:
+    """With /run/psci-hook/host.json missing the real hook probes this kernel's KVM inline and
+    writes the cache (this boot's, this kernel's, mode 0644); the next run reads it (the file is
+    not rewritten) and decides exactly the same. Every run sends its audit event (structlog)."""
+    result = _result(nested_results, kernel, cpu)
+    runs = _hook_report(result)["runs"]
+    assert f"{kernel}__{cpu}" in runs and len(runs) == len(harness.KERNELS)
+    for source, run in runs.items():
+        cold, warm = run["cold"], run["warm"]
+        assert cold["cache"] == {**cold["cache"], "exists": True, "this_boot": True,
+                                 "kernel_release": result.release, "mode": "0o644"}, source
+        assert warm["cache"]["mtime_ns"] == cold["cache"]["mtime_ns"], source
+        assert cold["event"] is not None and warm["event"] is not None, source
+        assert (cold["rc"], cold["stderr"], bool(cold["stdout"])) == \
+            (warm["rc"], warm["stderr"], bool(warm["stdout"])), source
+        for key in ("decision", "codes", "rehearsal", "findings", "destination"):
+            assert cold["event"].get(key) == warm["event"].get(key), (source, key)
+        assert cold["event"]["rehearsal"] in ("accepted", "refused"), cold["event"]
+
+
+@pytest.mark.parametrize(("kernel", "cpu"), COMBOS, ids=IDS)
+def test_hook_allows_and_annotates_the_control(
+    nested_results: dict[str, harness.BootResult], kernel: str, cpu: str
+) -> None:
+    """A guest booted on this very kernel and CPU: allowed (exit 0, no stderr), the rehearsal of
+    all its values accepted by the real KVM, and the domain XML annotated with the new record."""
+    from psci_hook.domainxml import parse_domain
+    from psci_hook.record import read_record
+
+    result = _result(nested_results, kernel, cpu)
+    for which, run in _hook_report(result)["runs"][f"{kernel}__{cpu}"].items():
+        assert (run["rc"], run["stderr"]) == (0, ""), (which, run["stderr"])
+        assert run["event"]["decision"] == "allow" and run["event"]["rehearsal"] == "accepted"
+        record = read_record(parse_domain(run["stdout"].encode()).root)
+        assert record is not None, which
+        assert (record.origin.event, record.origin.kernel) == ("migrated", result.release)
+        assert [(h.op, h.verdict) for h in record.history] == [("migrate", "allow")]
+        probed = result.probe_profile()
+        assert {regs.firmware_name(i): v for i, v in record.state.registers.items()} == \
+            probed["registers"]
+
+
+@pytest.mark.parametrize("kernel", harness.KERNELS)
+def test_hook_decides_every_source_as_real_qemu_did(
+    nested_results: dict[str, harness.BootResult], kernel: str
+) -> None:
+    """max CPU: the real hook allows exactly the pairs real QEMU loaded; it vetoes the rest, the
+    value failures naming in its stderr line a register real QEMU was refused on (found by the
+    rehearsal on this kernel's KVM), every register real QEMU was refused on among its blocking
+    findings, and the list-length failures with CPREG_COUNT."""
+    result = _result(nested_results, kernel, "max")
+    problems = []
+    for source in harness.KERNELS:
+        pair = (source, kernel)
+        for which, run in _hook_report(result)["runs"][f"{source}__max"].items():
+            what = f"{source} -> {kernel} ({which} cache)"
+            event = run["event"]
+            if pair in REAL_QEMU_LOADED:
+                if (run["rc"], run["stderr"], event["decision"]) != (0, "", "allow") or \
+                        not run["stdout"].startswith("<domain type='kvm'>"):
+                    problems.append(f"{what}: real QEMU loaded it, the hook said exit "
+                                    f"{run['rc']} {run['stderr'].strip()!r}")
+                continue
+            line = run["stderr"]
+            match = _VETO_LINE.match(line)
+            if run["rc"] != 1 or run["stdout"] or not match or line.count("\n") != 1:
+                problems.append(f"{what}: real QEMU failed, the hook said exit {run['rc']} "
+                                f"{line.strip()!r}")
+                continue
+            refused = REAL_QEMU_VALUE_REFUSALS[pair]
+            if refused:
+                if (match["code"], event["rehearsal"]) != ("REHEARSAL_REFUSED", "refused") \
+                        or match["register"] not in refused:
+                    problems.append(f"{what}: expected REHEARSAL_REFUSED on one of "
+                                    f"{sorted(refused)}, got {line.strip()!r}")
+                missing = refused - _blocking_registers(event) - {match["register"]}
+                if missing and "more_findings" not in event:
+                    problems.append(f"{what}: real QEMU was refused on {sorted(missing)}, "
+                                    f"the hook's blocking findings do not name them: "
+                                    f"{event['findings']}")
+            if pair in REAL_QEMU_LENGTH_FAILURES and "CPREG_COUNT" not in event["codes"]:
+                problems.append(f"{what}: real QEMU failed on the list length, the hook's codes "
+                                f"are {event['codes']}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(("source", "destination", "register", "offline", "kernel_refusal"), [
+    # 6.12 exposes FEAT_HCX and refuses HCX=0; its ID registers are writable (6.7+), so the
+    # offline engine can only call the value unverified: the rehearsal settles it.
+    ("6.1", "6.12", "ID_AA64MMFR1_EL1", "ID_REG_UNVERIFIED", "guest=0x1010211122 "
+     "destination=0x11010211122"),
+    # 7.x's PSCI 1.3 on 6.12 (1.1): the engine predicts PSCI_UNSUPPORTED, the kernel agrees.
+    ("7.2", "6.12", "PSCI_VERSION", "PSCI_UNSUPPORTED", "guest=1.3 destination=1.1"),
+    # 5.10's WORKAROUND_3 = NOT_REQUIRED on 6.1 (NOT_AVAIL): QEMU sets ID registers first, so
+    # the rehearsal stops at ID_DFR0_EL1; WORKAROUND_3 stays a blocking model finding.
+    ("5.10", "6.1", "SMCCC_ARCH_WORKAROUND_3", "WA_LEVEL_TOO_HIGH", ""),
+])
+def test_hook_veto_names_what_real_qemu_was_refused_on(
+    nested_results: dict[str, harness.BootResult], source: str, destination: str,
+    register: str, offline: str, kernel_refusal: str,
+) -> None:
+    """The pairs real-qemu-migrations.md saw fail on values, one by one: what the offline engine
+    says (tests/data/probed-profiles, legacy QEMU) and what the real hook said on real KVM."""
+    from psci_hook.engine import GuestState, decide
+
+    data = harness.REPO_ROOT / "tests" / "data" / "probed-profiles"
+    guest = HostProfile.from_dict(json.loads((data / f"{source}__max.json").read_text()))
+    host = HostProfile.from_dict(json.loads((data / f"{destination}__max.json").read_text()))
+    decision = decide(GuestState.booted_on(guest), host, "legacy")
+    assert offline in {f.code for f in decision.findings if f.register == register}
+    runs = _hook_report(_result(nested_results, destination, "max"))["runs"][f"{source}__max"]
+    for which, run in runs.items():
+        event = run["event"]
+        assert run["rc"] == 1, (which, run["stderr"])
+        if kernel_refusal:  # the stderr line is the rehearsal's refusal of this register
+            assert run["stderr"].startswith(
+                f"psci-hook: VETO REHEARSAL_REFUSED domain from-{source}-max: "
+                f"{register} {kernel_refusal}: this host's KVM refused {register}"), run["stderr"]
+        else:
+            assert {"code": offline, "register": register} in [
+                {k: f.get(k) for k in ("code", "register")} for f in event["findings"]], event
