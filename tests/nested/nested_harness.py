@@ -7,8 +7,11 @@ arm64 KVM (../shared/profiles/README.md describes the setup and its timings).
 The initramfs holds busybox-static and Debian bookworm's python3.11-minimal with the libraries
 it needs (arm64 packages fetched with ``apt-get download`` through a private apt configuration:
 the machine's own sources, with the arm64 architecture, in a private state directory; the
-machine's dpkg architectures are never changed), this package's source tree, and an /init that
-runs the commands and prints their output between markers on the serial console.
+machine's dpkg architectures are never changed), bookworm's python3-lxml and python3-structlog
+with their library closure (checked against the ELF NEEDED entries at build time), this package's
+source tree, the real hook file (/etc/libvirt/hooks/qemu.d/50-psci-hook, run by guest_hook.py as
+libvirt would), and an /init that runs the commands and prints their output between markers on
+the serial console.
 
 Downloads, unpacked packages and decompressed kernels are cached under
 $PSCI_HOOK_CACHE_DIR, else $XDG_CACHE_HOME/psci-hook, else ~/.cache/psci-hook. When the archive
