@@ -16,7 +16,19 @@ from collections.abc import Mapping
 from typing import Callable, NamedTuple
 
 from psci_hook import registers as regs
-from psci_hook.engine import REJECTED, UNVERIFIED, Finding, GuestState
+from psci_hook.engine import (
+    ACCEPTED,
+    COUNT_CHECK,
+    DROPPED,
+    FEATURES,
+    MISSING,
+    NOT_COMPARED,
+    REJECTED,
+    TOLERATED,
+    UNVERIFIED,
+    Finding,
+    GuestState,
+)
 
 KVM_DEVICE = "/dev/kvm"
 
@@ -61,45 +73,71 @@ def kvm_rehearser(features: frozenset[str], values: Mapping[int, int]) -> Result
                   refusal.destination_value, kvm.errno_name(refusal.errno))
 
 
+# Findings about the list (QEMU's checks before any register is set) come first in a decision;
+# the rehearsal's refusal goes after them, as QEMU would meet it after them.
+_LIST_OUTCOMES = frozenset({FEATURES, NOT_COMPARED, COUNT_CHECK, MISSING, DROPPED, TOLERATED})
+
+
 def reconcile(findings: list[Finding], result: Result) -> list[Finding]:
-    """The findings once the kernel has spoken: a refusal vetoes; value findings the kernel
-    contradicts become MODEL_DEFECT; unverified values it accepted are settled."""
+    """The findings once the kernel has spoken (registers are set in ascending order, so those
+    after the first refusal were not tried and keep the model's word):
+
+    - a value the model rejected and the kernel refused: both findings stay (confirmed);
+    - a value the model rejected and the kernel accepted: MODEL_DEFECT instead;
+    - a value the model left unverified: settled (gone if accepted, the refusal if refused);
+    - a value the model accepted (or did not judge) and the kernel refused: the refusal and a
+      MODEL_DEFECT.
+    """
+    refused = result.refused_id
     out: list[Finding] = []
+    placed = False
     for finding in findings:
         reg_id = finding.reg_id
         if reg_id is None or reg_id not in result.rehearsed or \
-                finding.outcome not in (REJECTED, UNVERIFIED):
+                finding.outcome not in (REJECTED, UNVERIFIED, ACCEPTED):
             out.append(finding)
-            continue
-        if reg_id == result.refused_id:
-            continue  # replaced by the REHEARSAL_REFUSED finding below
-        # Registers are set in ascending order: those after the first refusal were not tried.
-        tried = result.refused_id is None or reg_id < result.refused_id
-        if finding.outcome == REJECTED and tried:
+        elif reg_id == refused:
+            if finding.outcome == REJECTED:
+                out += [finding, _refusal(result)]
+            else:
+                out.append(_refusal(result))
+                if finding.outcome == ACCEPTED:
+                    out.append(_unpredicted(result))
+            placed = True
+        elif refused is not None and reg_id > refused:
+            out.append(finding)  # not tried
+        elif finding.outcome == REJECTED:
             out.append(Finding(
-                "MODEL_DEFECT", "accepted",
+                "MODEL_DEFECT", ACCEPTED,
                 f"the model predicted {finding.code} for {finding.register}, but this host's "
                 "KVM accepted the value in the rehearsal (the rehearsal wins)",
                 finding.register, finding.reg_id, finding.guest_value,
                 finding.destination_value))
-        elif not tried:
-            out.append(finding)  # not rehearsed: the model's word stands
+        elif finding.outcome == ACCEPTED:
+            out.append(finding)  # confirmed
         # UNVERIFIED and accepted by the kernel: settled, nothing to report.
-    if result.refused_id is not None:
-        name = regs.register_name(result.refused_id)
-        guest = regs.value_text(result.refused_id, result.attempted or 0)
-        own = ("unreadable" if result.destination_value is None
-               else regs.value_text(result.refused_id, result.destination_value))
-        predicted = [f for f in findings if f.reg_id == result.refused_id and
-                     f.outcome in (REJECTED, UNVERIFIED)]
-        out.insert(0, Finding(
-            "REHEARSAL_REFUSED", REJECTED,
-            f"this host's KVM refused {name} = {guest} ({result.error}) in a rehearsal on a "
-            f"scratch VM; its own value is {own}",
-            name, result.refused_id, result.attempted, result.destination_value))
-        if not predicted or predicted[0].outcome != REJECTED:
-            out.append(Finding(
-                "MODEL_DEFECT", "rejected",
-                f"the model did not predict the refusal of {name}", name, result.refused_id,
-                result.attempted, result.destination_value))
+    if refused is not None and not placed:  # the model had no finding for this register
+        at = next((i for i, f in enumerate(out) if f.outcome not in _LIST_OUTCOMES), len(out))
+        out[at:at] = [_refusal(result), _unpredicted(result)]
     return out
+
+
+def _refusal(result: Result) -> Finding:
+    reg_id = result.refused_id
+    assert reg_id is not None
+    name = regs.register_name(reg_id)
+    guest = regs.value_text(reg_id, result.attempted or 0)
+    own = ("unreadable" if result.destination_value is None
+           else regs.value_text(reg_id, result.destination_value))
+    return Finding("REHEARSAL_REFUSED", REJECTED,
+                   f"this host's KVM refused {name} = {guest} ({result.error}) in a rehearsal "
+                   f"on a scratch VM; its own value is {own}",
+                   name, reg_id, result.attempted, result.destination_value)
+
+
+def _unpredicted(result: Result) -> Finding:
+    reg_id = result.refused_id
+    assert reg_id is not None
+    name = regs.register_name(reg_id)
+    return Finding("MODEL_DEFECT", REJECTED, f"the model did not predict the refusal of {name}",
+                   name, reg_id, result.attempted, result.destination_value)

@@ -52,16 +52,52 @@ def test_an_accepted_rehearsal_settles_unverified_and_contradicts_rejected(
         assert ("MODEL_DEFECT" in codes) is (before == "ID_REG_MISMATCH")
 
 
-def test_a_refusal_vetoes_and_names_both_values(bundled: dict[str, HostProfile]) -> None:
+def test_a_refusal_the_model_missed_vetoes_and_names_both_values(
+        bundled: dict[str, HostProfile]) -> None:
     guest = GuestState.booted_on(bundled["6.1__a57"])
     findings = list(decide(guest, bundled["6.12__a57"], "legacy").findings)
     after = reconcile(findings, Result(frozenset(values_to_rehearse(guest)), PSCI, 0x10001,
                                        0x10000, "EINVAL"))
-    first = after[0]
+    first = next(f for f in after if f.blocking)
     assert (first.code, first.register, first.guest_value, first.destination_value) == (
         "REHEARSAL_REFUSED", "PSCI_VERSION", 0x10001, 0x10000)
     assert "MODEL_DEFECT" in [f.code for f in after]  # the model had accepted it
+    assert not any(f.code == "ACCEPTED" and f.reg_id == PSCI for f in after)
 
+
+def test_a_refusal_the_model_predicted_keeps_the_models_code_first(
+        bundled: dict[str, HostProfile]) -> None:
+    k72 = dataclasses.replace(bundled["6.12__a57"], registers={
+        **bundled["6.12__a57"].registers, PSCI: 0x10003})
+    guest = GuestState.booted_on(k72)
+    findings = list(decide(guest, bundled["6.12__a57"], "legacy").findings)
+    after = reconcile(findings, Result(frozenset(values_to_rehearse(guest)), PSCI, 0x10003,
+                                       0x10001, "EINVAL"))
+    assert [f.code for f in after if f.blocking] == ["PSCI_UNSUPPORTED", "REHEARSAL_REFUSED"]
+    assert "MODEL_DEFECT" not in [f.code for f in after]
+
+
+def test_an_unverified_value_the_kernel_refused_is_no_model_defect(
+        bundled: dict[str, HostProfile]) -> None:
+    guest = GuestState.booted_on(with_id(bundled["6.1__a57"], 0x1010211122))
+    destination = with_id(bundled["6.12__a57"], 0x11010211122)
+    findings = list(decide(guest, destination, "legacy").findings)
+    after = reconcile(findings, Result(frozenset(values_to_rehearse(guest)), MMFR1,
+                                       0x1010211122, 0x11010211122, "EINVAL"))
+    codes = [f.code for f in after]
+    assert "REHEARSAL_REFUSED" in codes
+    assert "ID_REG_UNVERIFIED" not in codes and "MODEL_DEFECT" not in codes
+
+
+def test_the_refusal_comes_after_the_list_checks_qemu_fails_first(
+        bundled: dict[str, HostProfile]) -> None:
+    guest = GuestState.booted_on(bundled["6.12__a57"])
+    findings = list(decide(guest, bundled["6.1__a57"], "legacy").findings)
+    ccsidr0 = regs.ccsidr_id(0)
+    after = reconcile(findings, Result(frozenset(values_to_rehearse(guest)), ccsidr0, 2,
+                                       0x701FE00A, "EINVAL"))
+    blocking = [f.code for f in after if f.blocking]
+    assert blocking[0] == "CPREG_COUNT" and "REHEARSAL_REFUSED" in blocking
 
 
 def _run(tmp_path: Path, domain: bytes, destination: HostProfile, rehearser: object
