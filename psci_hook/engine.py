@@ -137,15 +137,19 @@ class Finding(NamedTuple):
 class Decision:
     """The verdict, every finding, and the guest's state after the migration."""
 
-    verdict: str  # "allow" or "veto"
     findings: tuple[Finding, ...]
     guest_after: GuestState
     generation: str
     lists_compared: bool
 
     @property
+    def verdict(self) -> str:
+        """"veto" exactly when a finding is blocking (the default policy), else "allow"."""
+        return "veto" if self.vetoed else "allow"
+
+    @property
     def vetoed(self) -> bool:
-        return self.verdict == "veto"
+        return any(f.blocking for f in self.findings)
 
     @property
     def blocking(self) -> tuple[Finding, ...]:
@@ -212,10 +216,6 @@ def psci_versions_known(default: int) -> list[int]:
     return known
 
 
-def _version_known(profile: HostProfile) -> tuple[int, int] | None:
-    return profile.kernel_version()
-
-
 def wa2_simplified(profile: HostProfile) -> tuple[bool, bool]:
     """Whether the destination narrows WORKAROUND_2 (5.10+), and whether that was inferred.
 
@@ -225,7 +225,7 @@ def wa2_simplified(profile: HostProfile) -> tuple[bool, bool]:
     value = profile.registers.get(regs.SMCCC_ARCH_WORKAROUND_2.reg_id)
     if value is not None and (value & regs.WA_LEVEL_MASK in (1, 2) or value & regs.WA2_ENABLED):
         return False, False
-    version = _version_known(profile)
+    version = profile.kernel_version()
     if version is None:
         return True, True
     return version >= WA2_SIMPLIFIED_SINCE, True
@@ -468,9 +468,7 @@ def decide(
             "ID register and cache geometry values are not in both profiles: not compared; "
             "a rehearsal on the destination settles them."))
 
-    blocking = any(f.blocking for f in findings)
     return Decision(
-        verdict="veto" if blocking else "allow",
         findings=tuple(findings),
         guest_after=_guest_after(guest, destination, dest_list),
         generation=generation,

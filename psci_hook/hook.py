@@ -30,7 +30,14 @@ from psci_hook.engine import Decision, Finding, decide, significant_codes
 from psci_hook.environment import Environment
 from psci_hook.policy import Policy, PolicyError, load_policy
 from psci_hook.profile import HostProfile, load_profile
-from psci_hook.record import GuestRecord, HistoryEntry, Origin, RecordError, read_record
+from psci_hook.record import (
+    GuestRecord,
+    HistoryEntry,
+    Origin,
+    RecordError,
+    read_record,
+    record_xml,
+)
 from psci_hook.report import guest_summary, veto_reason
 from psci_hook.splice import SpliceError, splice_record
 from psci_hook.status import ExitStatus
@@ -176,9 +183,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
         else:
             findings = rehearsal.reconcile(findings, result)
             base["rehearsal"] = "refused" if result.refused_id is not None else "accepted"
-            decision = dataclasses.replace(
-                decision, findings=tuple(findings),
-                verdict="veto" if any(f.blocking for f in findings) else "allow")
+            decision = dataclasses.replace(decision, findings=tuple(findings))
     findings += _apply_override(record, decision, policy)
     base.update({
         "guest": guest_summary(record.state),
@@ -190,7 +195,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     })
     overridden = any(f.code == "OVERRIDE" for f in findings)
     if decision.vetoed and not overridden:
-        return _veto_or_warn(policy, domain, findings, base, decision)
+        return _veto_or_warn(policy, domain, findings, base)
 
     codes = significant_codes(findings)
     outcome = Outcome(ExitStatus.OK, "allow", codes, event=base)
@@ -204,8 +209,6 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
             history=record.history,
             override=record.override,
         ).with_check(entry, policy.history_limit)
-        from psci_hook.record import record_xml
-
         try:
             outcome.output = splice_record(data, lambda indent: record_xml(updated, indent)).data
         except SpliceError as exc:
@@ -227,7 +230,7 @@ EVENT_FINDINGS = 12  # findings listed in an audit event; a syslog datagram must
 
 
 def _veto_or_warn(policy: Policy, domain: Domain, findings: list[Finding],
-                  base: dict[str, Any], decision: Decision | None = None) -> Outcome:
+                  base: dict[str, Any]) -> Outcome:
     # The reason shown: the first blocking finding, or the one the policy made decisive.
     first = next((f for f in findings if f.blocking), findings[0])
     consequence = _VETO_CONSEQUENCE.get(first.code, _LATE_FAILURE)
