@@ -11,7 +11,6 @@ Logging must never fail or hang the hook: sockets are non-blocking and every err
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 from collections.abc import Mapping
@@ -105,37 +104,23 @@ class Sink:
 class _SinkLogger:
     """A structlog logger whose output is the sink (never stdout, unlike PrintLogger)."""
 
-    def __init__(self, sink: Sink) -> None:
-        self.sink = sink
+    def __init__(self, sink: Sink, kind: str, fields: Mapping[str, str], priority: int | None,
+                 message_id: str | None) -> None:
+        self.sink, self.kind, self.fields = sink, kind, fields
+        self.priority, self.message_id = priority, message_id
         self.delivered = False
 
     def msg(self, rendered: str) -> None:
-        event = json.loads(rendered)
-        if event.get("event") == RECORD_EVENT:
-            action = str(event.get("action", ""))
-            fields = {
-                "PSCI_ACTION": action,
-                "PSCI_DOMAIN": str(event.get("domain", "")),
-                "PSCI_TRIGGER": str(event.get("trigger", "")),
-                "PSCI_CODES": " ".join(event.get("codes", [])),
-            }
-            self.delivered = self.sink.emit(
-                action, rendered, fields, priority=RECORD_PRIORITIES.get(action, 6),
-                message_id=RECORD_MESSAGE_IDS.get(action, RECORD_MESSAGE_IDS["service"]))
-            return
-        fields = {
-            "PSCI_DECISION": str(event.get("decision", "")),
-            "PSCI_DOMAIN": str(event.get("domain", "")),
-            "PSCI_OP": str(event.get("op", "")),
-            "PSCI_CODES": " ".join(event.get("codes", [])),
-        }
-        self.delivered = self.sink.emit(str(event.get("decision", "")), rendered, fields)
+        self.delivered = self.sink.emit(self.kind, rendered, self.fields,
+                                        priority=self.priority, message_id=self.message_id)
 
     info = warning = error = msg
 
 
-def _emit(sink: Sink, name: str, event: Mapping[str, Any]) -> bool:
-    logger = _SinkLogger(sink)
+def _emit(sink: Sink, name: str, event: Mapping[str, Any], kind: str,
+          fields: Mapping[str, str], priority: int | None = None,
+          message_id: str | None = None) -> bool:
+    logger = _SinkLogger(sink, kind, fields, priority, message_id)
     bound = structlog.wrap_logger(
         logger,
         processors=[structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -151,10 +136,26 @@ def _emit(sink: Sink, name: str, event: Mapping[str, Any]) -> bool:
 
 def emit_decision(sink: Sink, **event: Any) -> bool:
     """Render one decision event with structlog and send it; True if a sink took it."""
-    return _emit(sink, EVENT, event)
+    decision = str(event.get("decision", ""))
+    fields = {
+        "PSCI_DECISION": decision,
+        "PSCI_DOMAIN": str(event.get("domain", "")),
+        "PSCI_OP": str(event.get("op", "")),
+        "PSCI_CODES": " ".join(event.get("codes", [])),
+    }
+    return _emit(sink, EVENT, event, decision, fields)
 
 
 def emit_record(sink: Sink, **event: Any) -> bool:
     """One event of `psci-hook record` / `watch` (a record written or skipped, a connection
     made or lost), rendered like a decision; True if a sink took it."""
-    return _emit(sink, RECORD_EVENT, event)
+    action = str(event.get("action", ""))
+    fields = {
+        "PSCI_ACTION": action,
+        "PSCI_DOMAIN": str(event.get("domain", "")),
+        "PSCI_TRIGGER": str(event.get("trigger", "")),
+        "PSCI_CODES": " ".join(event.get("codes", [])),
+    }
+    return _emit(sink, RECORD_EVENT, event, action, fields,
+                 priority=RECORD_PRIORITIES.get(action, 6),
+                 message_id=RECORD_MESSAGE_IDS.get(action, RECORD_MESSAGE_IDS["service"]))
