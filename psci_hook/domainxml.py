@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from lxml import etree
 
+from psci_hook.errors import first_line
 from psci_hook.profile import FEATURE_ORDER, FeatureSet
 
 MAX_DOMAIN_XML = 8 * 1024 * 1024  # libvirt domain XML is kilobytes; 8 MiB is generous
@@ -54,8 +55,7 @@ def parse_domain(data: bytes, max_size: int = MAX_DOMAIN_XML) -> Domain:
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
-        message = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise DomainXMLError(f"malformed domain XML: {message}") from None
+        raise DomainXMLError(f"malformed domain XML: {first_line(exc)}") from None
     except ValueError as exc:  # e.g. unicode strings with an encoding declaration
         raise DomainXMLError(f"malformed domain XML: {exc}") from None
     if root.getroottree().docinfo.doctype:

@@ -28,6 +28,7 @@ from psci_hook.codes import Severity
 from psci_hook.domainxml import MAX_DOMAIN_XML, Domain, DomainXMLError, parse_domain
 from psci_hook.engine import Decision, Finding, decide, significant_codes
 from psci_hook.environment import Environment
+from psci_hook.errors import first_line, with_type
 from psci_hook.policy import Policy, PolicyError, load_policy
 from psci_hook.profile import HostProfile, load_profile
 from psci_hook.record import (
@@ -153,7 +154,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     try:
         profile = load_host_profile(policy, env)
     except Exception as exc:  # missing, stale, corrupt, unreadable, not probeable
-        outcome = _error_outcome(policy, "PROFILE_UNAVAILABLE", str(exc).splitlines()[0],
+        outcome = _error_outcome(policy, "PROFILE_UNAVAILABLE", first_line(exc),
                                  domain.name)
         outcome.event.update(base)
         return outcome
@@ -178,8 +179,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
             result = rehearser(record.state.features,
                                rehearsal.values_to_rehearse(record.state))
         except Exception as exc:  # e.g. KVM refused the scratch VM: the model's verdict stands
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            base["rehearsal"] = f"not run: {detail}"
+            base["rehearsal"] = f"not run: {first_line(exc)}"
         else:
             findings = rehearsal.reconcile(findings, result)
             base["rehearsal"] = "refused" if result.refused_id is not None else "accepted"
@@ -307,9 +307,7 @@ def main(env: Environment, sink: auditlog.Sink | None = None) -> ExitStatus:
     except HookInterrupted:
         outcome = _error_outcome(policy, "INTERNAL_ERROR", "interrupted by SIGTERM", domain_arg)
     except Exception as exc:  # a bug must not block evacuations unless the policy says so
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        outcome = _error_outcome(policy, "INTERNAL_ERROR", f"{type(exc).__name__}: {detail}",
-                                 domain_arg)
+        outcome = _error_outcome(policy, "INTERNAL_ERROR", with_type(exc), domain_arg)
 
     event = {
         "decision": outcome.decision,

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from lxml import etree
 
+from psci_hook.errors import first_line
 from psci_hook.record import NAMESPACE, PREFIX, GuestRecord, record_element
 
 # Lifecycle events by name (virDomainEventType), and the details of the ones the watcher uses.
@@ -53,11 +54,6 @@ def load() -> Any:
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         _module = libvirt
     return _module
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def version_text(version: int) -> str:
@@ -165,7 +161,7 @@ class Client:
             conn = lv.open(uri)
         except lv.libvirtError as exc:
             raise LibvirtUnavailable(
-                f"cannot connect to libvirt ({uri or 'default URI'}): {_one_line(exc)}"
+                f"cannot connect to libvirt ({uri or 'default URI'}): {first_line(exc)}"
             ) from None
         if conn is None:  # very old bindings returned None instead of raising
             raise LibvirtUnavailable(f"cannot connect to libvirt ({uri or 'default URI'})")
@@ -191,7 +187,7 @@ class Client:
     # -- calls ---------------------------------------------------------------------------------
 
     def _failure(self, what: str, exc: BaseException) -> Exception:
-        message = f"{what}: {_one_line(exc)}"
+        message = f"{what}: {first_line(exc)}"
         if not self.alive():
             return LibvirtUnavailable(f"lost the libvirt connection ({message})")
         return LibvirtCallFailed(message)

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+from psci_hook.errors import first_line
+
 
 class PolicyError(ValueError):
     """An unusable configuration; the message is one line naming the file and setting."""
@@ -97,8 +99,7 @@ def parse_policy(text: str, origin: str = "configuration") -> Policy:
     try:
         parser.read_string(text, source=origin)
     except configparser.Error as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PolicyError(f"{origin}: {first_line}") from None
+        raise PolicyError(f"{origin}: {first_line(exc)}") from None
     for section in parser.sections():
         known = _SECTIONS.get(section)
         if known is None:

@@ -19,6 +19,7 @@ from typing import Any
 from psci_hook import __version__, auditlog
 from psci_hook import hook as hook_mod
 from psci_hook.environment import Environment
+from psci_hook.errors import first_line
 from psci_hook.libvirt_client import Client, LibvirtCallFailed, LibvirtUnavailable
 from psci_hook.policy import Policy, PolicyError, load_policy
 from psci_hook.recorder import (
@@ -85,8 +86,8 @@ def load_context(env: Environment) -> Context:
         profile = hook_mod.load_host_profile(policy, env)
     except Exception as exc:  # missing, stale, corrupt, unreadable, not probeable
         status = getattr(exc, "status", ExitStatus.INTERNAL_ERROR)
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ContextError(f"no usable host profile: {text}", ExitStatus(status)) from None
+        raise ContextError(f"no usable host profile: {first_line(exc)}",
+                           ExitStatus(status)) from None
     identity = hook_mod.host_identity(env, profile)
     host = ThisHost(profile, identity["hostname"], identity.get("uuid", ""), policy)
     return Context(host, identity, sink_for(policy), env)

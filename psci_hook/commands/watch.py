@@ -37,6 +37,7 @@ from psci_hook.commands.record import (
 )
 from psci_hook.commands.refresh import refresh_cache
 from psci_hook.environment import Environment
+from psci_hook.errors import with_type
 from psci_hook.libvirt_client import (
     DEFINED,
     RESUMED,
@@ -187,9 +188,7 @@ class Watcher:
         except (LibvirtUnavailable, LibvirtCallFailed):
             raise
         except Exception as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else ""
-            log_plan(ctx, plan_failed(domain, trigger,
-                                      f"internal error: {type(exc).__name__}: {detail}"))
+            log_plan(ctx, plan_failed(domain, trigger, f"internal error: {with_type(exc)}"))
 
     def _handle(self, client: Client, item: Lifecycle) -> None:
         """Boots and restores are acted on at once. An incoming migration is remembered at

@@ -40,7 +40,7 @@ def hook_files() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def two_hosts() -> Iterator[TwoHosts]:
     if os.geteuid() != 0:
-        pytest.skip("the e2e harness needs root")
+        pytest.fail("the e2e harness needs root", pytrace=False)
     hosts = TwoHosts(hook_files=hook_files(), before_start=_install_product)
     started = time.monotonic()
     try:

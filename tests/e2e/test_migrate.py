@@ -18,7 +18,6 @@ import pytest
 
 from .harness import TwoHosts, _wait_for
 from .product import (
-    REPO,
     Record,
     audit,
     configure,
@@ -347,9 +346,6 @@ def test_audit_text_report_over_both_hosts(hosts: TwoHosts, guest_name: str) -> 
 # ---------------------------------------------------------------- 7. the watcher
 
 
-@pytest.mark.skipif(
-    not (REPO / "psci_hook" / "commands" / "watch.py").exists(), reason="no psci-hook watch yet"
-)
 def test_watcher_records_a_freshly_started_guest_before_it_migrates(
     hosts: TwoHosts, guest_name: str
 ) -> None:

@@ -108,7 +108,8 @@ class Live:
     """The test's own libvirt connection to a host, for polling the domain XML cheaply."""
 
     def __init__(self, hosts: TwoHosts, host: str) -> None:
-        libvirt = pytest.importorskip("libvirt")
+        import libvirt
+
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         self.lv = libvirt
         self.conn = libvirt.open(hosts.uri(host))

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from psci_hook.cli import COMMANDS
 from psci_hook.status import ExitStatus
@@ -29,7 +26,6 @@ def test_every_command_is_described() -> None:
     assert described == list(COMMANDS)
 
 
-@pytest.mark.skipif(shutil.which("man") is None, reason="man-db is not installed")
 def test_renders_without_warnings() -> None:
     environ = {"MANWIDTH": "80", "LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(["man", "--warnings", "-l", str(MANPAGE)], capture_output=True,

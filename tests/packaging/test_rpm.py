@@ -43,8 +43,6 @@ from psci_hook import __version__
 
 pytestmark = [
     pytest.mark.packaging,
-    pytest.mark.skipif(shutil.which("rpmbuild") is None,
-                       reason="rpmbuild is not installed (Debian package rpm)"),
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,7 +187,6 @@ def test_post_scriptlet_sighups_a_running_daemon_without_systemd(built: dict[str
                 daemon.wait()
 
 
-@pytest.mark.skipif(shutil.which("rpmlint") is None, reason="rpmlint is not installed")
 def test_rpmlint_report(built: dict[str, Path]) -> None:
     """Printed only (-s shows it): Debian's rpmlint uses openSUSE defaults (Group, Packager,
     signatures), and 'executable-marked-as-config-file' on the hook is a choice, not a slip."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt  # python3-libvirt, from scripts/deps/test.apt
 import pytest
 from recordtools import booted, profile
 
@@ -26,7 +27,6 @@ from psci_hook.profile import bundled_profiles
 from psci_hook.record import GuestRecord, read_record
 from psci_hook.status import ExitStatus
 
-libvirt = pytest.importorskip("libvirt")
 URI = "test:///default"
 
 
