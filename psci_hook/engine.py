@@ -1,7 +1,8 @@
 """The decision engine: what QEMU and the destination kernel will do with a guest's registers.
 
-Spec: kvm-firmware-registers.md §9 (the whole migrated list: count check, merge, write) and
-§2/§8 (which firmware register values a kernel accepts), §10 (ID registers, cache geometry).
+The model: docs/design.md#migrated-list (the whole list: count check, merge, write),
+docs/design.md#accepted-values (which firmware register values a kernel accepts) and
+docs/design.md#id-registers (ID registers, cache geometry).
 Pure functions over immutable values (named tuples, frozen dataclasses): no files, no clock,
 no libvirt, no lxml.
 """
@@ -16,8 +17,8 @@ from psci_hook import registers as regs
 from psci_hook.codes import Severity, severity
 from psci_hook.profile import FeatureSet, HostProfile, feature_key
 
-# §9: QEMU with the tolerance series enlarges the incoming array by the number of registered
-# tolerances (nr_mig_safe_missing_regs) plus MAX_CPREG_VMSTATE_ANOMALIES = 10.
+# docs/design.md#tolerant-qemu: QEMU with the tolerance series enlarges the incoming array by the
+# number of registered tolerances plus MAX_CPREG_VMSTATE_ANOMALIES = 10 (cpu_pre_load).
 MAX_CPREG_VMSTATE_ANOMALIES = 10
 # ToleranceNotOnBothEnds for -cpu host: skipped whichever side lacks them.
 TOLERATED_NOT_ON_BOTH_ENDS = frozenset(
@@ -30,7 +31,7 @@ TOLERANCE_COUNT = len(TOLERATED_NOT_ON_BOTH_ENDS) + len(TOLERATED_IF_ZERO)
 WRITABLE_ID_REGS_SINCE = (6, 7)  # before 6.7 an ID register must equal the host's value
 WA2_SIMPLIFIED_SINCE = (5, 10)  # 29e8910a566a: WA2 narrowed to NOT_AVAIL / NOT_REQUIRED
 
-# Finding outcomes (§9), plus the list-level ones.
+# Finding outcomes (docs/design.md#migrated-list), plus the list-level ones.
 ACCEPTED = "accepted"
 REJECTED = "rejected"
 MISSING = "missing-on-destination"
@@ -190,7 +191,7 @@ def significant_codes(findings: Iterable[Finding]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Firmware register values: what a destination kernel accepts (§2, §8)
+# Firmware register values: what a destination kernel accepts (docs/design.md#accepted-values)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -206,8 +207,8 @@ class Judgement(NamedTuple):
 def psci_versions_known(default: int) -> list[int]:
     """PSCI versions a kernel whose default is ``default`` implements: 0.2, then 1.0..default.
 
-    The kernel accepts only versions from its own enumeration (§2.2); its default is the
-    newest it implements, and every 1.x below it is implemented too.
+    The kernel accepts only versions from its own enumeration (docs/design.md#psci-version);
+    its default is the newest it implements, and every 1.x below it is implemented too.
     """
     known = [regs.psci_value(0, 2)]
     major, minor = default >> 16, default & 0xFFFF
@@ -324,7 +325,7 @@ def predict_value(reg_id: int, value: int, destination: HostProfile) -> bool | N
 
 
 # ---------------------------------------------------------------------------------------------
-# The decision (§9)
+# The decision (docs/design.md#migrated-list)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -357,7 +358,8 @@ def _fw_finding(reg_id: int, guest_value: int, dest: HostProfile) -> Finding:
 
 def _value_findings(guest: GuestState, dest: HostProfile, compared_ids: Iterable[int],
                     ) -> list[Finding]:
-    """Findings for ID registers and cache geometry present in both (§10)."""
+    """Findings for ID registers and cache geometry present in both (docs/design.md#id-registers,
+    docs/design.md#cache-geometry)."""
     out: list[Finding] = []
     compared = set(compared_ids)
     version = dest.kernel_version()

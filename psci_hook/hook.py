@@ -6,7 +6,8 @@ and the domain XML on stdin, before any guest memory moves. This module decides 
 - allow: exit 0 and, when annotating, the domain XML on stdout with our record updated (every
   other byte unchanged); without annotation nothing on stdout, so the domain is not tainted.
 Every decision is one structured event in the journal or syslog (psci_hook.auditlog).
-This module never talks to libvirt: the daemon is waiting for us (deadlock).
+This module never talks to libvirt: the daemon is waiting for us (deadlock). The contract with
+libvirt, and the source it comes from: docs/design.md#hook-contract.
 """
 
 from __future__ import annotations

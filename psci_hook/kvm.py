@@ -3,8 +3,8 @@
 Everything psci-hook asks the running kernel goes through here: the host probe, the on-host
 conformance check and the hook's rehearsal. Plain Python (fcntl, struct, array), no ctypes, so
 it runs on a bare Debian python3-minimal. Sources for every number: the kernel's
-include/uapi/linux/kvm.h, arch/arm64/include/uapi/asm/kvm.h and include/uapi/asm-generic/ioctl.h,
-and kvm-firmware-registers.md §8 ("Practical notes").
+include/uapi/linux/kvm.h, arch/arm64/include/uapi/asm/kvm.h and include/uapi/asm-generic/ioctl.h;
+the sequence of calls is QEMU's (docs/design.md#probe).
 
 The arm64 ioctls are sent only when ``platform.machine()`` is aarch64: on any other machine
 /dev/kvm belongs to another architecture, whose ioctls share these numbers with other meanings.
@@ -146,7 +146,7 @@ KVM_ARM_TARGET_NAMES: Mapping[int, str] = {
 }
 
 # The feature ID range of KVM_ARM_GET_REG_WRITABLE_MASKS: op0=3, op1 in {0, 1, 3}, CRn=0,
-# CRm 0-7, op2 0-7, one u64 mask per register (arch/arm64/include/uapi/asm/kvm.h, 6.8+).
+# CRm 0-7, op2 0-7, one u64 mask per register (arch/arm64/include/uapi/asm/kvm.h, 6.7+).
 KVM_ARM_FEATURE_ID_RANGE = 0
 KVM_ARM_FEATURE_ID_RANGE_SIZE = 3 * 8 * 8
 _FEATURE_ID_OP1 = (0, 1, 3)

@@ -2,8 +2,7 @@
 
 What a profile says must come from the kernel, never from its version number: distribution
 kernels carry backports, and the WORKAROUND levels depend on the CPU and the firmware. So the
-probe asks KVM, on scratch VMs that never run (kvm-firmware-registers.md §8 "Practical notes",
-§9, §10):
+probe asks KVM, on scratch VMs that never run (docs/design.md#probe):
 
 * ``registers``: every register of the firmware classes (0x0014, 0x0016) that a fresh vCPU
   initialised with PSCI_0_2 lists, known or not, with the value KVM_GET_ONE_REG returns;
@@ -12,7 +11,7 @@ probe asks KVM, on scratch VMs that never run (kvm-firmware-registers.md §8 "Pr
   capability is present, and all of them together (what -cpu host enables);
 * ``id_registers`` and ``cache_geometry``: the values of the named ID registers, CLIDR_EL1 and
   the CCSIDR entries, read on a vCPU with all the supported features (the -cpu host default);
-* ``id_writable_masks`` where the kernel has KVM_ARM_GET_REG_WRITABLE_MASKS (6.8+);
+* ``id_writable_masks`` where the kernel has KVM_ARM_GET_REG_WRITABLE_MASKS (6.7+);
 * and the identity of the running system: kernel release, boot id, probe time, host name, and
   the QEMU version when ``psci-hook refresh`` has cached it.
 

@@ -5,7 +5,7 @@ and identity, and what happened to the domain, a ``Plan`` says which guest recor
 which definition and why. No libvirt, no files, no clock (the caller passes the time); the
 record format is psci_hook.record's, the state after an arrival is the engine's.
 
-The rules (the register model of the architecture sketch):
+The rules (docs/design.md#state-after-a-migration):
 - cold boot on this host (STARTED_BOOTED): the guest takes this host's values, whatever record
   it carried (a record that survived a cold boot on another host is stale). Override kept.
 - migration or restore onto this host (STARTED_MIGRATED / STARTED_RESTORED): the hook has

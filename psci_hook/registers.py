@@ -1,6 +1,6 @@
 """The register catalogue: arm64 KVM register ids, the eight firmware pseudo-registers, and names.
 
-Reference: kvm-firmware-registers.md §1 (ids, encodings, versions) and the kernel's
+The model: docs/design.md#firmware-registers (ids, encodings, kernel versions), from the kernel's
 arch/arm64/include/uapi/asm/kvm.h. Everything here is data and pure functions.
 """
 
@@ -102,7 +102,7 @@ def parse_hex_id(text: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# The eight firmware pseudo-registers (kvm-firmware-registers.md §1.2-§1.3)
+# The eight firmware pseudo-registers (docs/design.md#register-ids)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -227,7 +227,8 @@ def value_text(reg_id: int, value: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 _SYSREG_NAMES: dict[tuple[int, int, int, int, int], str] = {
-    # ID register space (op0=3 op1=0 CRn=0): the values that travel per VM (§10).
+    # ID register space (op0=3 op1=0 CRn=0): the values that travel per VM
+    # (docs/design.md#id-registers).
     (3, 0, 0, 0, 0): "MIDR_EL1",
     (3, 0, 0, 0, 5): "MPIDR_EL1",
     (3, 0, 0, 0, 6): "REVIDR_EL1",
@@ -277,7 +278,7 @@ _SYSREG_NAMES: dict[tuple[int, int, int, int, int], str] = {
     (3, 1, 0, 0, 7): "AIDR_EL1",
     (3, 2, 0, 0, 0): "CSSELR_EL1",
     (3, 3, 0, 0, 1): "CTR_EL0",
-    # Registers that appear and disappear between kernels (qemu-register-lists.md).
+    # Registers that appear and disappear between kernels (docs/design.md#list-sizes).
     (2, 0, 1, 1, 4): "OSLSR_EL1",
     (2, 0, 0, 2, 0): "MDCCINT_EL1",
     (2, 0, 0, 2, 2): "MDSCR_EL1",
@@ -353,7 +354,8 @@ for _n in range(31):
 SYSREG_BY_NAME: Mapping[str, int] = {
     name: sysreg_id(*enc) for enc, name in _SYSREG_NAMES.items()
 }
-# The registers of the ID space (§10): per VM, kept, compared value by value.
+# The registers of the ID space (docs/design.md#id-registers): per VM, kept, compared value by
+# value.
 ID_REGISTER_NAMES = frozenset(
     name for enc, name in _SYSREG_NAMES.items() if enc[0] == 3 and enc[1] == 0 and enc[2] == 0
 )
@@ -428,7 +430,8 @@ def firmware_name(reg_id: int) -> str:
     return fw.name if fw is not None else format_id(reg_id)
 
 
-# ID register fields worth naming in findings (the ones real migrations tripped on, §10).
+# ID register fields worth naming in findings (the ones real migrations tripped on,
+# docs/design.md#real-migrations).
 ID_REGISTER_FIELDS: Mapping[str, Mapping[int, str]] = {
     "ID_AA64MMFR1_EL1": {0: "HAFDBS", 4: "VMIDBits", 8: "VH", 12: "HPDS", 16: "LO",
                          20: "PAN", 24: "SpecSEI", 28: "XNX", 32: "TWED", 36: "ETS",

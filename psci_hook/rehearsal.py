@@ -1,4 +1,4 @@
-"""The rehearsal (reference §10): the destination's own KVM judges the guest's values.
+"""The rehearsal (docs/design.md#rehearsal): the destination's own KVM judges the guest's values.
 
 On an aarch64 host with /dev/kvm, before anything moves, a scratch VM and vCPU with the guest's
 features get KVM_SET_ONE_REG for every firmware, ID register and cache geometry value the record
@@ -47,7 +47,8 @@ Rehearser = Callable[[frozenset[str], Mapping[int, int]], Result]
 
 
 def values_to_rehearse(guest: GuestState) -> dict[int, int]:
-    """Every value the source QEMU sends that the kernel judges (§10), by register id."""
+    """Every value the source QEMU sends that the kernel judges (docs/design.md#rehearsal), by
+    register id."""
     values = dict(guest.registers)
     for name, value in (guest.id_registers or {}).items():
         values[regs.SYSREG_BY_NAME[name]] = value

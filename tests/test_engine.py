@@ -1,4 +1,5 @@
-"""The decision engine against every rule of kvm-firmware-registers.md §2, §8, §9 and §10."""
+"""The decision engine against every rule of docs/design.md (accepted values, migrated list, ID
+registers and cache geometry)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def dest(release: str = "6.12.0", **values: int) -> HostProfile:
 
 
 # ---------------------------------------------------------------------------------------------
-# PSCI_VERSION (§2.2): the kernel accepts only versions it implements.
+# PSCI_VERSION (docs/design.md#psci-version): the kernel accepts only versions it implements.
 # ---------------------------------------------------------------------------------------------
 
 PSCI_CASES = [
@@ -62,7 +63,8 @@ def test_psci_known_versions_follow_the_default() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# WORKAROUND_1 and _3 (§2.3): a pure check, destination level >= guest value.
+# WORKAROUND_1 and _3 (docs/design.md#workaround-levels): a pure check, destination level >=
+# guest value.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -87,7 +89,8 @@ def test_wa1_levels_above_the_scale_are_refused() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# WORKAROUND_2 (§2.4): 5.10+ narrows to NOT_AVAIL / NOT_REQUIRED; 5.3-5.9 compares levels.
+# WORKAROUND_2 (docs/design.md#workaround-2): 5.10+ narrows to NOT_AVAIL / NOT_REQUIRED; 5.3-5.9
+# compares levels.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -136,7 +139,7 @@ def test_wa2_levels_above_not_required_are_invalid_on_5_10_plus() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Bitmaps (§2.5): a subset of the destination's supported bits.
+# Bitmaps (docs/design.md#bitmaps): a subset of the destination's supported bits.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -172,7 +175,8 @@ def test_candidate_values_cover_every_register_kind() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# §9: the whole list. Count check, merge (missing below the top, dropped above), write.
+# docs/design.md#migrated-list: the whole list. Count check, merge (missing below the top,
+# dropped above), write.
 # ---------------------------------------------------------------------------------------------
 
 SYS = [regs.sysreg_id(3, 0, 1, 0, 0), regs.sysreg_id(3, 0, 2, 0, 0), OSLSR]
@@ -298,7 +302,7 @@ def test_firmware_only_merge_is_still_exact() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# §10: ID registers and cache geometry.
+# docs/design.md#id-registers and #cache-geometry.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -331,8 +335,8 @@ def test_equal_id_registers_and_differing_cache_geometry() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Real kernels: the list-level verdicts of qemu-register-lists.md ("legacy" column) and the
-# value failures of real-qemu-migrations.md, from the measured profiles.
+# Real kernels: the list-level verdicts (legacy QEMU, docs/design.md#list-sizes) and the value
+# failures of real QEMU (docs/design.md#real-migrations), from the measured profiles.
 # ---------------------------------------------------------------------------------------------
 
 LIST_CODES = {"CPREG_COUNT", "REG_MISSING"}
@@ -373,7 +377,7 @@ def test_value_failures_seen_by_real_qemu(bundled: dict[str, HostProfile]) -> No
 
 
 def _kernel_7_2(k612: HostProfile) -> HostProfile:
-    """7.2's list is 6.12's without TCR2/PIRE0/PIR and with VENDOR_HYP_BMAP_2 (§9, measured
+    """7.2's list is 6.12's without TCR2/PIRE0/PIR and with VENDOR_HYP_BMAP_2 (measured
     counts 269 -> 267), and its PSCI default is 1.3."""
     hidden = {regs.SYSREG_BY_NAME[n] for n in ("TCR2_EL1", "PIRE0_EL1", "PIR_EL1")}
     registers = {**k612.registers, PSCI: V(1, 3), BMAP2: 0}

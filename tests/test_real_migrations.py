@@ -1,4 +1,4 @@
-"""The engine against what real QEMU did (real-qemu-migrations.md), on profiles probed from the
+"""The engine against what real QEMU did (docs/design.md#real-migrations), on profiles probed from
 same real kernels (tests/data/probed-profiles: ID registers and cache geometry included).
 
 Real QEMU 7.2 (legacy) and 11.1 (tolerant) loaded a `-cpu host` guest saved under one kernel on
@@ -20,7 +20,8 @@ PROBED = REPO / "tests" / "data" / "probed-profiles"
 KERNELS = ("5.10", "6.1", "6.12", "7.2")
 
 # (source, destination): None = loaded; else the registers real QEMU's destination refused
-# ("len"/"idx" = the list checks). From real-qemu-migrations.md, QEMU 7.2.22 and 11.1.3.
+# ("len"/"idx" = the list checks). Measured with QEMU 7.2.22 and 11.1.3
+# (docs/design.md#real-migrations).
 LEGACY = {
     ("5.10", "6.1"): {"SMCCC_ARCH_WORKAROUND_3", "ID_DFR0_EL1", "ID_AA64DFR0_EL1"},
     ("5.10", "6.12"): {"SMCCC_ARCH_WORKAROUND_3", "ID_AA64MMFR1_EL1"},

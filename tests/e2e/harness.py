@@ -24,7 +24,7 @@ Command line, for manual use::
     python3 tests/e2e/harness.py down      # tear down (also a stale run)
     python3 tests/e2e/harness.py status
 
-See ../shared/reference/two-libvirt-hosts.md for the facts this is built on.
+README.md, "The end-to-end harness: two libvirt hosts on one machine", describes what it builds.
 """
 
 from __future__ import annotations

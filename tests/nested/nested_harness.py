@@ -2,7 +2,7 @@
 
 The emulated machine has virtualization=on, so the kernel starts at EL2 and its own KVM works:
 /dev/kvm exists inside, and ``psci-hook probe`` and ``psci-hook conformance`` talk to a real
-arm64 KVM (../shared/profiles/README.md describes the setup and its timings).
+arm64 KVM (docs/design.md#measured-facts says what was measured this way).
 
 The initramfs holds busybox-static and Debian bookworm's python3.11-minimal with the libraries
 it needs (arm64 packages fetched with ``apt-get download`` through a private apt configuration:

@@ -28,21 +28,21 @@ pytestmark = pytest.mark.nested
 COMBOS = [(kernel, cpu) for kernel in harness.KERNELS for cpu in harness.CPUS]
 IDS = [f"{kernel}__{cpu}" for kernel, cpu in COMBOS]
 
-# Facts from the references, measured independently of this package.
-# qemu-register-lists.md, "List sizes" (migrated = without the core and SVE classes):
+# Facts measured independently of this package (docs/design.md#measured-facts).
+# docs/design.md#list-sizes (migrated = without the core and SVE classes):
 REFERENCE_LIST_SIZES = {
     "5.10": {"none": 237, "pmu": 237, "pmu+pauth+sve": 248},
     "6.1": {"none": 167, "pmu": 241, "pmu+pauth+sve": 252},
     "6.12": {"none": 184, "pmu": 258, "pmu+pauth+sve": 269},
     "7.2": {"none": 182, "pmu": 256, "pmu+pauth+sve": 267},
 }
-# kvm-firmware-registers.md §3 (default PSCI) and §2.1 / §1.2 (firmware registers listed;
+# Default PSCI and the firmware registers listed (docs/design.md#which-kernels-list-which;
 # the Debian 5.10 kernel carries the WORKAROUND_3 backport).
 REFERENCE_PSCI = {"5.10": 0x10000, "6.1": 0x10001, "6.12": 0x10001, "7.2": 0x10003}
 REFERENCE_FW_COUNT = {"5.10": 4, "6.1": 7, "6.12": 7, "7.2": 8}
-# qemu-register-lists.md: "The demux class has 3 entries on 5.10/6.1 and 14 on 6.12+".
+# CCSIDR demux entries: 3 on 5.10/6.1 and 14 on 6.12+ (docs/design.md#cache-geometry).
 REFERENCE_CCSIDR_COUNT = {"5.10": 3, "6.1": 3, "6.12": 14, "7.2": 14}
-# KVM_ARM_GET_REG_WRITABLE_MASKS exists since 6.8 (kvm-firmware-registers.md §10).
+# KVM_ARM_GET_REG_WRITABLE_MASKS exists since 6.7 (docs/design.md#id-registers).
 HAS_WRITABLE_MASKS = {"5.10": False, "6.1": False, "6.12": True, "7.2": True}
 # QEMU's MIDR for its models (target/arm): cortex-a57 r1p0, and max.
 MIDR = {"a57": 0x411FD070, "max": 0x000F0510}
@@ -100,7 +100,7 @@ def test_probe_matches_the_committed_probed_profile(
 def test_lists_do_not_depend_on_the_cpu_model(
     nested_results: dict[str, harness.BootResult], kernel: str
 ) -> None:
-    """qemu-register-lists.md: with the same features, max and cortex-a57 list the same ids."""
+    """With the same features, max and cortex-a57 list the same ids (docs/design.md#list-sizes)."""
     lists = {
         cpu: _result(nested_results, kernel, cpu).probe_profile()["cpreg_lists"]
         for cpu in harness.CPUS
@@ -203,7 +203,7 @@ def test_kvm_layer_error_paths_and_rehearsal_on_real_kvm(
     assert f"kernel {result.release} (aarch64)" in write.stdout
 
 
-# real-qemu-migrations.md, "Every value incompatibility": the registers each destination kernel
+# docs/design.md#real-migrations, every value incompatibility: the registers each destination kernel
 # refused when real QEMU (7.2.22 and 11.1.3, L2 -cpu host on L1 -cpu max) loaded a state saved
 # under another kernel; X -> X loaded. Keys: (source, destination).
 _NORMALISED_CACHE = {"CCSIDR_0", "CCSIDR_1", "CCSIDR_2", "CLIDR_EL1"}
@@ -304,9 +304,9 @@ def test_engine_value_findings_agree_with_the_real_kernel(
 # no [host] profile, so the boot-time cache; first missing (inline probe), then warm.
 # ---------------------------------------------------------------------------------------------
 
-# real-qemu-migrations.md, QEMU 7.2.22 (the legacy generation, which the hook assumes here: the
-# guest has no cached QEMU version), L2 -cpu host: the pairs that loaded. Every other pair failed,
-# on its value refusals (REAL_QEMU_VALUE_REFUSALS) or on the list length, "(len)":
+# docs/design.md#real-migrations, QEMU 7.2.22 (the legacy generation, which the hook assumes
+# here: the guest has no cached QEMU version), L2 -cpu host: the pairs that loaded. Every other
+# pair failed, on its value refusals (REAL_QEMU_VALUE_REFUSALS) or on the list length, "(len)":
 REAL_QEMU_LOADED = {("6.1", "7.2"), *((k, k) for k in harness.KERNELS)}
 REAL_QEMU_LENGTH_FAILURES = {("6.1", "5.10"), ("6.12", "5.10"), ("6.12", "6.1"), ("6.12", "7.2"),
                              ("7.2", "5.10"), ("7.2", "6.1")}
@@ -445,7 +445,8 @@ def test_hook_veto_names_what_real_qemu_was_refused_on(
     nested_results: dict[str, harness.BootResult], source: str, destination: str,
     register: str, offline: str, kernel_refusal: str, line_code: str,
 ) -> None:
-    """The pairs real-qemu-migrations.md saw fail on values, one by one: what the offline engine
+    """The pairs real QEMU failed on values (docs/design.md#real-migrations), one by one: what the
+    offline engine
     says (tests/data/probed-profiles, legacy QEMU) and what the real hook said on real KVM."""
     from psci_hook.engine import GuestState, decide
 
