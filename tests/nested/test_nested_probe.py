@@ -6,9 +6,9 @@ this package; inside, ``psci-hook probe --json``, ``psci-hook conformance`` and 
 the KVM layer's error paths run against /dev/kvm (see nested_harness.py). Nothing is faked.
 
 The probe must return exactly what ../shared/profiles/ recorded for the same kernel and CPU
-(firmware registers, values and every migrated list), and the facts of the references for the
-kernel that has no recorded profile (7.2); conformance must find no disagreement between the
-engine's predictions and the kernel's KVM_SET_ONE_REG.
+(firmware registers, values and every migrated list), and the measured facts of
+docs/design.md#measured-facts for the kernel that has no recorded profile (7.2); conformance
+must find no disagreement between the engine's predictions and the kernel's KVM_SET_ONE_REG.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def test_probe_matches_the_recorded_profile(
         assert probed["kernel_release"] == recorded["kernel_release"]
         assert probed["registers"] == recorded["registers"]
         assert probed["cpreg_lists"] == recorded["cpreg_lists"]
-    # The facts of the references, for every kernel (7.2 has no recorded profile).
+    # The measured facts (docs/design.md#list-sizes), for every kernel (7.2 has no recorded
+    # profile).
     assert probed["registers"]["PSCI_VERSION"] == REFERENCE_PSCI[kernel]
     assert len(probed["registers"]) == REFERENCE_FW_COUNT[kernel]
     if kernel == "7.2":
