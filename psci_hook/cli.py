@@ -36,6 +36,8 @@ COMMANDS: dict[str, str] = {
     "record": "record",
     "watch": "watch",
     "install": "install",
+    "where": "where",
+    "plan": "plan",
 }
 
 

@@ -1,0 +1,269 @@
+"""A fleet of hosts: where a guest can go now, and what changing some hosts' profiles does.
+
+A fleet is thousands of hosts but a few dozen distinct host profiles (same kernel, CPU,
+firmware and QEMU). Every verdict here is ``engine.decide()`` on exactly the inputs ``check``
+gives it (the guest's state, one host profile, that profile's QEMU generation unless one is
+forced), computed once per distinct (guest state, profile) and shared by every host with that
+profile. Pure: the profiles and guest states come in parsed; commands/_fleet.py reads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from psci_hook.codes import Severity, severity
+from psci_hook.engine import Decision, GuestState, decide
+from psci_hook.profile import HostProfile, feature_key
+
+# Keys of a probed profile that say which host was probed, when and how, not what its kernel
+# does (psci_hook/probe.py writes the first three; provenance is free text). Every other key
+# counts, known to this version or not: two profiles that differ anywhere else are decided
+# separately, which costs time but never a wrong verdict.
+HOST_IDENTITY_KEYS = frozenset({"hostname", "boot_id", "probed_at", "provenance"})
+
+
+def profile_identity(data: Mapping[str, Any]) -> str:
+    """The identity of a profile's content (a profile's JSON object): equal exactly when the
+    two profiles are the same apart from HOST_IDENTITY_KEYS."""
+    kept = {k: v for k, v in data.items() if k not in HOST_IDENTITY_KEYS}
+    canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+class Fleet(NamedTuple):
+    """Hosts and the distinct profiles they run."""
+
+    hosts: Mapping[str, str]  # host name -> profile identity, sorted by host name
+    profiles: Mapping[str, HostProfile]  # profile identity -> the profile
+
+    def profile_of(self, host: str) -> HostProfile:
+        return self.profiles[self.hosts[host]]
+
+    def hosts_by_profile(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for host, identity in self.hosts.items():
+            out.setdefault(identity, []).append(host)
+        return out
+
+    def changed(self, changes: Mapping[str, tuple[str, HostProfile]]) -> Fleet:
+        """The fleet with some hosts on new profiles (host -> (identity, profile))."""
+        profiles = dict(self.profiles)
+        hosts = dict(self.hosts)
+        for host, (identity, profile) in changes.items():
+            if host not in hosts:
+                raise KeyError(host)
+            hosts[host] = identity
+            profiles[identity] = profile
+        used = set(hosts.values())
+        return Fleet(hosts, {i: p for i, p in profiles.items() if i in used})
+
+
+def profile_label(profile: HostProfile, identity: str) -> str:
+    """A short name for a distinct profile: its kernel release and the start of its identity."""
+    return f"{profile.kernel_release} [{identity[:6]}]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts
+# ---------------------------------------------------------------------------------------------
+
+
+class Verdict(NamedTuple):
+    """What ``check`` says for one guest state and one host profile, in brief."""
+
+    allowed: bool
+    codes: tuple[str, ...]  # check's "codes": warning and blocking, most severe first
+    one_way: bool  # allowed, and the guest's WORKAROUND levels rise (WA_RATCHET)
+    # How a refused move could be made to work (e.g. a kvm-psci-version for a guest whose only
+    # blocker is its PSCI version). The engine does not report remedies yet; when it does,
+    # Verdict.of sets this from the decision, and where, plan and to_dict show it.
+    remedy: str | None = None
+
+    @classmethod
+    def of(cls, decision: Decision) -> Verdict:
+        return cls(allowed=not decision.vetoed, codes=tuple(decision.codes),
+                   one_way=not decision.vetoed and decision.one_way)
+
+    @property
+    def blocking_codes(self) -> tuple[str, ...]:
+        return tuple(c for c in self.codes if severity(c) is Severity.BLOCKING)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"allowed": self.allowed, "codes": list(self.codes),
+                               "one_way": self.one_way}
+        if self.remedy is not None:
+            out["remedy"] = self.remedy
+        return out
+
+
+GuestKey = tuple[Any, ...]
+
+
+def guest_key(state: GuestState) -> GuestKey:
+    """A hashable identity of a guest state: equal states are decided once."""
+
+    def items(values: Mapping[str, int] | None) -> tuple[tuple[str, int], ...] | None:
+        return None if values is None else tuple(sorted(values.items()))
+
+    return (tuple(sorted(state.registers.items())), feature_key(state.features),
+            state.cpreg_list, items(state.id_registers), items(state.cache_geometry))
+
+
+class Decider:
+    """``engine.decide`` memoised on (guest state, profile identity).
+
+    ``generation`` None means each profile's own QEMU generation, as ``check`` does without
+    ``--qemu``.
+    """
+
+    def __init__(self, generation: str | None = None) -> None:
+        self.generation = generation
+        self._verdicts: dict[tuple[GuestKey, str], Verdict] = {}
+        self.decisions = 0  # engine calls made (the benchmark reports it)
+
+    def verdict(self, guest: GuestState, key: GuestKey, identity: str, profile: HostProfile
+                ) -> Verdict:
+        found = self._verdicts.get((key, identity))
+        if found is None:
+            found = Verdict.of(decide(guest, profile, self.generation))
+            self.decisions += 1
+            self._verdicts[(key, identity)] = found
+        return found
+
+    def per_profile(self, guest: GuestState, fleet: Fleet) -> dict[str, Verdict]:
+        """The guest's verdict on each distinct profile of the fleet."""
+        key = guest_key(guest)
+        return {identity: self.verdict(guest, key, identity, profile)
+                for identity, profile in fleet.profiles.items()}
+
+
+class HostVerdict(NamedTuple):
+    host: str
+    verdict: Verdict
+
+
+def where(guest: GuestState, fleet: Fleet, decider: Decider) -> list[HostVerdict]:
+    """Every host of the fleet, in host order, with what ``check`` says for the guest there."""
+    by_profile = decider.per_profile(guest, fleet)
+    return [HostVerdict(host, by_profile[identity]) for host, identity in fleet.hosts.items()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans: the fleet before and after some hosts change profile
+# ---------------------------------------------------------------------------------------------
+
+
+class HostClass(NamedTuple):
+    """Hosts that run the same profile before the change and the same one after it."""
+
+    before: str  # profile identity
+    after: str
+    hosts: tuple[str, ...]
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+class PairChange(NamedTuple):
+    """Host pairs (every source host of one class, every destination host of another) whose
+    verdict for a guest freshly booted on the source changes."""
+
+    source: int  # index into Plan.classes
+    destination: int
+    pairs: int  # host pairs (a host never migrates to itself)
+    before: Verdict
+    after: Verdict
+
+
+class GuestImpact(NamedTuple):
+    """What the change does to one guest's destinations."""
+
+    name: str
+    destinations_before: int
+    destinations_after: int
+    lost: tuple[tuple[int, Verdict], ...]  # (class index, verdict after) allowed before, not now
+    new_one_way: tuple[int, ...]  # class indexes: one-way after and not before
+
+    @property
+    def stranded(self) -> bool:
+        return self.destinations_after == 0
+
+
+class Plan(NamedTuple):
+    before: Fleet
+    after: Fleet
+    classes: tuple[HostClass, ...]
+    pairs: tuple[PairChange, ...]
+    guests: tuple[GuestImpact, ...]
+
+    def class_label(self, index: int) -> str:
+        cls = self.classes[index]
+        before = profile_label(self.before.profiles[cls.before], cls.before)
+        if not cls.changed:
+            return before
+        return f"{before} -> {profile_label(self.after.profiles[cls.after], cls.after)}"
+
+
+def host_classes(before: Fleet, after: Fleet) -> tuple[HostClass, ...]:
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for host, identity in before.hosts.items():
+        grouped.setdefault((identity, after.hosts[host]), []).append(host)
+    return tuple(HostClass(b, a, tuple(hosts)) for (b, a), hosts in grouped.items())
+
+
+def _changed(before: Verdict, after: Verdict) -> bool:
+    return (before.allowed, before.one_way) != (after.allowed, after.one_way)
+
+
+def plan(before: Fleet, after: Fleet, guests: Sequence[tuple[str, GuestState]],
+         decider: Decider) -> Plan:
+    """What moving from ``before`` to ``after`` (the same hosts) does: the host pairs whose
+    verdict changes for a freshly booted guest, and each given guest's lost destinations."""
+    classes = host_classes(before, after)
+    fresh_before = {i: GuestState.booted_on(p) for i, p in before.profiles.items()}
+    fresh_after = {i: GuestState.booted_on(p) for i, p in after.profiles.items()}
+    pairs: list[PairChange] = []
+    for s, source in enumerate(classes):
+        for d, destination in enumerate(classes):
+            if not (source.changed or destination.changed):
+                continue
+            count = len(source.hosts) * len(destination.hosts) - (
+                len(source.hosts) if s == d else 0)
+            if count == 0:
+                continue
+            was = decider.verdict(fresh_before[source.before], ("booted", source.before),
+                                  destination.before, before.profiles[destination.before])
+            now = decider.verdict(fresh_after[source.after], ("booted", source.after),
+                                  destination.after, after.profiles[destination.after])
+            if _changed(was, now):
+                pairs.append(PairChange(s, d, count, was, now))
+
+    impacts: list[GuestImpact] = []
+    for name, guest in guests:
+        was_by = decider.per_profile(guest, before)
+        now_by = decider.per_profile(guest, after)
+        lost: list[tuple[int, Verdict]] = []
+        new_one_way: list[int] = []
+        count_before = count_after = 0
+        for index, cls in enumerate(classes):
+            was, now = was_by[cls.before], now_by[cls.after]
+            count_before += len(cls.hosts) if was.allowed else 0
+            count_after += len(cls.hosts) if now.allowed else 0
+            if was.allowed and not now.allowed:
+                lost.append((index, now))
+            if now.one_way and not was.one_way:
+                new_one_way.append(index)
+        impacts.append(GuestImpact(name, count_before, count_after, tuple(lost),
+                                   tuple(new_one_way)))
+    return Plan(before, after, classes, tuple(pairs), tuple(impacts))
+
+
+def first_hosts(hosts: Iterable[str], limit: int = 3) -> str:
+    """``a, b, c`` or ``a, b, c and 7 more``: host lists readable at fleet scale."""
+    hosts = list(hosts)
+    shown = ", ".join(hosts[:limit])
+    return shown if len(hosts) <= limit else f"{shown} and {len(hosts) - limit} more"
