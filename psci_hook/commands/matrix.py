@@ -8,6 +8,7 @@ grid with the reasons below it, or as JSON.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from typing import Any
 from psci_hook.codes import Severity, severity
 from psci_hook.engine import Decision, GuestState, decide
 from psci_hook.environment import Environment
+from psci_hook.fleet import profile_identity
 from psci_hook.profile import HostProfile, ProfileError, bundled_profiles, load_profile
+from psci_hook.report import veto_reason
 from psci_hook.status import ExitStatus
 
 HELP = ("every source x destination pair of host profiles, for a guest freshly booted on the "
@@ -27,7 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="host profile files (default: the profiles bundled with psci-hook)")
     parser.add_argument("--qemu", choices=("legacy", "tolerant"), default="legacy",
                         help="the destination QEMU generation (default: legacy)")
-    parser.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    parser.add_argument("--format", choices=("text", "markdown", "json", "html"), default="text",
+                        help="html: a self-contained page, identical profiles grouped")
 
 
 def _cell_mark(decision: Decision) -> str:
@@ -92,6 +96,114 @@ def render_grid(names: list[str], cells: list[tuple[str, str, Decision]], genera
     return "\n".join(lines) + "\n"
 
 
+def group_identical(profiles: dict[str, HostProfile]) -> list[list[str]]:
+    """Profile names grouped by identical content (fleet.profile_identity), in first-seen
+    order: a fleet's thousands of hosts run a few dozen distinct profiles."""
+    groups: dict[str, list[str]] = {}
+    for name, profile in profiles.items():
+        groups.setdefault(profile_identity(profile.to_dict()), []).append(name)
+    return list(groups.values())
+
+
+_HTML_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1b1b1b; background: #fff; }
+h1 { font-size: 1.3em; margin: 0 0 .3em; }
+p.note { margin: .2em 0 1em; color: #444; }
+table.matrix { border-collapse: collapse; }
+table.matrix th, table.matrix td { border: 1px solid #999; padding: 3px 6px; text-align: center; }
+table.matrix th { background: #eceff1; font-weight: 600; white-space: nowrap; }
+table.matrix th.corner { font-weight: normal; font-size: .85em; }
+td a { color: inherit; text-decoration: none; display: block; }
+td .mark { font-weight: 700; font-size: 1.05em; }
+td .codes { display: block; font-size: .7em; line-height: 1.15; }
+.allow { background: #a5d6a7; }
+.warn { background: #fff59d; }
+.oneway { background: #90caf9; }
+.veto { background: #ef9a9a; }
+.legend span.swatch { display: inline-block; width: 1.4em; height: 1em; border: 1px solid #777;
+  vertical-align: middle; margin: 0 .3em 0 1em; }
+ol.reasons li { margin: .3em 0; }
+ol.reasons ul { margin: .1em 0; padding-left: 1.2em; font-size: .9em; }
+.muted { color: #555; font-size: .85em; }
+"""
+
+_KINDS = (
+    ("allow", "Y", "allowed, nothing to note"),
+    ("warn", "Y*", "allowed with warnings"),
+    ("oneway", "Y*", "allowed, one-way: WORKAROUND levels rise, no way back until a cold boot"),
+    ("veto", "N", "vetoed: QEMU or the destination kernel would fail it after copying all "
+     "memory"),
+)
+
+
+def _cell_kind(decision: Decision) -> str:
+    if decision.vetoed:
+        return "veto"
+    if decision.one_way:
+        return "oneway"
+    return "warn" if _cell_mark(decision) != "Y" else "allow"
+
+
+def render_html(groups: list[list[str]], cells: list[tuple[str, str, Decision]],
+                generation: str) -> str:
+    """One page, no scripts and no network resources (its Content-Security-Policy refuses
+    them): the grid coloured by verdict, one row and column per group of identical profiles,
+    each cell's codes, every reason listed below the grid, and a legend."""
+    esc = html.escape
+    label = {names[0]: names[0] + (f" (+{len(names) - 1})" if len(names) > 1 else "")
+             for names in groups}
+    members = {names[0]: ", ".join(names) for names in groups}
+    order = [names[0] for names in groups]
+    by_pair = {(s, d): dec for s, d, dec in cells}
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+           'style-src \'unsafe-inline\'">',
+           "<title>psci-hook migration matrix</title>",
+           f"<style>{_HTML_STYLE}</style></head><body>",
+           "<h1>psci-hook migration matrix</h1>",
+           f'<p class="note">Source (rows) to destination (columns), a guest booted on the '
+           f"source with -cpu host, destination QEMU {esc(generation)}. "
+           f"{sum(len(g) for g in groups)} profiles, {len(groups)} distinct; identical "
+           "profiles share a row and a column.</p>",
+           '<p class="legend">' + "".join(
+               f'<span class="swatch {kind}"></span>{esc(mark)} {esc(text)}'
+               for kind, mark, text in _KINDS) + "</p>",
+           '<table class="matrix"><tr><th class="corner">source \\ destination</th>']
+    out += [f'<th title="{esc(members[d])}">{esc(label[d])}</th>' for d in order]
+    out.append("</tr>")
+    reasons: list[str] = []
+    for s in order:
+        out.append(f'<tr><th title="{esc(members[s])}">{esc(label[s])}</th>')
+        for d in order:
+            decision = by_pair[(s, d)]
+            kind = _cell_kind(decision)
+            shown = [c for c in decision.codes if severity(c) >= Severity.WARNING]
+            codes = (_blocking_codes(decision) if decision.vetoed else shown)
+            anchor = f"r{order.index(s)}-{order.index(d)}"
+            link = f'<a href="#{anchor}">' if shown else "<a>"
+            title = f"{s} -> {d}: {decision.verdict}" + (" (reasons below)" if shown else "")
+            out.append(f'<td class="{kind}" title="{esc(title)}">{link}'
+                       f'<span class="mark">{esc(_cell_mark(decision))}</span>'
+                       f'<span class="codes">{esc(" ".join(codes))}</span></a></td>')
+            if shown:
+                items = "".join(f"<li><b>{esc(f.code)}</b> {esc(veto_reason(f))}</li>"
+                                for f in decision.findings if f.severity >= Severity.WARNING)
+                reasons.append(f'<li id="{anchor}" class="{kind}-text"><b>{esc(s)} &rarr; '
+                               f"{esc(d)}</b>: {esc(decision.verdict)}<ul>{items}</ul></li>")
+        out.append("</tr>")
+    out.append("</table>")
+    grouped = [names for names in groups if len(names) > 1]
+    if grouped:
+        out.append("<h2>Identical profiles</h2><ul>")
+        out += [f"<li>{esc(names[0])}: {esc(', '.join(names))}</li>" for names in grouped]
+        out.append("</ul>")
+    out.append("<h2>Reasons</h2>")
+    out.append(f'<ol class="reasons">{"".join(reasons)}</ol>' if reasons
+               else '<p class="muted">Every pair is allowed without warnings.</p>')
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     try:
         if args.profiles:
@@ -104,6 +216,11 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     except ProfileError as exc:
         env.error(str(exc))
         return ExitStatus.BAD_INPUT
+    if args.format == "html":
+        groups = group_identical(profiles)
+        distinct = {names[0]: profiles[names[0]] for names in groups}
+        env.write_out(render_html(groups, compute(distinct, args.qemu), args.qemu))
+        return ExitStatus.OK
     names = list(profiles)
     cells = compute(profiles, args.qemu)
     if args.format == "json":

@@ -1,0 +1,347 @@
+"""The fleet view: ``where`` and ``plan`` over fleet directories of real (bundled and probed)
+host profiles, checked against ``check`` run on the same files, through main(argv, env)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+from conftest import REPO
+from hooktools import DOMAIN, stamped
+
+from psci_hook.cli import main
+from psci_hook.commands import _fleet
+from psci_hook.engine import GuestState
+from psci_hook.environment import Environment
+from psci_hook.fleet import Decider, profile_identity, where
+from psci_hook.profile import bundled_profiles, load_profile
+from psci_hook.status import ExitStatus
+
+PROBED = {p.stem: p for p in sorted((REPO / "tests" / "data" / "probed-profiles").glob("*.json"))}
+BUNDLED = bundled_profiles()
+
+
+def run(*argv: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    env = Environment.for_test(["psci-hook", *argv], stdin=stdin)
+    status = main(env=env)
+    return (status, env.stdout.getvalue().decode(),  # type: ignore[attr-defined]
+            env.stderr.getvalue())  # type: ignore[attr-defined]
+
+
+def add_host(fleet: Path, host: str, profile: Path) -> Path:
+    """``profile`` as ``probe --json`` on ``host`` would print it: the same kernel facts, with
+    this host's name, boot id and probe time."""
+    data = json.loads(profile.read_text())
+    data.update(hostname=host, boot_id=str(uuid.uuid4()), probed_at="2026-12-05T20:00:00Z")
+    path = fleet / f"{host}.json"
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def make_fleet(directory: Path, hosts: dict[str, Path]) -> Path:
+    directory.mkdir()
+    for host, profile in hosts.items():
+        add_host(directory, host, profile)
+    return directory
+
+
+def guest_file(directory: Path, name: str, profile: Path) -> Path:
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{name}.xml"
+    state = GuestState.booted_on(load_profile(profile))
+    path.write_bytes(stamped(DOMAIN.replace(b"<name>vm1</name>",
+                                            f"<name>{name}</name>".encode()), state))
+    return path
+
+
+@pytest.fixture(scope="module")
+def every_profile_fleet(tmp_path_factory: Any) -> tuple[Path, dict[str, Path]]:
+    """A fleet of every bundled and probed profile, three of them on a second host too
+    (identical profiles: same kernel facts, another hostname, boot id and probe time)."""
+    fleet = tmp_path_factory.mktemp("fleet") / "fleet"
+    sources = {**{f"b-{k}": v for k, v in BUNDLED.items()},
+               **{f"p-{k}": v for k, v in PROBED.items()}}
+    hosts = {}
+    for name, path in sources.items():
+        copies = ("1", "2") if name in ("b-6.1__a57", "p-7.2__max", "p-6.12__a57") else ("1",)
+        for copy in copies:
+            hosts[f"{name.replace('__', '-').replace('.', '')}-{copy}"] = path
+    return make_fleet(fleet, hosts), sources
+
+
+def test_where_agrees_with_check_for_every_host_of_a_fleet_of_every_profile(
+        every_profile_fleet: tuple[Path, dict[str, Path]], tmp_path: Path) -> None:
+    fleet, sources = every_profile_fleet
+    host_files = sorted(fleet.glob("*.json"))
+    compared = 0
+    for name, profile in sources.items():
+        xml = guest_file(tmp_path, name, profile)
+        status, out, err = run("where", "--domain-xml", str(xml), "--fleet", str(fleet),
+                               "--json")
+        assert err == ""
+        answer = json.loads(out)
+        assert answer["domain"] == name
+        assert [h["host"] for h in answer["hosts"]] == [p.stem for p in host_files]
+        for entry, host_file in zip(answer["hosts"], host_files):
+            check_status, check_out, _ = run("check", "--host-profile", str(host_file),
+                                             "--domain-xml", str(xml), "--json")
+            said = json.loads(check_out)
+            assert entry["allowed"] == (check_status == ExitStatus.OK) == (
+                said["verdict"] == "allow"), (name, entry["host"])
+            assert entry["codes"] == said["codes"], (name, entry["host"])
+            assert entry["one_way"] == (entry["allowed"] and "WA_RATCHET" in said["codes"])
+            compared += 1
+        assert status == (ExitStatus.OK if any(h["allowed"] for h in answer["hosts"])
+                          else ExitStatus.VETO)
+    assert compared == len(sources) * len(host_files)
+
+
+def test_identical_profiles_are_decided_once(every_profile_fleet: tuple[Path, dict[str, Path]]
+                                             ) -> None:
+    fleet_dir, sources = every_profile_fleet
+    fleet = _fleet.load_fleet(fleet_dir)
+    assert len(fleet.hosts) == len(sources) + 3
+    # Hosts differ in hostname, boot id and probe time only: one profile per source file.
+    assert len(fleet.profiles) == len(sources)
+    decider = Decider()
+    guest = GuestState.booted_on(load_profile(PROBED["6.1__a57"]))
+    verdicts = where(guest, fleet, decider)
+    assert len(verdicts) == len(fleet.hosts) and decider.decisions == len(sources)
+    where(guest, fleet, decider)
+    assert decider.decisions == len(sources)  # memoised: the second question costs nothing
+
+
+def test_profile_identity_ignores_only_which_host_and_when() -> None:
+    data = json.loads(PROBED["6.1__a57"].read_text())
+    same = dict(data, hostname="other", boot_id="x", probed_at="y", provenance="z")
+    assert profile_identity(data) == profile_identity(same)
+    other_kernel = dict(data, kernel_release="6.1.0-99-arm64")
+    unknown_key = dict(data, id_writable_masks={"X": 1})
+    assert len({profile_identity(d) for d in (data, other_kernel, unknown_key)}) == 3
+
+
+def test_the_fleet_index_skips_unchanged_files_and_rereads_changed_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet_dir = make_fleet(tmp_path / "fleet", {f"h{i}": PROBED["6.1__a57"] for i in range(5)})
+    first = _fleet.load_fleet(fleet_dir)
+    assert (fleet_dir / _fleet.INDEX_NAME).is_file()
+    reads: list[Path] = []
+    real = _fleet._read_host_file
+
+    def counting(path: Path) -> Any:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(_fleet, "_read_host_file", counting)
+    assert _fleet.load_fleet(fleet_dir) == first and reads == []
+    add_host(fleet_dir, "h3", PROBED["7.2__a57"])  # an upgraded host, probed again
+    (fleet_dir / "h4.json").unlink()
+    again = _fleet.load_fleet(fleet_dir)
+    assert reads == [fleet_dir / "h3.json"]
+    assert sorted(again.hosts) == ["h0", "h1", "h2", "h3"]
+    assert again.profile_of("h3").kernel_release.startswith("7.2")
+    assert again.hosts["h0"] == first.hosts["h0"] != again.hosts["h3"]
+    (fleet_dir / _fleet.INDEX_NAME).write_text("{not json")  # a cache: a broken one is ignored
+    assert _fleet.load_fleet(fleet_dir) == again
+
+
+def test_plan_half_a_6_1_fleet_moving_to_7_2(tmp_path: Path) -> None:
+    """Upgraded hosts' fresh guests can no longer come back to the 6.1 hosts (PSCI 1.3); 6.1
+    guests keep every destination."""
+    hosts = {f"host-{i:02d}": PROBED["6.1__a57"] for i in range(1, 9)}
+    fleet = make_fleet(tmp_path / "fleet", hosts)
+    guests = tmp_path / "guests"
+    guest_file(guests, "vm-61", PROBED["6.1__a57"])
+    status, out, err = run("plan", "--fleet", str(fleet), "--change",
+                           f"host-0[1-4]={PROBED['7.2__a57']}", "--guests", str(guests),
+                           "--format", "json")
+    assert status == ExitStatus.OK and err == ""
+    result = json.loads(out)
+    classes = {c["class"]: c for c in result["classes"]}
+    upgraded = next(c for c in classes.values() if c["changed"])
+    staying = next(c for c in classes.values() if not c["changed"])
+    assert upgraded["hosts"] == ["host-01", "host-02", "host-03", "host-04"]
+    # The expected verdicts come from check on the same profiles.
+    expected = {}
+    for src, dst in ((upgraded, staying), (staying, upgraded), (upgraded, upgraded)):
+        def verdict(guest: Path, host: Path) -> tuple[bool, list[str]]:
+            xml = guest_file(tmp_path / "check", "g", guest)
+            code, text, _ = run("check", "--host-profile", str(host), "--domain-xml", str(xml),
+                                "--json")
+            return code == ExitStatus.OK, json.loads(text)["codes"]
+
+        before = verdict(PROBED["6.1__a57"], PROBED["6.1__a57"])
+        after = verdict(PROBED["7.2__a57"] if src["changed"] else PROBED["6.1__a57"],
+                        PROBED["7.2__a57"] if dst["changed"] else PROBED["6.1__a57"])
+        if before[0] != after[0]:
+            expected[(src["class"], dst["class"])] = after
+    got = {(p["source"], p["destination"]): (p["after"]["allowed"], p["after"]["codes"])
+           for p in result["pairs"]}
+    assert got == expected
+    assert got[(upgraded["class"], staying["class"])][0] is False
+    assert "PSCI_UNSUPPORTED" in got[(upgraded["class"], staying["class"])][1]
+    pair = next(p for p in result["pairs"] if p["source"] == upgraded["class"])
+    assert pair["host_pairs"] == 16 and pair["before"]["allowed"] is True
+    [guest] = result["guests"]
+    assert guest["lost"] == [] and guest["destinations_after"] == 8 and not guest["stranded"]
+
+
+def test_plan_rolling_7_2_back_strands_its_guests(tmp_path: Path) -> None:
+    hosts = {"a": PROBED["6.1__a57"], "b": PROBED["6.1__a57"], "c": PROBED["7.2__a57"],
+             "d": PROBED["7.2__a57"]}
+    fleet = make_fleet(tmp_path / "fleet", hosts)
+    guests = tmp_path / "guests"
+    guest_file(guests, "vm-72", PROBED["7.2__a57"])
+    guest_file(guests, "vm-61", PROBED["6.1__a57"])
+    (guests / "plain.xml").write_bytes(DOMAIN.replace(b"vm1", b"plain"))  # no record
+    args = ["plan", "--fleet", str(fleet), "--change", f"c={PROBED['6.1__a57']}",
+            f"d={PROBED['6.1__a57']}", "--guests", str(guests)]
+    result = json.loads(run(*args, "--format", "json")[1])
+    by_name = {g["domain"]: g for g in result["guests"]}
+    assert by_name["vm-72"]["destinations_before"] == 2
+    assert by_name["vm-72"]["stranded"] and by_name["vm-72"]["destinations_after"] == 0
+    [lost] = by_name["vm-72"]["lost"]
+    assert lost["hosts"] == 2 and "PSCI_UNSUPPORTED" in lost["after"]["codes"]
+    assert not by_name["vm-61"]["lost"] and by_name["vm-61"]["destinations_after"] == 4
+    assert result["skipped"] == ["plain: the domain carries no psci-hook record"]
+    text = run(*args)[1]
+    assert "left with no destination: 1\n      vm-72\n" in text
+    assert "vm-72: 2 -> 0 hosts; loses C2 (2 hosts): " in text
+    markdown = run(*args, "--format", "markdown")[1]
+    assert "| source | destination | host pairs | before | after |" in markdown
+
+
+def test_plan_new_one_way_moves_after_a_hardware_refresh(tmp_path: Path) -> None:
+    """Cortex-A76 hosts report a higher WORKAROUND level than A57 ones: guests booted on an A57
+    host can move to them, but only one way."""
+    fleet = make_fleet(tmp_path / "fleet", {f"n{i}": BUNDLED["6.1__a57"] for i in range(4)})
+    guests = tmp_path / "guests"
+    guest_file(guests, "vm-a57", BUNDLED["6.1__a57"])
+    status, out, _ = run("plan", "--fleet", str(fleet), "--change", f"n3={BUNDLED['6.1__a76']}",
+                         "--guests", str(guests), "--format", "json")
+    assert status == ExitStatus.OK
+    result = json.loads(out)
+    [guest] = result["guests"]
+    changed = next(c["class"] for c in result["classes"] if c["changed"])
+    assert guest["new_one_way"] == [changed] and guest["lost"] == []
+    to_new = [p for p in result["pairs"] if p["destination"] == changed
+              and p["source"] != changed]
+    assert to_new and all(p["after"]["one_way"] and "WA_RATCHET" in p["after"]["codes"]
+                          for p in to_new)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["where", "--domain-xml", "{guest}", "--fleet", "{missing}"], "cannot read the fleet"),
+    (["where", "--domain-xml", "{guest}", "--fleet", "{empty}"], "no host profiles"),
+    (["where", "--domain-xml", "{guest}", "--fleet", "{broken}"], "bad.json: malformed JSON"),
+    (["where", "--domain-xml", "{plain}", "--fleet", "{fleet}"], "carries no psci-hook record"),
+    (["where", "--domain-xml", "{guest}", "--fleet", "{fleet}", "--uri", "test:///default"],
+     "--uri goes with --domain"),
+    (["plan", "--fleet", "{fleet}", "--change", "nosuch=x.json"], "no host of the fleet"),
+    (["plan", "--fleet", "{fleet}", "--change", "h1"], "expected HOST=PROFILE"),
+    (["plan", "--fleet", "{fleet}", "--change", "h1={missing}"], "cannot read"),
+    (["plan", "--fleet", "{fleet}", "--change", "h1={a76}", "h*={a57}"], "two different"),
+    (["plan", "--fleet", "{fleet}", "--change", "h1={a76}", "--guests", "{missing}"],
+     "not a directory"),
+])
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path: Path, argv: list[str], message: str
+                                                 ) -> None:
+    fleet = make_fleet(tmp_path / "fleet", {"h1": BUNDLED["6.1__a57"]})
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "bad.json").write_text("{")
+    plain = tmp_path / "plain.xml"
+    plain.write_bytes(DOMAIN)
+    names = {"guest": str(guest_file(tmp_path, "g", BUNDLED["6.1__a57"])),
+             "missing": str(tmp_path / "missing"), "empty": str(tmp_path / "empty"),
+             "broken": str(tmp_path / "broken"), "plain": str(plain), "fleet": str(fleet),
+             "a76": str(BUNDLED["6.1__a76"]), "a57": str(BUNDLED["6.1__a57"])}
+    status, out, err = run(*(a.format(**names) for a in argv))
+    assert status == ExitStatus.BAD_INPUT and out == ""
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_where_reads_standard_input_and_prints_text(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path / "fleet", {"old": BUNDLED["5.10__a57"],
+                                            "same": BUNDLED["6.1__a57"],
+                                            "wider": BUNDLED["6.1__a76"]})
+    xml = guest_file(tmp_path, "vm42", BUNDLED["6.1__a57"]).read_bytes()
+    status, out, _ = run("where", "--domain-xml", "-", "--fleet", str(fleet), stdin=xml)
+    assert status == ExitStatus.OK
+    lines = out.splitlines()
+    assert lines[0] == "vm42: 2 of 3 hosts can take it now."
+    assert lines[1].startswith("  veto   old  ") and "CPREG_COUNT" in lines[1]
+    assert lines[2] == "  allow  same"
+    assert lines[3].startswith("  allow  wider  one-way")
+
+
+# ---------------------------------------------------------------------------------------------
+# Guests from libvirt: the in-process test driver (a real libvirt connection, no daemon)
+# ---------------------------------------------------------------------------------------------
+
+URI = "test:///default"
+
+
+@pytest.fixture
+def conn() -> Iterator[Any]:
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    c = libvirt.open(URI)
+    before = {d.UUIDString() for d in c.listAllDomains()}
+    yield c
+    for dom in c.listAllDomains():
+        if dom.UUIDString() not in before:
+            persistent = dom.isPersistent()
+            if dom.isActive():
+                dom.destroy()
+            if persistent:
+                dom.undefine()
+    c.close()
+
+
+def _libvirt_domain(tmp_path: Path, name: str, profile: Path) -> str:
+    xml = guest_file(tmp_path / "lv", name, profile).read_text()
+    xml = "\n".join(line for line in xml.splitlines() if "<uuid>" not in line)
+    return xml.replace("type='kvm'", "type='test'")
+
+
+def test_where_and_plan_read_guests_from_libvirt(conn: Any, tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path / "fleet", {"a": PROBED["6.1__a57"], "b": PROBED["7.2__a57"]})
+    conn.createXML(_libvirt_domain(tmp_path, "lv-72", PROBED["7.2__a57"]), 0)
+    conn.defineXML(_libvirt_domain(tmp_path, "lv-61", PROBED["6.1__a57"]))  # defined, not running
+    status, out, _ = run("where", "--domain", "lv-72", "--uri", URI, "--fleet", str(fleet),
+                         "--json")
+    assert status == ExitStatus.OK
+    assert [(h["host"], h["allowed"]) for h in json.loads(out)["hosts"]] == [("a", False),
+                                                                             ("b", True)]
+    status, out, _ = run("where", "--domain", "lv-61", "--uri", URI, "--fleet", str(fleet))
+    assert status == ExitStatus.OK and out.startswith("lv-61: 2 of 2 hosts")
+    status, _, err = run("where", "--domain", "nosuch", "--uri", URI, "--fleet", str(fleet))
+    assert status == ExitStatus.BAD_INPUT and "no domain named 'nosuch'" in err
+    status, out, _ = run("plan", "--fleet", str(fleet), "--change", f"b={PROBED['6.1__a57']}",
+                         "--uri", URI, "--format", "json")
+    result = json.loads(out)
+    assert [g["domain"] for g in result["guests"]] == ["lv-72"]  # running guests only
+    assert result["guests"][0]["stranded"]
+    assert any("not an aarch64 domain" in s for s in result["skipped"])  # the driver's own
+
+
+def test_where_without_a_reachable_libvirt_exits_20(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path / "fleet", {"a": PROBED["6.1__a57"]})
+    status, _, err = run("where", "--domain", "x", "--uri", f"qemu+unix:///system?socket="
+                         f"{tmp_path}/none.sock", "--fleet", str(fleet))
+    assert status == ExitStatus.LIBVIRT_UNAVAILABLE and err.count("\n") == 1
+
+
+def test_a_fleet_directory_written_by_hand_with_ssh_is_what_probe_prints() -> None:
+    """The README's gathering loop writes `probe --json` output; probe's own per-host keys are
+    the ones identity ignores (psci_hook/probe.py)."""
+    source = (REPO / "psci_hook" / "probe.py").read_text()
+    for key in ("hostname", "boot_id", "probed_at"):
+        assert f'profile["{key}"]' in source
+    assert os.path.basename(_fleet.INDEX_NAME).startswith(".")
