@@ -115,7 +115,7 @@ table.matrix th { background: #eceff1; font-weight: 600; white-space: nowrap; }
 table.matrix th.corner { font-weight: normal; font-size: .85em; }
 td a { color: inherit; text-decoration: none; display: block; }
 td .mark { font-weight: 700; font-size: 1.05em; }
-td .codes { display: block; font-size: .7em; line-height: 1.15; }
+th .codes, td .codes { display: block; font-weight: normal; font-size: .7em; line-height: 1.15; }
 .allow { background: #a5d6a7; }
 .warn { background: #fff59d; }
 .oneway { background: #90caf9; }
@@ -144,8 +144,8 @@ def _cell_kind(decision: Decision) -> str:
     return "warn" if _cell_mark(decision) != "Y" else "allow"
 
 
-def render_html(groups: list[list[str]], cells: list[tuple[str, str, Decision]],
-                generation: str) -> str:
+def render_html(groups: list[list[str]], profiles: dict[str, HostProfile],
+                cells: list[tuple[str, str, Decision]], generation: str) -> str:
     """One page, no scripts and no network resources (its Content-Security-Policy refuses
     them): the grid coloured by verdict, one row and column per group of identical profiles,
     each cell's codes, every reason listed below the grid, and a legend."""
@@ -169,11 +169,13 @@ def render_html(groups: list[list[str]], cells: list[tuple[str, str, Decision]],
                f'<span class="swatch {kind}"></span>{esc(mark)} {esc(text)}'
                for kind, mark, text in _KINDS) + "</p>",
            '<table class="matrix"><tr><th class="corner">source \\ destination</th>']
-    out += [f'<th title="{esc(members[d])}">{esc(label[d])}</th>' for d in order]
+    out += [f'<th title="{esc(members[d])}">{esc(label[d])}<span class="codes">'
+            f"{esc(profiles[d].kernel_release)}</span></th>" for d in order]
     out.append("</tr>")
     reasons: list[str] = []
     for s in order:
-        out.append(f'<tr><th title="{esc(members[s])}">{esc(label[s])}</th>')
+        out.append(f'<tr><th title="{esc(members[s])}">{esc(label[s])}<span class="codes">'
+                   f"{esc(profiles[s].kernel_release)}</span></th>")
         for d in order:
             decision = by_pair[(s, d)]
             kind = _cell_kind(decision)
@@ -219,7 +221,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if args.format == "html":
         groups = group_identical(profiles)
         distinct = {names[0]: profiles[names[0]] for names in groups}
-        env.write_out(render_html(groups, compute(distinct, args.qemu), args.qemu))
+        env.write_out(render_html(groups, distinct, compute(distinct, args.qemu), args.qemu))
         return ExitStatus.OK
     names = list(profiles)
     cells = compute(profiles, args.qemu)

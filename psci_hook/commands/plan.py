@@ -110,9 +110,12 @@ def verdict_text(verdict: Verdict) -> str:
     return f"veto {' '.join(verdict.blocking_codes)}{remedy}"
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def _hosts_text(result: Plan, index: int) -> str:
-    hosts = result.classes[index].hosts
-    return f"{_class_id(index)} ({len(hosts)} host{'s' if len(hosts) != 1 else ''})"
+    return f"{_class_id(index)} ({_count(len(result.classes[index].hosts), 'host')})"
 
 
 def render(result: Plan, skipped: list[str], guests_given: bool, markdown: bool) -> str:
@@ -143,7 +146,8 @@ def render(result: Plan, skipped: list[str], guests_given: bool, markdown: bool)
         src, dst = _class_id(pair.source), _class_id(pair.destination)
         was, now = verdict_text(pair.before), verdict_text(pair.after)
         lines.append(f"| {src} | {dst} | {pair.pairs} | {was} | {now} |" if markdown
-                     else f"  {src} -> {dst}  ({pair.pairs} host pairs): {was}  =>  {now}")
+                     else f"  {src} -> {dst}  ({_count(pair.pairs, 'host pair')}): {was}  =>  "
+                          f"{now}")
 
     if guests_given:
         lines += _guest_lines(result, skipped, bullet, head, markdown)
