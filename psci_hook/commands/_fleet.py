@@ -74,21 +74,20 @@ def load_fleet(directory: Path) -> Fleet:
     profiles: dict[str, HostProfile] = {}
     hosts: dict[str, str] = {}
     for entry in _host_files(directory):
-        path = directory / entry.name
         try:
             signature = _signature(entry.stat())
         except OSError as exc:
-            raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+            raise InputError(f"{entry.path}: cannot read: {exc.strerror or exc}") from None
         known = old_files.get(entry.name)
         if isinstance(known, list) and known[:4] == signature and known[4] in old_profiles:
             identity = known[4]
             content = old_profiles[identity]
         else:
-            content, identity = _read_host_file(path)
+            content, identity = _read_host_file(Path(entry.path))
         if identity not in profiles:
             if not isinstance(content, dict):
                 raise InputError(f"{directory / INDEX_NAME}: corrupt; delete it")
-            profiles[identity] = _profile(content, str(path))
+            profiles[identity] = _profile(content, entry.path)
             stored[identity] = content
         files[entry.name] = [*signature, identity]
         hosts[entry.name[:-len(HOST_SUFFIX)]] = identity

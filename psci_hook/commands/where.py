@@ -68,13 +68,18 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         return ExitStatus.BAD_INPUT
     verdicts = where(guest, fleet, Decider(args.qemu))
     if args.json:
-        env.write_out(json.dumps({
-            "domain": name,
-            "hosts": [{"host": hv.host, **hv.verdict.to_dict()} for hv in verdicts],
-        }, indent=1) + "\n")
+        env.write_out(render_json(name, verdicts))
     else:
         env.write_out(render_text(name, verdicts))
     return ExitStatus.OK if any(hv.verdict.allowed for hv in verdicts) else ExitStatus.VETO
+
+
+def render_json(name: str, verdicts: list[HostVerdict]) -> str:
+    """One host per line: readable, and json's C encoder (indent= would use the pure-Python
+    one, which takes a second for 10,000 hosts)."""
+    hosts = ",\n  ".join(json.dumps({"host": hv.host, **hv.verdict.to_dict()})
+                          for hv in verdicts)
+    return f'{{"domain": {json.dumps(name)},\n "hosts": [\n  {hosts}\n ]}}\n'
 
 
 def render_text(name: str, verdicts: list[HostVerdict]) -> str:
