@@ -12,7 +12,8 @@ own hostname, boot id and probe time, so no two files are byte-identical. Half t
 named host-a-*, half host-b-*; ``plan`` moves every host-a-* host to the probed 7.2 profile.
 
 Measured: the wall time of the whole command as a user runs it (interpreter start included),
-median of a few runs, and its ratio to the same command on 40 hosts:
+median of 3 rounds (every size measured in each round, interleaved), and its ratio to the
+same command on 40 hosts:
 - ``where --json`` for a guest booted on a 6.1 host, cold (no fleet index: every file read and
   parsed) and warm (the index in the fleet directory is current: one stat per file);
 - ``plan --format json`` with 30 guests (one booted on each distinct profile), warm.
@@ -89,19 +90,13 @@ def build_guests(directory: Path, profiles: list[tuple[str, dict[str, Any]]]) ->
     return directory / "vm-probed-6.1__a57.xml"
 
 
-def timed(argv: Sequence[str], runs: int, before: Any = None) -> tuple[float, bytes]:
-    times = []
-    out = b""
-    for _ in range(runs):
-        if before is not None:
-            before()
-        started = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, check=False, cwd="/")
-        times.append(time.perf_counter() - started)
-        if proc.returncode not in (0, 1):
-            raise SystemExit(f"{argv[4]}: exit {proc.returncode}: {proc.stderr.decode()}")
-        out = proc.stdout
-    return statistics.median(times), out
+def timed_once(argv: Sequence[str]) -> tuple[float, bytes]:
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, check=False, cwd="/")
+    elapsed = time.perf_counter() - started
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"{argv[4]}: exit {proc.returncode}: {proc.stderr.decode()}")
+    return elapsed, proc.stdout
 
 
 def engine_calls(fleet: Path, guests: Path, guest: Path) -> dict[str, int]:
@@ -125,37 +120,46 @@ def engine_calls(fleet: Path, guests: Path, guest: Path) -> dict[str, int]:
 
 
 def collect(quick: bool = False) -> dict[str, Any]:
+    """Every size is measured in each round, interleaved, so that a busy machine slows every
+    size alike; the medians over the rounds are reported."""
     sizes = (40, 1000) if quick else (40, 1000, 10000)
-    runs = 1 if quick else 5
+    rounds = 1 if quick else 3
     profiles = distinct_profiles()
-    rows = []
+    cli = [sys.executable, "-I", "-m", "psci_hook"]
     with tempfile.TemporaryDirectory(prefix="psci-bench-fleet-") as tmp:
         guests = Path(tmp) / "guests"
         guest = build_guests(guests, profiles)
+        fleets = {}
         for hosts in sizes:
-            fleet = Path(tmp) / f"fleet-{hosts}"
-            started = time.perf_counter()
-            build_fleet(fleet, hosts, profiles)
-            built = time.perf_counter() - started
-            cli = [sys.executable, "-I", "-m", "psci_hook"]
-            where_argv = [*cli, "where", "--domain-xml", str(guest), "--fleet", str(fleet),
-                          "--json"]
-            n = max(1, runs if hosts < 10000 else runs // 2)
-            cold, _ = timed(where_argv, n,
-                            before=lambda f=fleet: (f / INDEX_NAME).unlink(missing_ok=True))
-            timed(where_argv, 1)  # writes the index
-            warm, out = timed(where_argv, n)
-            answered = len(json.loads(out)["hosts"])
+            fleets[hosts] = Path(tmp) / f"fleet-{hosts}"
+            build_fleet(fleets[hosts], hosts, profiles)
+        argv = {hosts: {
+            "where": [*cli, "where", "--domain-xml", str(guest), "--fleet", str(fleet),
+                      "--json"],
+            "plan": [*cli, "plan", "--fleet", str(fleet), "--change",
+                     f"host-a-*={PROBED / '7.2__a57.json'}", "--guests", str(guests),
+                     "--format", "json"]} for hosts, fleet in fleets.items()}
+        times: dict[int, dict[str, list[float]]] = {
+            h: {"where_cold_s": [], "where_warm_s": [], "plan_warm_s": []} for h in sizes}
+        outputs: dict[int, dict[str, bytes]] = {h: {} for h in sizes}
+        for _ in range(rounds):
+            for hosts in sizes:
+                (fleets[hosts] / INDEX_NAME).unlink(missing_ok=True)
+                elapsed, _ = timed_once(argv[hosts]["where"])  # reads every file, writes the index
+                times[hosts]["where_cold_s"].append(elapsed)
+                elapsed, outputs[hosts]["where"] = timed_once(argv[hosts]["where"])
+                times[hosts]["where_warm_s"].append(elapsed)
+                elapsed, outputs[hosts]["plan"] = timed_once(argv[hosts]["plan"])
+                times[hosts]["plan_warm_s"].append(elapsed)
+        rows = []
+        for hosts in sizes:
+            answered = len(json.loads(outputs[hosts]["where"])["hosts"])
             assert answered == hosts, (answered, hosts)
-            plan_argv = [*cli, "plan", "--fleet", str(fleet), "--change",
-                         f"host-a-*={PROBED / '7.2__a57.json'}", "--guests", str(guests),
-                         "--format", "json"]
-            plan_s, out = timed(plan_argv, n)
-            result = json.loads(out)
-            calls = engine_calls(fleet, guests, guest)
-            rows.append({"hosts": hosts, "distinct_profiles": len(profiles), "runs": n,
-                         "build_s": built, "where_cold_s": cold, "where_warm_s": warm,
-                         "plan_warm_s": plan_s, "plan_guests": len(result["guests"]),
+            result = json.loads(outputs[hosts]["plan"])
+            calls = engine_calls(fleets[hosts], guests, guest)
+            rows.append({"hosts": hosts, "distinct_profiles": len(profiles), "runs": rounds,
+                         **{k: statistics.median(v) for k, v in times[hosts].items()},
+                         "plan_guests": len(result["guests"]),
                          "plan_changed_pairs": len(result["pairs"]),
                          "where_engine_calls": calls["where"],
                          "plan_engine_calls": calls["plan"]})

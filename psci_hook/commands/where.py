@@ -20,7 +20,7 @@ from psci_hook.commands._fleet import (
     read_xml_file,
 )
 from psci_hook.environment import Environment
-from psci_hook.fleet import Decider, HostVerdict, where
+from psci_hook.fleet import Decider, HostVerdict, Verdict, where
 from psci_hook.status import ExitStatus
 
 HELP = ("every host of a fleet directory a guest can migrate to now, the blocking codes for "
@@ -75,9 +75,13 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 
 def render_json(name: str, verdicts: list[HostVerdict]) -> str:
-    """One host per line: readable, and json's C encoder (indent= would use the pure-Python
-    one, which takes a second for 10,000 hosts)."""
-    hosts = ",\n  ".join(json.dumps({"host": hv.host, **hv.verdict.to_dict()})
+    """One host per line: readable, and fast for 10,000 hosts (json's indent= takes the
+    pure-Python encoder, a second for them; each distinct verdict is encoded once)."""
+    encoded: dict[Verdict, str] = {}
+    for hv in verdicts:
+        if hv.verdict not in encoded:
+            encoded[hv.verdict] = json.dumps(hv.verdict.to_dict())[1:]
+    hosts = ",\n  ".join(f'{{"host": {json.dumps(hv.host)}, {encoded[hv.verdict]}'
                           for hv in verdicts)
     return f'{{"domain": {json.dumps(name)},\n "hosts": [\n  {hosts}\n ]}}\n'
 
