@@ -180,3 +180,11 @@ def test_every_profile_is_one_row_unless_identical(profiles: list[str]) -> None:
     _, out, _ = run("matrix", *args, "--format", "html")
     expected = len(profiles) or len(BUNDLED)
     assert out.count("<tr>") == expected + 1 and out.count("<td ") == expected ** 2
+
+
+def test_names_are_escaped(tmp_path: Path) -> None:
+    odd = tmp_path / 'a&b<i>"x".json'
+    odd.write_text(BUNDLED["6.1__a57"].read_text())
+    status, out, _ = run("matrix", str(odd), str(BUNDLED["6.12__a57"]), "--format", "html")
+    assert status == ExitStatus.OK
+    assert "a&amp;b&lt;i&gt;&quot;x&quot;" in out and "<i>" not in out
