@@ -102,6 +102,21 @@ def test_where_agrees_with_check_for_every_host_of_a_fleet_of_every_profile(
     assert compared == len(sources) * len(host_files)
 
 
+def test_where_agrees_with_check_for_a_forced_qemu_generation(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path / "fleet", {k.replace("__", "-"): v for k, v in PROBED.items()})
+    host_files = sorted(fleet.glob("*.json"))
+    for name, profile in PROBED.items():
+        xml = guest_file(tmp_path / "guests", name, profile)
+        _, out, _ = run("where", "--domain-xml", str(xml), "--fleet", str(fleet), "--json",
+                        "--qemu", "tolerant")
+        for entry, host_file in zip(json.loads(out)["hosts"], host_files):
+            status, said, _ = run("check", "--host-profile", str(host_file), "--domain-xml",
+                                  str(xml), "--json", "--qemu", "tolerant")
+            assert json.loads(said)["qemu_generation"] == "tolerant"
+            assert (entry["allowed"], entry["codes"]) == (
+                status == ExitStatus.OK, json.loads(said)["codes"]), (name, entry["host"])
+
+
 def test_identical_profiles_are_decided_once(every_profile_fleet: tuple[Path, dict[str, Path]]
                                              ) -> None:
     fleet_dir, sources = every_profile_fleet
