@@ -1,0 +1,270 @@
+"""Rules that a small, realistic slip would break without any other test noticing.
+
+Each test here was written against a bug planted in the code (issue 19, and the survivors of
+benchmarks/mutation.py): the legacy merge's reference point, the version thresholds at their
+boundary, the lenient reading of a broken configuration, the exact bytes of an insertion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from conftest import fw, make_profile
+from hooktools import DOMAIN, CollectingSink, profile_file, stamped
+
+from psci_hook import registers as regs
+from psci_hook.engine import (
+    WA2_SIMPLIFIED_SINCE,
+    WRITABLE_ID_REGS_SINCE,
+    GuestState,
+    decide,
+    judge_firmware_value,
+)
+from psci_hook.environment import Environment
+from psci_hook.hook import main
+from psci_hook.profile import HostProfile, qemu_generation_for_version
+from psci_hook.record import NAMESPACE, GuestRecord, HistoryEntry, Origin, Override, record_xml
+from psci_hook.splice import splice_record
+from psci_hook.status import ExitStatus
+
+V = regs.psci_value
+WA2 = regs.SMCCC_ARCH_WORKAROUND_2.reg_id
+
+
+# ---------------------------------------------------------------------------------------------
+# The legacy merge: below the DESTINATION's last register the load fails, above it the register
+# is dropped. The source's own highest register plays no part.
+# ---------------------------------------------------------------------------------------------
+
+SYSREGS = [regs.sysreg_id(3, 0, 1, 0, i) for i in range(8)]
+
+
+def test_the_legacy_merge_compares_with_the_destinations_last_register() -> None:
+    source_fw = fw(PSCI_VERSION=V(1, 1), SMCCC_ARCH_WORKAROUND_1=1, SMCCC_ARCH_WORKAROUND_2=0,
+                   SMCCC_ARCH_WORKAROUND_3=1, STD_BMAP=1, STD_HYP_BMAP=1, VENDOR_HYP_BMAP=3)
+    dest_fw = fw(PSCI_VERSION=V(1, 1), SMCCC_ARCH_WORKAROUND_1=1)
+    source = make_profile("6.1.0", source_fw, {"none": tuple(sorted({*SYSREGS, *source_fw}))})
+    # The destination lacks every other system register and everything above WORKAROUND_1; a
+    # dozen registers of its own keep the count check out of the way.
+    own = [regs.sysreg_id(3, 0, 2, 0, i) for i in range(12)]
+    dest_list = tuple(sorted({*SYSREGS[::2], *own, *dest_fw}))
+    destination = make_profile("5.4.0", dest_fw, {"none": dest_list})
+    decision = decide(GuestState.booted_on(source, frozenset()), destination, "legacy")
+    merged = {f.reg_id: f.code for f in decision.findings
+              if f.reg_id is not None and f.reg_id not in dest_list}
+    below = {i: "REG_MISSING" for i in SYSREGS[1::2]}
+    above = {WA2: "REG_DROPPED",  # NOT_AVAIL: nothing lost
+             regs.SMCCC_ARCH_WORKAROUND_3.reg_id: "WA_DROPPED",
+             regs.STD_BMAP.reg_id: "REG_DROPPED", regs.STD_HYP_BMAP.reg_id: "REG_DROPPED",
+             regs.VENDOR_HYP_BMAP.reg_id: "REG_DROPPED"}
+    assert merged == {**below, **above}
+    assert max(dest_list) == regs.SMCCC_ARCH_WORKAROUND_1.reg_id < min(above)
+    assert decision.codes == ["REG_MISSING", "WA_DROPPED", "REG_DROPPED"]
+    # What is dropped is not carried: the guest keeps the destination's registers only.
+    assert set(decision.guest_after.registers) == set(dest_fw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Version thresholds, at the boundary.
+# ---------------------------------------------------------------------------------------------
+
+MMFR1 = regs.SYSREG_BY_NAME["ID_AA64MMFR1_EL1"]
+
+
+@pytest.mark.parametrize(("release", "writable"), [
+    ("6.6.63-arm64", False), ("6.7.0", True), ("6.7-rc1", True), ("6.10.0", True),
+    ("5.15.0", False), ("7.0.0", True), ("custom-kernel", False),
+])
+def test_writable_id_registers_from_6_7(release: str, writable: bool) -> None:
+    assert WRITABLE_ID_REGS_SINCE == (6, 7)
+    guest = GuestState(registers={}, id_registers={"ID_AA64MMFR1_EL1": 0x1010211122},
+                       cache_geometry={"CCSIDR_0": 2})
+    destination = make_profile(release, {}, id_registers={"ID_AA64MMFR1_EL1": 0x11010211122},
+                               cache_geometry={"CCSIDR_0": 3})
+    decision = decide(guest, destination, "legacy")
+    found = {f.register: (f.code, f.outcome, f.inferred) for f in decision.findings
+             if f.register is not None}
+    if writable:
+        assert found == {"ID_AA64MMFR1_EL1": ("ID_REG_UNVERIFIED", "unverified", True),
+                         "CCSIDR_0": ("CACHE_UNVERIFIED", "unverified", True)}
+        assert not decision.vetoed
+    else:
+        assert found == {"ID_AA64MMFR1_EL1": ("ID_REG_MISMATCH", "rejected", True),
+                         "CCSIDR_0": ("CACHE_MISMATCH", "rejected", True)}
+        assert decision.vetoed
+
+
+@pytest.mark.parametrize(("release", "simplified"), [
+    ("5.9.16", False), ("5.10.0", True), ("5.10-rc1", True), ("5.3.0", False), ("6.1.0", True),
+])
+def test_workaround_2_narrowed_from_5_10(release: str, simplified: bool) -> None:
+    # UNKNOWN (1) against a NOT_AVAIL (0) destination: above it as is, equal once narrowed.
+    assert WA2_SIMPLIFIED_SINCE == (5, 10)
+    judgement = judge_firmware_value(WA2, 1, make_profile(release, {WA2: 0}))
+    assert judgement.accepted is simplified and judgement.inferred
+    assert judgement.code == ("ACCEPTED" if simplified else "WA_LEVEL_TOO_HIGH")
+
+
+@pytest.mark.parametrize(("version", "generation"), [
+    ("11.0.9", "legacy"), ("11.1.0", "tolerant"), ("11.1", "tolerant"), ("12.0.0", "tolerant"),
+    ("10.2.0", "legacy"), ("7.2.0", "legacy"),
+])
+def test_tolerant_qemu_from_11_1(version: str, generation: str) -> None:
+    assert qemu_generation_for_version(version) == generation
+    profile = make_profile("6.12.0", {}, qemu_version=version)
+    assert profile.generation == generation
+    assert dataclasses.replace(profile, qemu_generation="legacy").generation == "legacy"
+
+
+# ---------------------------------------------------------------------------------------------
+# A configuration that does not parse: an on_error = veto line in it still counts, in any case.
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "status"), [
+    ("[hook\non_error = veto\n", ExitStatus.INTERNAL_ERROR),
+    ("[hook]\nON_ERROR = VETO\nmode = strict\n", ExitStatus.INTERNAL_ERROR),
+    ("[hook]\n  On_Error : Veto  \nmode = strict\n", ExitStatus.INTERNAL_ERROR),
+    ("[log]\non_error=veto\n[hook]\nmode = strict\n", ExitStatus.INTERNAL_ERROR),
+    ("[hook]\non_error = allow\nmode = strict\n", ExitStatus.OK),
+    ("[hook]\non_error = vetoed\nmode = strict\n", ExitStatus.OK),
+    ("[hook]\n#on_error = veto\nmode = strict\n", ExitStatus.OK),
+    ("[hook]\nmode = strict\n", ExitStatus.OK),
+])
+def test_a_broken_configuration_keeps_its_on_error_veto(
+        tmp_path: Path, bundled: dict[str, HostProfile], text: str, status: ExitStatus) -> None:
+    config = tmp_path / "broken.conf"
+    config.write_text(text)
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    env = Environment.for_test(["hook", "vm1", "migrate", "begin", "-"], domain,
+                               {"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
+    sink = CollectingSink()
+    assert main(env, sink) == status
+    err = env.stderr.getvalue()  # type: ignore[attr-defined]
+    assert err.startswith("psci-hook: ERROR INTERNAL_ERROR domain vm1: configuration unusable: "
+                          f"{config}: ")
+    assert err.endswith("; migration refused (on_error = veto)\n" if status else
+                        "; migration allowed unchecked (on_error = allow)\n")
+    assert env.stdout.getvalue() == b""  # type: ignore[attr-defined]
+    assert sink.events[0]["policy"] == {"mode": "enforce", "unrecorded": "allow",
+                                        "annotate": True,
+                                        "on_error": "veto" if status else "allow"}
+
+
+def test_an_unreadable_configuration_cannot_say_veto(tmp_path: Path) -> None:
+    config = tmp_path / "dir.conf"
+    config.mkdir()
+    env = Environment.for_test(["hook", "vm1", "migrate", "begin", "-"], DOMAIN,
+                               {"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
+    assert main(env, CollectingSink()) == ExitStatus.OK
+    assert "configuration unusable" in env.stderr.getvalue()  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------
+# The bytes of an insertion: our element on its own line at its siblings' indentation, the
+# closing tags after it where they were.
+# ---------------------------------------------------------------------------------------------
+
+
+def render(indent: str) -> str:
+    return f"<r>\n{indent}  <c/>\n{indent}</r>"
+
+
+HEAD = b"<domain type='kvm'>\n  <name>vm1</name>\n"
+RECORD_AT_4 = b"<r>\n      <c/>\n    </r>"
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    # Inside <metadata>, after its other children.
+    (HEAD + b"  <metadata>\n    <a:x xmlns:a='urn:a'/>\n  </metadata>\n</domain>\n",
+     HEAD + b"  <metadata>\n    <a:x xmlns:a='urn:a'/>\n    " + RECORD_AT_4
+     + b"\n  </metadata>\n</domain>\n"),
+    # No <metadata>: a new one, last in <domain>.
+    (HEAD + b"</domain>\n",
+     HEAD + b"  <metadata>\n    " + RECORD_AT_4 + b"\n  </metadata>\n</domain>\n"),
+    # An empty <metadata/> becomes a whole element.
+    (HEAD + b"  <metadata/>\n</domain>",
+     HEAD + b"  <metadata>\n    " + RECORD_AT_4 + b"\n  </metadata>\n</domain>"),
+    # Our old record is replaced where it is.
+    (HEAD + b"  <metadata>\n    <p:record xmlns:p='" + NAMESPACE.encode() + b"'/>\n"
+     b"    <a:x xmlns:a='urn:a'/>\n  </metadata>\n</domain>\n",
+     HEAD + b"  <metadata>\n    " + RECORD_AT_4 + b"\n    <a:x xmlns:a='urn:a'/>\n"
+     b"  </metadata>\n</domain>\n"),
+    # A closing tag on the same line as the last child: nothing moves, nothing is added.
+    (HEAD + b"  <metadata><a:x xmlns:a='urn:a'/></metadata>\n</domain>\n",
+     HEAD + b"  <metadata><a:x xmlns:a='urn:a'/>" + RECORD_AT_4 + b"</metadata>\n</domain>\n"),
+    (b"<domain><name>vm1</name></domain>",
+     b"<domain><name>vm1</name><metadata>\n    " + RECORD_AT_4 + b"\n  </metadata></domain>"),
+])
+def test_the_exact_bytes_of_an_insertion(before: bytes, after: bytes) -> None:
+    spliced = splice_record(before, render)
+    assert spliced.data == after
+    start, end = spliced.inserted
+    assert spliced.data[:start] + spliced.data[end:] == before if spliced.replaced is None \
+        else spliced.data[:start] == before[:spliced.replaced[0]]
+
+
+def test_the_indentation_unit_is_the_documents() -> None:
+    before = (b"<domain type='kvm'>\n    <name>vm1</name>\n    <metadata>\n"
+              b"        <a:x xmlns:a='urn:a'/>\n    </metadata>\n</domain>\n")
+    after = (b"<domain type='kvm'>\n    <name>vm1</name>\n    <metadata>\n"
+             b"        <a:x xmlns:a='urn:a'/>\n        <r>\n          <c/>\n        </r>\n"
+             b"    </metadata>\n</domain>\n")
+    assert splice_record(before, render).data == after
+    tabs = b"<domain>\n\t<name>vm1</name>\n</domain>\n"
+    assert splice_record(tabs, render).data == (
+        b"<domain>\n\t<name>vm1</name>\n\t<metadata>\n\t\t<r>\n\t\t  <c/>\n\t\t</r>\n"
+        b"\t</metadata>\n</domain>\n")
+
+
+def test_the_exact_text_of_a_record() -> None:
+    state = GuestState(registers=fw(PSCI_VERSION=V(1, 1), SMCCC_ARCH_WORKAROUND_2=0x12),
+                       features=frozenset({"pmu"}), id_registers={"ID_AA64MMFR1_EL1": 0x11},
+                       cache_geometry={"CCSIDR_0": 2})
+    record = GuestRecord(state, Origin("booted", "h\u00e9", "6.1.0", "2026-11-30T00:00:00Z",
+                                       "u-1"),
+                         (HistoryEntry("2026-12-01T00:00:00Z", "migrate", "b", "allow",
+                                       ("WA_RATCHET",)),),
+                         Override(frozenset({"WA_DROPPED", "REG_MISSING"}), "why"))
+    assert record_xml(record, "    ") == (
+        f'<psci:record xmlns:psci="{NAMESPACE}" version="1">\n'
+        '      <psci:origin event="booted" host="h&#233;" host-uuid="u-1" kernel="6.1.0" '
+        'time="2026-11-30T00:00:00Z"/>\n'
+        '      <psci:vcpu features="pmu"/>\n'
+        '      <psci:firmware>\n'
+        '        <psci:reg name="PSCI_VERSION" value="0x10001"/>\n'
+        '        <psci:reg name="SMCCC_ARCH_WORKAROUND_2" value="0x12"/>\n'
+        '      </psci:firmware>\n'
+        '      <psci:id-registers>\n'
+        '        <psci:reg name="ID_AA64MMFR1_EL1" value="0x11"/>\n'
+        '      </psci:id-registers>\n'
+        '      <psci:cache-geometry>\n'
+        '        <psci:reg name="CCSIDR_0" value="0x2"/>\n'
+        '      </psci:cache-geometry>\n'
+        '      <psci:override codes="REG_MISSING WA_DROPPED" reason="why"/>\n'
+        '      <psci:history>\n'
+        '        <psci:check time="2026-12-01T00:00:00Z" op="migrate" host="b" '
+        'verdict="allow" codes="WA_RATCHET"/>\n'
+        '      </psci:history>\n'
+        '    </psci:record>')
+
+
+def test_the_hook_inserts_the_record_before_the_closing_metadata_line(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    domain = DOMAIN.replace(b"</domain>", b"  <metadata>\n    <a:x xmlns:a='urn:a'/>\n"
+                            b"  </metadata>\n</domain>")
+    unrecorded_then_annotated = stamped(domain, GuestState.booted_on(bundled["6.1__a57"]))
+    head, _, rest = unrecorded_then_annotated.partition(b"    <psci:record ")
+    assert head.endswith(b"<a:x xmlns:a='urn:a'/>\n") and rest.endswith(
+        b"\n    </psci:record>\n  </metadata>\n</domain>\n")
+    config = tmp_path / "c.conf"
+    config.write_text(f"[host]\nprofile = {profile_file(tmp_path, bundled['6.12__a57'])}\n"
+                      "[log]\ntarget = none\n")
+    env = Environment.for_test(["hook", "vm1", "migrate", "begin", "-"],
+                               unrecorded_then_annotated, {"PSCI_HOOK_CONFIG": str(config)},
+                               run_dir=tmp_path)
+    assert main(env, CollectingSink()) == ExitStatus.OK
+    out = env.stdout.getvalue()  # type: ignore[attr-defined]
+    assert out.startswith(head + b"    <psci:record ")
+    assert out.endswith(b"\n    </psci:record>\n  </metadata>\n</domain>\n")
