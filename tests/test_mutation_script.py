@@ -1,0 +1,60 @@
+"""benchmarks/mutation.py runs by hand, once per release; here only its arguments and its
+report, so that a release does not find it broken. The mutation run itself takes far too long
+for the fast tests."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "mutation.py"
+
+
+@pytest.fixture(scope="module")
+def mutation() -> Any:
+    spec = importlib.util.spec_from_file_location("mutation", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_core_modules_exist(mutation: Any) -> None:
+    package = SCRIPT.parent.parent / "psci_hook"
+    assert mutation.CORE == ("engine", "record", "splice", "hook", "policy", "profile")
+    assert all((package / f"{m}.py").is_file() for m in mutation.CORE)
+
+
+def test_arguments(mutation: Any, tmp_path: Path) -> None:
+    args = mutation.parse_args([])
+    assert args.modules == list(mutation.CORE) and args.children == 1 and args.lock is None
+    args = mutation.parse_args(["policy", "engine", "policy", "--workdir", str(tmp_path),
+                                "--lock", "/tmp/x.lock", "--json", str(tmp_path / "r.json")])
+    assert args.modules == ["policy", "engine"] and args.workdir == tmp_path
+    assert args.lock == Path("/tmp/x.lock")
+
+
+@pytest.mark.parametrize("argv", [["registers"], ["--children", "0"], ["--frobnicate"]])
+def test_bad_arguments_exit_2(mutation: Any, argv: list[str],
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        mutation.parse_args(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_the_report_gives_the_score_and_names_every_survivor(mutation: Any) -> None:
+    results = mutation.summarise("policy", {"psci_hook.policy.x_f__mutmut_1": "killed",
+                                            "psci_hook.policy.x_f__mutmut_2": "killed",
+                                            "psci_hook.policy.x_f__mutmut_3": "timeout",
+                                            "psci_hook.policy.x_g__mutmut_1": "survived",
+                                            "psci_hook.policy.x_h__mutmut_1": "no tests"})
+    assert results["score"] == 75.0
+    text = mutation.report({"policy": results})
+    assert text.splitlines()[1].split() == ["policy", "5", "2", "1", "1", "1", "75.0%"]
+    assert "psci_hook.policy.x_g__mutmut_1: survived" in text
+    assert "psci_hook.policy.x_h__mutmut_1: no tests" in text
+    assert "x_f__mutmut_1" not in text
