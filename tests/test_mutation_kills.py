@@ -268,3 +268,125 @@ def test_the_hook_inserts_the_record_before_the_closing_metadata_line(
     out = env.stdout.getvalue()  # type: ignore[attr-defined]
     assert out.startswith(head + b"    <psci:record ")
     assert out.endswith(b"\n    </psci:record>\n  </metadata>\n</domain>\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The hook's edges, in-process (tests/test_hardening.py runs them as libvirt does; a mutation
+# run only sees what runs in its own process).
+# ---------------------------------------------------------------------------------------------
+
+
+def _hook_env(tmp_path: Path, argv: list[str], stdin: bytes, destination: HostProfile,
+              monotonic: list[float] | None = None) -> Environment:
+    config = tmp_path / "c.conf"
+    config.write_text(f"[host]\nprofile = {profile_file(tmp_path, destination)}\n"
+                      "[log]\ntarget = none\n")
+    env = Environment.for_test(argv, stdin, {"PSCI_HOOK_CONFIG": str(config)},
+                               run_dir=tmp_path)
+    if monotonic is not None:
+        ticks = iter(monotonic)
+        env.monotonic = lambda: next(ticks)
+    return env
+
+
+def test_a_veto_event_lists_twelve_findings_and_counts_the_rest(tmp_path: Path) -> None:
+    # Twenty system registers the destination lacks, all below its last one: twenty REG_MISSING.
+    missing = [regs.sysreg_id(3, 0, 5, 1, i) for i in range(8)] + [
+        regs.sysreg_id(3, 0, 5, 2, i) for i in range(8)] + [
+        regs.sysreg_id(3, 0, 5, 3, i) for i in range(4)]
+    kept = [regs.sysreg_id(3, 0, 6, 0, i) for i in range(8)]
+    own = [regs.sysreg_id(3, 0, 7, 0, i) for i in range(8)] + [
+        regs.sysreg_id(3, 0, 7, 1, i) for i in range(8)] + [
+        regs.sysreg_id(3, 0, 7, 2, i) for i in range(8)]
+    registers = fw(PSCI_VERSION=V(1, 1))
+    source = make_profile("6.1.0", registers, {"none": tuple(sorted({*missing, *kept,
+                                                                      *registers}))})
+    destination = make_profile("6.1.0", registers, {"none": tuple(sorted({*kept, *own,
+                                                                           *registers}))})
+    domain = stamped(DOMAIN, GuestState.booted_on(source, frozenset()))
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain, destination)
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.VETO
+    event = sink.events[0]
+    listed = event["findings"]
+    assert isinstance(listed, list) and len(listed) == 12 and event["more_findings"] == 8
+    assert listed[0] == {"code": "REG_MISSING", "register": regs.register_name(missing[0])}
+    assert event["codes"] == ["REG_MISSING"] and event["decision"] == "veto"
+    assert event["reason"] == env.stderr.getvalue().split(": ", 2)[2].split(" (")[0]  # type: ignore[attr-defined]
+
+
+def test_the_event_carries_the_run_and_the_destination(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                    bundled["6.12__a57"], monotonic=[100.0, 100.0, 100.25])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    event = sink.events[0]
+    from psci_hook import __version__
+
+    assert (event["duration_ms"], event["version"], event["op"]) == (250.0, __version__,
+                                                                     "migrate")
+    assert (event["domain"], event["uuid"]) == ("vm1", "c7a5fdbd-edaf-9455-926a-d65c16db1809")
+    import socket
+
+    assert event["destination"] == {"hostname": socket.gethostname(),
+                                    "kernel": bundled["6.12__a57"].kernel_release}
+    assert event["guest_origin"] == {"host": "host-a", "kernel": "6.1.0-26-arm64",
+                                     "event": "booted"}
+    assert event["lists_compared"] is True and event["qemu_generation"] == "legacy"
+    assert event["message"] == "" and event["decision"] == "allow"
+
+
+def test_a_domain_that_is_not_arm64_is_left_alone(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    x86 = DOMAIN.replace(b"arch='aarch64' machine='virt-7.2'", b"arch='x86_64' machine='q35'")
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], x86, bundled["6.1__a57"])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert sink.events[0]["codes"] == ["NOT_APPLICABLE"]
+    assert sink.events[0]["reason"] == "type=kvm arch=x86_64"
+    assert env.stdout.getvalue() == b"" and env.stderr.getvalue() == ""  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("argv", [["hook", "vm1", "migrate"], ["hook", "vm1", "migrate", "end",
+                                                              "-"], ["hook"]])
+def test_other_calls_are_ignored_without_an_event(
+        tmp_path: Path, bundled: dict[str, HostProfile], argv: list[str]) -> None:
+    env = _hook_env(tmp_path, argv, b"<domain", bundled["6.1__a57"])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK and sink.events == []
+    assert env.stdout.getvalue() == b"" and env.stderr.getvalue() == ""  # type: ignore[attr-defined]
+
+
+def test_oversized_input_is_drained_and_refused_as_xml_invalid(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    from psci_hook.domainxml import MAX_DOMAIN_XML
+
+    data = DOMAIN + b" " * MAX_DOMAIN_XML
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], data,
+                    bundled["6.1__a57"])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert env.stdin.tell() == len(data)  # all of it read, so that libvirt can finish writing
+    assert sink.events[0]["codes"] == ["XML_INVALID"]
+    unreadable = _hook_env(tmp_path, ["hook", "vm1", "restore", "begin", "-"], DOMAIN,
+                           bundled["6.1__a57"])
+    unreadable.stdin.close()
+    sink = CollectingSink()
+    assert main(unreadable, sink) == ExitStatus.OK and sink.events[0]["codes"] == ["XML_INVALID"]
+    assert unreadable.stderr.getvalue().startswith(  # type: ignore[attr-defined]
+        "psci-hook: ERROR XML_INVALID domain vm1: ")
+
+
+def test_the_stderr_line_is_one_line(tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    # A domain name from the XML may hold line breaks and control characters.
+    domain = DOMAIN.replace(b"<name>vm1</name>", b"<name>vm&#10;1&#13;&#9;x\x7f</name>")
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                    bundled["6.1__a57"])
+    config = tmp_path / "c.conf"
+    config.write_text(config.read_text() + "[hook]\nunrecorded = veto\n")
+    assert main(env, CollectingSink()) == ExitStatus.VETO
+    assert env.stderr.getvalue().startswith(  # type: ignore[attr-defined]
+        "psci-hook: VETO NO_RECORD domain vm 1 x ")
+    assert env.stderr.getvalue().count("\n") == 1  # type: ignore[attr-defined]
