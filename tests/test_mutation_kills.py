@@ -390,3 +390,33 @@ def test_the_stderr_line_is_one_line(tmp_path: Path, bundled: dict[str, HostProf
     assert env.stderr.getvalue().startswith(  # type: ignore[attr-defined]
         "psci-hook: VETO NO_RECORD domain vm 1 x ")
     assert env.stderr.getvalue().count("\n") == 1  # type: ignore[attr-defined]
+
+
+def test_a_reader_gone_away_leaves_the_streams_on_dev_null(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    import io
+    import os
+
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                    bundled["6.12__a57"])
+    config = tmp_path / "c.conf"
+    config.write_text(config.read_text() + "[hook]\non_error = veto\ntimeout = 0.5\n"
+                      "mode = strict\n")  # unusable: an error, so both streams get written
+    pipes = []
+    for _ in range(2):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # libvirt went away
+        pipes.append(write_end)
+    env.stdout = open(pipes[0], "wb", buffering=0)  # noqa: SIM115
+    env.stderr = io.TextIOWrapper(open(pipes[1], "wb"), write_through=True)  # noqa: SIM115
+    from psci_hook.hook import Outcome, _write_once
+
+    try:
+        _write_once(env, Outcome(ExitStatus.OK, "allow", [], "a message", b"<domain/>"))
+        # Both descriptors now lead to /dev/null: writing no longer fails.
+        assert os.write(pipes[0], b"x") == 1 and os.write(pipes[1], b"x") == 1
+        assert main(env, CollectingSink()) == ExitStatus.INTERNAL_ERROR
+    finally:
+        env.stdout.close()
+        env.stderr.close()
