@@ -420,3 +420,85 @@ def test_a_reader_gone_away_leaves_the_streams_on_dev_null(
     finally:
         env.stdout.close()
         env.stderr.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The record as untrusted input: each limit at its boundary, each refusal's exact line.
+# ---------------------------------------------------------------------------------------------
+
+
+def _record_text(**origin: str) -> str:
+    fields = {"event": "booted", "host": "h", "kernel": "6.1.0", "time": "2026-11-30T00:00:00Z"}
+    fields.update(origin)
+    attrs = " ".join(f'{k}="{v}"' for k, v in fields.items())
+    return (f'<psci:record xmlns:psci="{NAMESPACE}" version="1"><psci:origin {attrs}/>'
+            '<psci:vcpu features="none"/><psci:firmware>'
+            '<psci:reg name="PSCI_VERSION" value="0x10001"/></psci:firmware></psci:record>')
+
+
+def _parse(text: str) -> GuestRecord:
+    from lxml import etree
+
+    from psci_hook.record import parse_record
+
+    return parse_record(etree.fromstring(text))
+
+
+def test_record_text_limits() -> None:
+    from psci_hook.record import MAX_TEXT, RecordError
+
+    assert MAX_TEXT == 256
+    assert _parse(_record_text(host="h" * 256)).origin.host == "h" * 256
+    assert _parse(_record_text(host="a b~")).origin.host == "a b~"
+    for bad in ("h" * 257, "a&#10;b", "a&#9;b"):
+        with pytest.raises(RecordError) as exc:
+            _parse(_record_text(host=bad))
+        assert str(exc.value) == "<origin> attribute 'host' is not plain text"
+    with pytest.raises(RecordError) as exc:
+        _parse(_record_text().replace(' kernel="6.1.0"', ""))
+    assert str(exc.value) == "<origin> lacks the attribute 'kernel'"
+
+
+@pytest.mark.parametrize(("value", "parsed"), [
+    ("0xffffffffffffffff", (1 << 64) - 1), ("18446744073709551615", (1 << 64) - 1),
+    ("0", 0), ("0x0", 0), ("0XAb", None), ("18446744073709551616", None), ("+1", None),
+    ("1 ", None), ("0b1", None),
+])
+def test_record_values_are_64_bit_unsigned(value: str, parsed: int | None) -> None:
+    from psci_hook.record import RecordError
+
+    text = _record_text().replace('value="0x10001"', f'value="{value}"')
+    if parsed is not None:
+        assert _parse(text).state.registers == {regs.PSCI_VERSION.reg_id: parsed}
+        return
+    with pytest.raises(RecordError) as exc:
+        _parse(text)
+    assert str(exc.value) in (f"value='{value}' does not fit in 64 bits",
+                              f"value='{value}' is not a non-negative integer")
+
+
+def test_the_migrated_list_limits() -> None:
+    from psci_hook.record import MAX_LIST, RecordError, decode_list, encode_list, list_digest
+
+    ids = (0x6030000000100000, 0x6030000000100001, 0x6030000000140000)
+    assert encode_list(ids) == "6030000000100000 1 3ffff"
+    assert decode_list("6030000000100000 1 3ffff", 3, list_digest(ids)) == ids
+    assert list_digest(ids) == list_digest(list(ids)) and len(list_digest(ids)) == 16
+    for text, count, message in (
+            ("6030000000100000 0", 2, "cpreg-list is not strictly ascending"),
+            ("6030000000100000 1", 3, "cpreg-list has 2 entries, its count says 3"),
+            ("6030000000100000 X", 2, "cpreg-list entry 'X' is not lower-case hex"),
+            ("6030000000100000 1", 2,
+             "cpreg-list digest does not match its content (altered or truncated)")):
+        with pytest.raises(RecordError) as exc:
+            decode_list(text, count, list_digest(ids))
+        assert str(exc.value) == message
+    assert MAX_LIST == 4096
+    head = _record_text().replace("</psci:firmware>", "</psci:firmware><psci:cpreg-list "
+                                  'count="{}" digest="0">1</psci:cpreg-list>')
+    with pytest.raises(RecordError) as exc:
+        _parse(head.format(4097))
+    assert str(exc.value) == "cpreg-list count 4097 is implausible (max 4096)"
+    with pytest.raises(RecordError) as exc:
+        _parse(head.format(4096))
+    assert str(exc.value) == "cpreg-list has 1 entries, its count says 4096"
