@@ -41,12 +41,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CORE = ("engine", "record", "splice", "hook", "policy", "profile")
 FAST_TESTS = "not nested and not e2e and not packaging"
-# Fast tests that cannot kill a mutant and cost minutes per surviving one: the benchmark judges
-# nothing (it prints figures); fifty concurrent hook processes run the package as subprocesses
-# (never the active mutant) and fail on their time bound when the machine is busy.
+# Fast tests that cannot kill a mutant: the benchmark judges nothing (it prints figures) and is
+# the slowest; fifty concurrent hook processes run the package as subprocesses (never the active
+# mutant) and fail on their time bound when the machine is busy; the pip test installs a wheel of
+# the mutated tree into a fresh virtualenv, without mutmut's runtime the trampolines import.
 NOT_FOR_MUTANTS = (
     "tests/test_bench.py",
     "tests/test_hardening.py::test_fifty_hooks_at_once_share_the_cache_and_the_profile",
+    "tests/test_install.py::test_pip_install_into_a_venv_then_psci_hook_install",
 )
 # mutmut's exit codes per mutant (mutmut/__main__.py, status_by_exit_code).
 KILLED = "killed"
