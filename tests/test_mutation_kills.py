@@ -502,3 +502,83 @@ def test_the_migrated_list_limits() -> None:
     with pytest.raises(RecordError) as exc:
         _parse(head.format(4096))
     assert str(exc.value) == "cpreg-list has 1 entries, its count says 4096"
+
+
+# ---------------------------------------------------------------------------------------------
+# The configuration's refusals, each exactly: the one line an operator reads.
+# ---------------------------------------------------------------------------------------------
+
+ORIGIN_CONF = "/etc/psci-hook/psci-hook.conf"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[hook]\nmode = strict", "[hook] mode = 'strict'; expected one of enforce, warn"),
+    ("[hook]\nunrecorded = maybe", "[hook] unrecorded = 'maybe'; expected one of allow, veto"),
+    ("[hook]\non_error = Veto", "[hook] on_error = 'Veto'; expected one of allow, veto"),
+    ("[host]\nqemu_generation = new",
+     "[host] qemu_generation = 'new'; expected one of auto, legacy, tolerant"),
+    ("[log]\ntarget = file", "[log] target = 'file'; expected one of auto, journal, syslog, none"),
+    ("[hook]\nannotate = maybe", "[hook] annotate = 'maybe'; expected yes or no"),
+    ("[hook]\nrehearse = 2", "[hook] rehearse = '2'; expected yes or no"),
+    ("[hook]\ntimeout = soon", "[hook] timeout = 'soon'; expected a number from 0.1 to 300"),
+    ("[hook]\ndomain_types = , ,", "[hook] domain_types is empty"),
+    ("[hooks]\n", "unknown section [hooks]"),
+    ("[hook]\nenforce = yes", "[hook] unknown setting 'enforce'"),
+    ("[log]\nmode = warn", "[log] unknown setting 'mode'"),
+])
+def test_each_refusal_is_exact(text: str, message: str) -> None:
+    from psci_hook.policy import PolicyError, parse_policy
+
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(text, ORIGIN_CONF)
+    assert str(exc.value) == f"{ORIGIN_CONF}: {message}"
+
+
+def test_every_value_is_read_as_written() -> None:
+    from psci_hook.policy import parse_policy
+
+    policy = parse_policy("[hook]\nmode = warn \nunrecorded =  veto\nannotate = off\n"
+                          "on_error = veto\nrehearse = false\nallow_domain_override = 0\n"
+                          "veto_dropped_workarounds = no\ntimeout = 7\nhistory_limit = 5\n"
+                          "domain_types = kvm,, qemu ,\n"
+                          "[host]\nprofile = /srv/p.json\nqemu_generation = legacy\n"
+                          "[log]\ntarget = journal\njournal_socket = /run/j\n"
+                          "syslog_socket = /run/s\n")
+    assert policy._asdict() == {
+        "mode": "warn", "unrecorded": "veto", "annotate": False, "on_error": "veto",
+        "timeout": 7.0, "domain_types": frozenset({"kvm", "qemu"}),
+        "host_profile": Path("/srv/p.json"), "qemu_generation": "legacy",
+        "veto_dropped_workarounds": False, "rehearse": False, "allow_domain_override": False,
+        "history_limit": 5, "log_target": "journal", "journal_socket": Path("/run/j"),
+        "syslog_socket": Path("/run/s")}
+    assert not policy.enforcing
+    assert policy.summary() == {"mode": "warn", "unrecorded": "veto", "annotate": False,
+                                "on_error": "veto"}
+    # Each boolean setting is read from its own key, not from a neighbour.
+    for key in ("annotate", "rehearse", "allow_domain_override", "veto_dropped_workarounds"):
+        one = parse_policy(f"[hook]\n{key} = no")
+        assert [k for k, v in one._asdict().items() if v is False] == [key]
+
+
+def test_the_file_itself(tmp_path: Path) -> None:
+    from psci_hook.policy import Policy, PolicyError, load_policy
+
+    assert load_policy(tmp_path / "absent.conf") == Policy()
+    directory = tmp_path / "dir.conf"
+    directory.mkdir()
+    with pytest.raises(PolicyError) as exc:
+        load_policy(directory)
+    assert str(exc.value) == f"{directory}: cannot read: Is a directory"
+    latin = tmp_path / "latin.conf"
+    latin.write_bytes(b"[hook]\n# caf\xe9\n")
+    with pytest.raises(PolicyError) as exc:
+        load_policy(latin)
+    assert str(exc.value) == f"{latin}: not UTF-8 text"
+    good = tmp_path / "good.conf"
+    good.write_text("[hook]\n# caf\u00e9\nmode = warn\n", encoding="utf-8")
+    assert load_policy(good) == Policy(mode="warn")
+    bad = tmp_path / "bad.conf"
+    bad.write_text("[hook]\nmode = strict\n")
+    with pytest.raises(PolicyError) as exc:
+        load_policy(bad)
+    assert str(exc.value).startswith(f"{bad}: [hook] mode = 'strict'")
