@@ -582,3 +582,142 @@ def test_the_file_itself(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as exc:
         load_policy(bad)
     assert str(exc.value).startswith(f"{bad}: [hook] mode = 'strict'")
+
+
+# ---------------------------------------------------------------------------------------------
+# Host profiles: each refusal exactly (the line `check` and the hook print).
+# ---------------------------------------------------------------------------------------------
+
+PROFILE: dict[str, object] = {
+    "schema": "psci-hook.host-profile/v1", "kernel_release": "6.1.0-26-arm64",
+    "machine": "aarch64", "registers": {"PSCI_VERSION": 65537, "SMCCC_ARCH_WORKAROUND_1": 2},
+    "cpreg_lists": {"pmu": ["0x603000000013c000", "0x6030000000140000", "0x6030000000140001"]},
+}
+
+
+def _profile_text(**changes: object) -> str:
+    import json
+
+    data = {k: v for k, v in {**PROFILE, **changes}.items() if v is not None}
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("{", "malformed JSON: Expecting property name enclosed in double quotes at line 1"),
+    ("[]", "a profile must be a JSON object"),
+    (_profile_text(schema="v2"),
+     "schema must be 'psci-hook.host-profile/v1', found 'v2'"),
+    (_profile_text(kernel_release=""), "'kernel_release' must be a non-empty string"),
+    (_profile_text(kernel_release=6), "'kernel_release' must be a non-empty string"),
+    (_profile_text(machine=64), "'machine' must be a string"),
+    (_profile_text(registers=None),
+     "'registers' is required (the firmware registers the kernel lists)"),
+    (_profile_text(registers=[]), "'registers' must be an object"),
+    (_profile_text(id_registers=[]), "'id_registers' must be an object"),
+    (_profile_text(registers={"PSCI_VERSION": -1}),
+     "registers.PSCI_VERSION = -1 is out of range 0..0xffffffffffffffff"),
+    (_profile_text(registers={"PSCI_VERSION": 1 << 64}),
+     f"registers.PSCI_VERSION = {1 << 64} is out of range 0..0xffffffffffffffff"),
+    (_profile_text(registers={"PSCI_VERSION": True}),
+     "registers.PSCI_VERSION must be a non-negative integer, not true"),
+    (_profile_text(registers={"PSCI_VERSION": "1"}),
+     'registers.PSCI_VERSION must be a non-negative integer, not "1"'),
+    (_profile_text(registers={"PSCI_VERSIONS": 1}),
+     "registers: unknown firmware register 'PSCI_VERSIONS'"),
+    (_profile_text(cpreg_lists={"pmu": "0x6030000000140000"}),
+     "cpreg_lists.pmu must be a list of register ids"),
+    (_profile_text(cpreg_lists={"pmu": [1]}),
+     "cpreg_lists.pmu[0] must be a string like '0x6030...'"),
+    (_profile_text(cpreg_lists={"pmu": ["0x6030000000140000", "0x6030000000140000"]}),
+     "cpreg_lists.pmu is not sorted ascending without duplicates at index 1"),
+    (_profile_text(cpreg_lists={"pmu": ["0x6030000000100000", "0x6030000000140000",
+                                        "0x6030000000140001"]}),
+     "cpreg_lists.pmu[0] = 0x6030000000100000 is a core or SVE register, which QEMU does not "
+     "migrate"),
+    (_profile_text(cpreg_lists={"pmu": ["0x6030000000140000"]}),
+     "cpreg_lists.pmu lists firmware registers ['PSCI_VERSION'] but 'registers' has "
+     "['PSCI_VERSION', 'SMCCC_ARCH_WORKAROUND_1']"),
+    (_profile_text(id_registers={"ID_NOPE_EL1": 1}),
+     "id_registers: unknown ID register 'ID_NOPE_EL1'"),
+    (_profile_text(id_registers={"ID_AA64MMFR1_EL1": -1}),
+     "id_registers.ID_AA64MMFR1_EL1 = -1 is out of range 0..0xffffffffffffffff"),
+    (_profile_text(cache_geometry={"CCSIDR_0": -1}),
+     "cache_geometry.CCSIDR_0 = -1 is out of range 0..0xffffffffffffffff"),
+    (_profile_text(qemu_version="7.2.0-rc1"),
+     "'qemu_version' must look like '7.2.0', found '7.2.0-rc1'"),
+    (_profile_text(qemu_version=7),
+     "'qemu_version' must look like '7.2.0', found 7"),
+    (_profile_text(qemu_generation="newest"),
+     "'qemu_generation' must be legacy or tolerant, found 'newest'"),
+])
+def test_each_profile_refusal_is_exact(text: str, message: str) -> None:
+    from psci_hook.profile import ProfileError, loads_profile
+
+    with pytest.raises(ProfileError) as exc:
+        loads_profile(text, "f.json")
+    assert str(exc.value) == f"f.json: {message}"
+
+
+def test_a_profile_keeps_what_it_says(tmp_path: Path) -> None:
+    from psci_hook.profile import ProfileError, load_profile, loads_profile
+
+    profile = loads_profile(_profile_text(machine=None, qemu_version="11.1", hostname="b",
+                                          qemu_generation="legacy", id_registers={},
+                                          cache_geometry={"CLIDR_EL1": 0}))
+    assert profile.machine == "aarch64" and profile.qemu_version == "11.1"
+    assert profile.generation == "legacy" and profile.extra == {"hostname": "b"}
+    assert (profile.id_registers, profile.cache_geometry) == ({}, {"CLIDR_EL1": 0})
+    assert profile.to_dict() == {**PROFILE, "qemu_version": "11.1", "qemu_generation": "legacy",
+                                 "id_registers": {}, "cache_geometry": {"CLIDR_EL1": 0},
+                                 "hostname": "b"}
+    assert profile.to_json().endswith("}\n") and '\n "schema": ' in profile.to_json()
+    bare = loads_profile(_profile_text(cpreg_lists=None))
+    assert bare.to_dict() == {k: v for k, v in PROFILE.items() if k != "cpreg_lists"}
+    assert bare.cpreg_list(frozenset()) is None and bare.default_features() == frozenset()
+    assert bare.generation == "legacy" and bare.kernel_version() == (6, 1)
+    missing = tmp_path / "missing.json"
+    with pytest.raises(ProfileError) as exc:
+        load_profile(missing)
+    assert str(exc.value) == f"{missing}: cannot read: No such file or directory"
+    binary = tmp_path / "b.json"
+    binary.write_bytes(b"\xff\xfe{")
+    with pytest.raises(ProfileError) as exc:
+        load_profile(binary)
+    assert str(exc.value) == f"{binary}: not UTF-8 text"
+
+
+def test_qemu_version_cached_by_refresh(tmp_path: Path) -> None:
+    from psci_hook.profile import QEMU_VERSION_FILE, read_qemu_version
+
+    assert QEMU_VERSION_FILE == "qemu-version" and read_qemu_version(None) is None
+    assert read_qemu_version(tmp_path) is None
+    for text, version in (("11.1.3\n", "11.1.3"), ("  7.2 \n", "7.2"), ("7.2.0-rc1", None),
+                          ("seven", None), ("7\n", None)):
+        (tmp_path / "qemu-version").write_text(text)
+        assert read_qemu_version(tmp_path) == version, text
+    (tmp_path / "qemu-version").write_bytes(b"\xff7.2")
+    assert read_qemu_version(tmp_path) is None
+
+
+def test_feature_sets_and_derived_lists() -> None:
+    from psci_hook.profile import ProfileError, feature_key, parse_feature_key
+
+    assert feature_key(["sve", "pauth", "pmu"]) == "pmu+pauth+sve"
+    assert parse_feature_key("none") == frozenset()
+    assert parse_feature_key("pauth+sve") == {"pauth", "sve"}
+    for bad in ("sve+pmu", "pmu+pmu", "", "pmu+"):
+        with pytest.raises(ProfileError) as exc:
+            parse_feature_key(bad)
+        assert str(exc.value) in (
+            f"cpreg_lists key {bad!r} is not a feature set ('none' or a '+'-joined subset of "
+            "pmu, pauth, sve in that order)", "unknown vCPU feature(s): ")
+    with pytest.raises(ProfileError) as exc:
+        feature_key(["mte", "pmu", "bti"])
+    assert str(exc.value) == "unknown vCPU feature(s): bti, mte"
+    lists = {"none": (1, 5), "pmu": (1, 2, 5), "sve": (1, 5, 9)}
+    profile = make_profile("6.1.0", {}, lists)
+    assert profile.cpreg_list(frozenset({"pmu", "sve"})) == (1, 2, 5, 9)  # derived
+    assert profile.cpreg_list(frozenset({"pmu"})) == (1, 2, 5)  # probed
+    assert profile.cpreg_list(frozenset({"pauth"})) is None  # nothing to derive from
+    assert profile.default_features() in ({"pmu"}, {"sve"})
+    assert make_profile("6.1.0", {}, {"pmu": (1,)}).cpreg_list(frozenset({"sve"})) is None
