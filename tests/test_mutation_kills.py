@@ -721,3 +721,51 @@ def test_feature_sets_and_derived_lists() -> None:
     assert profile.cpreg_list(frozenset({"pauth"})) is None  # nothing to derive from
     assert profile.default_features() in ({"pmu"}, {"sve"})
     assert make_profile("6.1.0", {}, {"pmu": (1,)}).cpreg_list(frozenset({"sve"})) is None
+
+
+def test_the_splice_reads_tags_as_xml_does() -> None:
+    from psci_hook.splice import SpliceError, layout
+
+    # A '>' inside an attribute value, in either quote, does not end the start tag.
+    data = (b"<domain a='x>y' b=\"p>'q\">\n  <metadata c='>'>\n    <x/>\n  </metadata>\n"
+            b"</domain>")
+    lay = layout(data)
+    assert lay.domain.start_tag_end == data.index(b"\n") and not lay.domain.empty
+    assert lay.metadata is not None
+    assert data[lay.metadata.start:lay.metadata.start_tag_end] == b"<metadata c='>'>"
+    assert data[lay.metadata.start:lay.metadata.end].endswith(b"</metadata>")
+    assert lay.records == ()
+    empty = layout(b"<domain><metadata a='/'/></domain>")
+    assert empty.metadata is not None and empty.metadata.empty
+    assert not layout(b"<domain><metadata a='/'></metadata></domain>").metadata.empty  # type: ignore[union-attr]
+    # Only the first <metadata> directly under <domain> counts.
+    nested = b"<domain><devices><metadata/></devices><metadata>\n</metadata></domain>"
+    assert nested[layout(nested).metadata.start:].startswith(b"<metadata>\n")  # type: ignore[union-attr]
+    for bad, message in ((b"<domain", "cannot scan the domain XML: "), (b"", "cannot scan")):
+        with pytest.raises(SpliceError) as exc:
+            layout(bad)
+        assert str(exc.value).startswith(message)
+    record = f"<p:record xmlns:p='{NAMESPACE}'/>".encode()
+    two = b"<domain><metadata>" + record + record + b"</metadata></domain>"
+    assert len(layout(two).records) == 2
+    with pytest.raises(SpliceError) as exc:
+        splice_record(two, render)
+    assert str(exc.value) == "the domain carries more than one psci-hook record"
+    # A record elsewhere is not ours to replace.
+    outside = b"<domain><devices>" + record + b"</devices></domain>"
+    assert layout(outside).records == ()
+
+
+def test_an_inline_record_is_replaced_at_the_inserted_indentation() -> None:
+    record = f"<p:record xmlns:p='{NAMESPACE}'/>".encode()
+    before = HEAD + b"  <metadata><a:x xmlns:a='urn:a'/>" + record + b"</metadata>\n</domain>\n"
+    spliced = splice_record(before, render)
+    assert spliced.data == (HEAD + b"  <metadata><a:x xmlns:a='urn:a'/>" + RECORD_AT_4
+                            + b"</metadata>\n</domain>\n")
+    assert spliced.replaced == (before.index(b"<p:record"), before.index(b"</metadata>"))
+    assert spliced.inserted == (before.index(b"<p:record"),
+                                before.index(b"<p:record") + len(RECORD_AT_4))
+    # Without the domain's own indentation to go by, the unit is two spaces.
+    flat = b"<domain><name>x</name><metadata>" + record + b"</metadata></domain>"
+    assert splice_record(flat, render).data == (
+        b"<domain><name>x</name><metadata><r>\n    <c/>\n  </r></metadata></domain>")
