@@ -769,3 +769,43 @@ def test_an_inline_record_is_replaced_at_the_inserted_indentation() -> None:
     flat = b"<domain><name>x</name><metadata>" + record + b"</metadata></domain>"
     assert splice_record(flat, render).data == (
         b"<domain><name>x</name><metadata><r>\n    <c/>\n  </r></metadata></domain>")
+
+
+def test_sigterm_while_deciding_is_an_error_and_the_handlers_are_restored(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    import os
+    import signal
+    import time
+
+    def terminated(features: frozenset[str], values: object) -> object:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM was not delivered")
+
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                    bundled["6.12__a57"])
+    env.rehearser = terminated
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM))
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert env.stderr.getvalue() == (  # type: ignore[attr-defined]
+        "psci-hook: ERROR INTERNAL_ERROR domain vm1: interrupted by SIGTERM; migration allowed "
+        "unchecked (on_error = allow)\n")
+    assert sink.events[0]["codes"] == ["INTERNAL_ERROR"]
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM)) == before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_a_bug_is_an_internal_error_named_by_its_type(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                    bundled["6.12__a57"])
+    env.rehearser = lambda features, values: None  # not a Result: reconciling it fails
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert env.stderr.getvalue() == (  # type: ignore[attr-defined]
+        "psci-hook: ERROR INTERNAL_ERROR domain vm1: AttributeError: 'NoneType' object has no "
+        "attribute 'refused_id'; migration allowed unchecked (on_error = allow)\n")
+    assert sink.events[0]["decision"] == "error"
