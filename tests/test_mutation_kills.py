@@ -809,3 +809,79 @@ def test_a_bug_is_an_internal_error_named_by_its_type(
         "psci-hook: ERROR INTERNAL_ERROR domain vm1: AttributeError: 'NoneType' object has no "
         "attribute 'refused_id'; migration allowed unchecked (on_error = allow)\n")
     assert sink.events[0]["decision"] == "error"
+
+
+_FW_END = "</psci:firmware>"
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('version="1"', 'version="1.0"', "record version '1.0' is not '1'"),
+    ('version="1"', "", "record version None is not '1'"),
+    (_FW_END, _FW_END + "<psci:vcpu features='none'/>", "more than one <vcpu> in the record"),
+    ('<psci:vcpu features="none"/>', "", "the record has no <vcpu>"),
+    (_FW_END, _FW_END + "<psci:notes/>", "unexpected element <notes> in <record>"),
+    (_FW_END, _FW_END + "<other xmlns='urn:x'/>", "unexpected element <other> in <record>"),
+    ('event="booted"', 'event="cloned"',
+     "origin event 'cloned' is not one of booted, migrated, restored, stamped"),
+    ('time="2026-11-30T00:00:00Z"', 'time="2026-11-30 00:00:00"',
+     "origin time '2026-11-30 00:00:00' is not YYYY-MM-DDTHH:MM:SSZ"),
+    ('features="none"', 'features="mte"', "unknown vCPU feature(s): mte"),
+    ('<psci:reg name="PSCI_VERSION" value="0x10001"/>',
+     '<psci:reg name="PSCI_VERSION" value="0x10001"/><psci:reg name="PSCI_VERSION" value="1"/>',
+     "register PSCI_VERSION appears twice"),
+    ('name="PSCI_VERSION"', 'name="ID_AA64MMFR1_EL1"',
+     "register 'ID_AA64MMFR1_EL1': unknown firmware register 'ID_AA64MMFR1_EL1'"),
+    (_FW_END, _FW_END + "<psci:id-registers><psci:reg name='PSCI_VERSION' value='1'/>"
+     "</psci:id-registers>", "register 'PSCI_VERSION': not an ID register"),
+    (_FW_END, _FW_END + "<psci:override codes='' reason='r'/>",
+     "override names unknown codes: (none)"),
+    (_FW_END, _FW_END + "<psci:override codes='WA_DROPPED NOPE ALSO' reason='r'/>",
+     "override names unknown codes: ALSO NOPE"),
+    (_FW_END, _FW_END + "<psci:history><psci:check time='2026-11-30T00:00:00Z' op='migrate' "
+     "host='h' verdict='maybe'/></psci:history>",
+     "a history entry has an unknown op, verdict or code"),
+    (_FW_END, _FW_END + "<psci:history><psci:check time='2026-11-30T00:00:00Z' op='boot' "
+     "host='h' verdict='allow'/></psci:history>",
+     "a history entry has an unknown op, verdict or code"),
+    (_FW_END, _FW_END + "<psci:history><psci:check time='2026-11-30T00:00:00Z' op='migrate' "
+     "host='h' verdict='allow' codes='WA_DROPPED NOPE'/></psci:history>",
+     "a history entry has an unknown op, verdict or code"),
+    (_FW_END, _FW_END + "<psci:history><psci:check time='now' op='migrate' "
+     "host='h' verdict='allow'/></psci:history>",
+     "history time 'now' is not YYYY-MM-DDTHH:MM:SSZ"),
+    (_FW_END, _FW_END + "<psci:history><psci:entry/></psci:history>",
+     "unexpected element <entry> in <history>"),
+    (_FW_END, _FW_END + "<psci:cpreg-list count='1' digest='x'>6030000000140001</psci:cpreg-list>",
+     "cpreg-list digest does not match its content (altered or truncated)"),
+])
+def test_each_record_refusal_is_exact(old: str, new: str, message: str) -> None:
+    from psci_hook.record import RecordError
+
+    text = _record_text()
+    assert text.count(old) == 1, old
+    with pytest.raises(RecordError) as exc:
+        _parse(text.replace(old, new))
+    assert str(exc.value) == message
+
+
+def test_a_record_keeps_what_it_says() -> None:
+    from psci_hook.record import list_digest
+
+    ids = (0x6030000000140000,)
+    text = _record_text(**{"host-uuid": "u-1"}).replace(_FW_END, _FW_END + (
+        f"<!-- a comment --><psci:cpreg-list count='1' digest='{list_digest(ids)}'>"
+        "6030000000140000</psci:cpreg-list><psci:cache-geometry><psci:reg name='CCSIDR_1' "
+        "value='7'/></psci:cache-geometry><psci:override codes='WA_DROPPED REG_MISSING' "
+        "reason='ticket 9'/><psci:history><psci:check time='2026-11-30T00:00:00Z' "
+        "op='record' host='h' verdict='warn' codes='WA_DROPPED'/></psci:history>"))
+    record = _parse(text)
+    assert record.origin == Origin("booted", "h", "6.1.0", "2026-11-30T00:00:00Z", "u-1")
+    assert record.state.cpreg_list == ids and record.state.cache_geometry == {"CCSIDR_1": 7}
+    assert record.state.id_registers is None and record.state.features == frozenset()
+    assert record.override == Override(frozenset({"WA_DROPPED", "REG_MISSING"}), "ticket 9")
+    assert record.history == (HistoryEntry("2026-11-30T00:00:00Z", "record", "h", "warn",
+                                           ("WA_DROPPED",)),)
+    # Written back, then read again: the same record (the comment is not kept).
+    assert _parse(record_xml(record)) == record
+    assert "host-uuid" not in record_xml(dataclasses.replace(
+        record, origin=record.origin._replace(host_uuid="")))
