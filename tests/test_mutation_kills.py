@@ -885,3 +885,165 @@ def test_a_record_keeps_what_it_says() -> None:
     assert _parse(record_xml(record)) == record
     assert "host-uuid" not in record_xml(dataclasses.replace(
         record, origin=record.origin._replace(host_uuid="")))
+
+
+# ---------------------------------------------------------------------------------------------
+# What the engine tells the operator: every kind of finding, its exact sentence.
+# ---------------------------------------------------------------------------------------------
+
+
+def _messages(guest: GuestState, destination: HostProfile, generation: str
+              ) -> list[tuple[str, str | None, str]]:
+    return [(f.code, f.register, f.message)
+            for f in decide(guest, destination, generation).findings]
+
+
+def test_the_merge_explains_itself() -> None:
+    source_fw = fw(PSCI_VERSION=V(1, 1), SMCCC_ARCH_WORKAROUND_1=1, SMCCC_ARCH_WORKAROUND_3=1,
+                   STD_BMAP=1)
+    dest_fw = fw(PSCI_VERSION=V(1, 0), SMCCC_ARCH_WORKAROUND_1=2)
+    source = make_profile("6.1.0", source_fw, {"none": tuple(sorted({*SYSREGS[:2],
+                                                                      *source_fw}))})
+    destination = make_profile("5.4.0", dest_fw, {"none": tuple(sorted({SYSREGS[0],
+                                                                         *dest_fw}))})
+    guest = GuestState.booted_on(source, frozenset())
+    not_compared = ("ID_REGS_NOT_COMPARED", None, "ID register and cache geometry values are "
+                    "not in both profiles: not compared; a rehearsal on the destination "
+                    "settles them.")
+    psci = ("PSCI_UNSUPPORTED", "PSCI_VERSION", "the guest's PSCI_VERSION is 1.1 but the "
+            "destination has 1.0: the destination kernel implements PSCI 0.2, 1.0 only.")
+    ratchet = ("WA_RATCHET", "SMCCC_ARCH_WORKAROUND_1", "SMCCC_ARCH_WORKAROUND_1 rises from "
+               "AVAIL to NOT_REQUIRED on this host; afterwards the guest cannot migrate back to "
+               "hosts at AVAIL until it cold-boots.")
+    assert _messages(guest, destination, "legacy") == [
+        ("CPREG_COUNT", None, "the source QEMU will send 6 registers but the destination legacy "
+         "QEMU accepts at most 3 (Failed to load cpu:cpreg_vmstate_array_len)."),
+        ("REG_MISSING", "ACTLR_EL1", "the source sends ACTLR_EL1, which the destination kernel "
+         "does not list; legacy QEMU fails the load on it."),
+        ("WA_DROPPED", "SMCCC_ARCH_WORKAROUND_3", "legacy QEMU on the destination would "
+         "silently drop SMCCC_ARCH_WORKAROUND_3 = AVAIL: the guest would keep relying on a "
+         "firmware mitigation (Spectre-BHB firmware mitigation level) that the destination "
+         "kernel does not offer."),
+        ("REG_DROPPED", "STD_BMAP", "STD_BMAP = 0x1 (TRNG_V1_0) sorts above the destination's "
+         "last register; legacy QEMU drops it silently (neither checked nor applied)."),
+        psci, ratchet, not_compared]
+    assert _messages(guest, destination, "tolerant") == [
+        ("REG_MISSING", "ACTLR_EL1", "the source sends ACTLR_EL1, which the destination kernel "
+         "does not list; QEMU fails the load."),
+        ("REG_MISSING", "SMCCC_ARCH_WORKAROUND_3", "the source sends SMCCC_ARCH_WORKAROUND_3 = "
+         "AVAIL, which the destination kernel does not list; QEMU fails the load."),
+        ("REG_MISSING", "STD_BMAP", "the source sends STD_BMAP = 0x1 (TRNG_V1_0), which the "
+         "destination kernel does not list; QEMU fails the load."),
+        psci, ratchet, not_compared]
+
+
+def test_tolerances_defaults_and_lists_explain_themselves() -> None:
+    bmap2 = GuestState(registers=fw(PSCI_VERSION=V(1, 0), VENDOR_HYP_BMAP_2=0))
+    assert _messages(bmap2, make_profile("6.1.0", fw(PSCI_VERSION=V(1, 0),
+                                                     SMCCC_ARCH_WORKAROUND_2=3)), "tolerant") == [
+        ("LISTS_NOT_COMPARED", None, "no migrated register list on either side: only the "
+         "firmware registers were compared; the count check and the other registers were "
+         "not."),
+        ("REG_TOLERATED", "VENDOR_HYP_BMAP_2", "VENDOR_HYP_BMAP_2 = 0x0 (none) is not on the "
+         "destination; its QEMU tolerates and skips it."),
+        ("ACCEPTED", "PSCI_VERSION", "PSCI_VERSION = 1.0 is accepted (the destination "
+         "implements this PSCI version)."),
+        ("DEST_DEFAULT", "SMCCC_ARCH_WORKAROUND_2", "the source does not send "
+         "SMCCC_ARCH_WORKAROUND_2; the destination's default (NOT_REQUIRED) applies to the guest "
+         "from now on."),
+        ("ID_REGS_NOT_COMPARED", None, "ID register and cache geometry values are not in both "
+         "profiles: not compared; a rehearsal on the destination settles them.")]
+    bmap2_set = GuestState(registers=fw(PSCI_VERSION=V(1, 0), VENDOR_HYP_BMAP_2=1))
+    assert _messages(bmap2_set, make_profile("6.1.0", fw(PSCI_VERSION=V(1, 0))),
+                     "tolerant")[1] == (
+        "REG_MISSING", "VENDOR_HYP_BMAP_2", "the source sends VENDOR_HYP_BMAP_2 = 0x1 "
+        "(DISCOVER_IMPL_VER), which the destination kernel does not list (tolerated only while "
+        "its value is 0); QEMU fails the load.")
+    psci = regs.PSCI_VERSION.reg_id
+    tcr2 = regs.SYSREG_BY_NAME["TCR2_EL1"]
+    with_tcr2 = make_profile("6.1.0", fw(PSCI_VERSION=V(1, 0)), {"none": (tcr2, psci)})
+    only_psci = make_profile("6.1.0", fw(PSCI_VERSION=V(1, 0)),
+                             {"none": (psci,), "pmu": (psci,)})
+    assert _messages(GuestState.booted_on(with_tcr2), only_psci, "tolerant")[0] == (
+        "REG_TOLERATED", "TCR2_EL1", "TCR2_EL1 is not on the destination; its QEMU tolerates "
+        "and skips it.")
+    assert _messages(GuestState.booted_on(with_tcr2), only_psci, "legacy")[1] == (
+        "REG_MISSING", "TCR2_EL1", "the source sends TCR2_EL1, which the destination kernel "
+        "does not list; legacy QEMU fails the load on it.")
+    sve = make_profile("6.1.0", fw(PSCI_VERSION=V(1, 0)), {"pmu+sve": (psci,)})
+    assert _messages(GuestState.booted_on(sve), only_psci, "legacy")[:2] == [
+        ("FEATURE_MISSING", None, "the guest's vCPU features (pmu+sve) are not available on the "
+         "destination (it offers: none, pmu); QEMU cannot create the vCPU."),
+        ("LISTS_NOT_COMPARED", None, "no migrated register list on the destination's side for "
+         "these vCPU features: only the firmware registers were compared; the count check and "
+         "the other registers were not.")]
+    assert _messages(GuestState(registers=fw(PSCI_VERSION=V(1, 0))), only_psci,
+                     "legacy")[0][2].startswith("no migrated register list on the guest's side: ")
+    assert _messages(GuestState.booted_on(sve), make_profile("6.1.0", fw(PSCI_VERSION=V(1, 0)),
+                                                             {}), "legacy")[0][2].endswith(
+        "(it offers: none); QEMU cannot create the vCPU.")
+
+
+def test_id_register_findings_explain_themselves() -> None:
+    guest = GuestState(registers={}, id_registers={"ID_AA64MMFR1_EL1": 0x1010211122},
+                       cache_geometry={"CCSIDR_0": 2})
+
+    def at(release: str) -> list[tuple[str, str | None, str]]:
+        return _messages(guest, make_profile(
+            release, {}, id_registers={"ID_AA64MMFR1_EL1": 0x11010211122},
+            cache_geometry={"CCSIDR_0": 3}), "legacy")[1:]
+
+    assert at("6.1.0") == [
+        ("ID_REG_MISMATCH", "ID_AA64MMFR1_EL1", "ID_AA64MMFR1_EL1 differs in HCX (guest "
+         "0x1010211122, destination 0x11010211122); the destination kernel (6.1.0) predates "
+         "writable ID registers (6.7) and accepts only its own value."),
+        ("CACHE_MISMATCH", "CCSIDR_0", "CCSIDR_0 differs in geometry (guest 0x2, destination "
+         "0x3); the destination kernel (6.1.0) predates writable ID registers (6.7) and accepts "
+         "only its own value.")]
+    assert at("6.7.0") == [
+        ("ID_REG_UNVERIFIED", "ID_AA64MMFR1_EL1", "ID_AA64MMFR1_EL1 differs in HCX (guest "
+         "0x1010211122, destination 0x11010211122); the destination kernel (6.7.0) has writable "
+         "ID registers (6.7+), so only a rehearsal on the destination can tell whether it is "
+         "accepted."),
+        ("CACHE_UNVERIFIED", "CCSIDR_0", "CCSIDR_0 differs in geometry (guest 0x2, destination "
+         "0x3); the destination kernel (6.7.0) has writable ID registers (6.7+), so only a "
+         "rehearsal on the destination can tell whether it is accepted.")]
+
+
+@pytest.mark.parametrize(("reg", "value", "release", "own", "code", "reason"), [
+    (WA2, 0x12, "5.4.0", 0, "WA_LEVEL_TOO_HIGH", "KVM refuses a level above the destination "
+     "host's own; WORKAROUND_2 handling of a 5.3-5.9 (levels compared as they are) kernel, "
+     "inferred from kernel release 5.4.0"),
+    (WA2, 0x13, "5.10.0", 0, "WA_INVALID_VALUE", "ENABLED is only valid with AVAIL"),
+    (WA2, 0x20, "5.10.0", 0, "WA_INVALID_VALUE",
+     "SMCCC_ARCH_WORKAROUND_2 has bits outside the level and ENABLED (0x20)"),
+    (WA2, 4, "5.10.0", 0, "WA_INVALID_VALUE", "level 4 is not a WORKAROUND_2 level; "
+     "WORKAROUND_2 handling of a 5.10+ (level narrowed to NOT_AVAIL or NOT_REQUIRED) kernel, "
+     "inferred from kernel release 5.10.0"),
+    (WA2, 1, "5.10.0", 0, "ACCEPTED", "the destination's level is sufficient; WORKAROUND_2 "
+     "handling of a 5.10+ (level narrowed to NOT_AVAIL or NOT_REQUIRED) kernel, inferred from "
+     "kernel release 5.10.0"),
+    (WA2, 1, "5.10.0", 1, "ACCEPTED", "the destination's level is sufficient; WORKAROUND_2 "
+     "handling of a 5.3-5.9 (levels compared as they are) kernel"),
+    (regs.SMCCC_ARCH_WORKAROUND_1.reg_id, 0x10, "6.1.0", 2, "WA_INVALID_VALUE",
+     "SMCCC_ARCH_WORKAROUND_1 has bits outside the level field (0x10)"),
+    (regs.SMCCC_ARCH_WORKAROUND_1.reg_id, 2, "6.1.0", 1, "WA_LEVEL_TOO_HIGH",
+     "KVM refuses a level above the destination host's own"),
+    (regs.SMCCC_ARCH_WORKAROUND_1.reg_id, 1, "6.1.0", 1, "ACCEPTED",
+     "the destination's level is at least the guest's"),
+    (regs.STD_BMAP.reg_id, 3, "6.1.0", 1, "BITMAP_UNSUPPORTED",
+     "bits 0x2 are not implemented by the destination kernel (it supports 0x1)"),
+    (regs.STD_BMAP.reg_id, 1, "6.1.0", 3, "ACCEPTED",
+     "every service bit is implemented by the destination"),
+    (regs.VENDOR_HYP_BMAP_2.reg_id, 3, "6.1.0", 0, "ACCEPTED",
+     "every service bit is implemented by the destination"),
+    (regs.VENDOR_HYP_BMAP_2.reg_id, 4, "6.1.0", 0, "BITMAP_UNSUPPORTED",
+     "bits 0x4 are not implemented by the destination kernel (it supports 0x3)"),
+    (0x6030000000140009, 3, "6.1.0", 1, "FW_UNVERIFIED", "0x6030000000140009 is not known to "
+     "this version of psci-hook; its value cannot be judged offline"),
+])
+def test_each_judgement_explains_itself(reg: int, value: int, release: str, own: int,
+                                        code: str, reason: str) -> None:
+    judgement = judge_firmware_value(reg, value, make_profile(release, {reg: own}))
+    assert (judgement.code, judgement.reason) == (code, reason)
+    assert judgement.accepted is {"ACCEPTED": True, "FW_UNVERIFIED": None}.get(code, False)
