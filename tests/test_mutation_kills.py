@@ -1047,3 +1047,55 @@ def test_each_judgement_explains_itself(reg: int, value: int, release: str, own:
     judgement = judge_firmware_value(reg, value, make_profile(release, {reg: own}))
     assert (judgement.code, judgement.reason) == (code, reason)
     assert judgement.accepted is {"ACCEPTED": True, "FW_UNVERIFIED": None}.get(code, False)
+
+
+def test_the_destination_is_named_from_the_cached_capabilities(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    import socket
+
+    from psci_hook.domainxml import parse_domain
+    from psci_hook.record import read_record
+
+    (tmp_path / "capabilities.xml").write_text(
+        "<capabilities><host><uuid>4c4c4544-0042</uuid><cpu><arch>aarch64</arch>"
+        "<model>host</model></cpu></host></capabilities>")
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    env = _hook_env(tmp_path, ["hook", "vm1", "restore", "begin", "-"], domain,
+                    bundled["6.12__a57"])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert sink.events[0]["destination"] == {
+        "hostname": socket.gethostname(), "kernel": bundled["6.12__a57"].kernel_release,
+        "uuid": "4c4c4544-0042", "arch": "aarch64", "cpu_model": "host"}
+    record = read_record(parse_domain(env.stdout.getvalue()).root)  # type: ignore[attr-defined]
+    assert record is not None and record.origin.host_uuid == "4c4c4544-0042"
+    assert record.origin.event == "restored" and record.history[-1].op == "restore"
+
+
+def test_an_override_without_anything_to_override_says_nothing(tmp_path: Path,
+                                                               bundled: dict[str, HostProfile]
+                                                               ) -> None:
+    from psci_hook.splice import splice_record as splice
+
+    record = GuestRecord(GuestState.booted_on(bundled["6.1__a57"]), Origin(
+        "booted", "host-a", "6.1.0", "2026-11-30T00:00:00Z"),
+        override=Override(frozenset({"WA_DROPPED"}), "just in case"))
+    domain = splice(DOMAIN, lambda indent: record_xml(record, indent)).data
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                    bundled["6.12__a57"])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert "OVERRIDE" not in sink.events[0]["codes"]  # type: ignore[operator]
+
+
+def test_the_qemu_version_comes_from_the_profile_before_the_cache(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    (tmp_path / "qemu-version").write_text("11.1.0\n")
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    for stated, generation in (({"qemu_version": "7.2.0"}, "legacy"),
+                               ({"qemu_generation": "legacy"}, "legacy"), ({}, "tolerant")):
+        profile = dataclasses.replace(bundled["6.12__a57"], **stated)
+        env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain, profile)
+        sink = CollectingSink()
+        main(env, sink)
+        assert sink.events[0]["qemu_generation"] == generation, stated
