@@ -1099,3 +1099,25 @@ def test_the_qemu_version_comes_from_the_profile_before_the_cache(
         sink = CollectingSink()
         main(env, sink)
         assert sink.events[0]["qemu_generation"] == generation, stated
+
+
+def test_the_ini_dialect() -> None:
+    from psci_hook.policy import PolicyError, parse_policy
+
+    # No interpolation: a '%' in a path is a '%'.
+    assert str(parse_policy("[host]\nprofile = /srv/100%.json").host_profile) == "/srv/100%.json"
+    # An empty line ends a value: an indented line after it is an error, not more value.
+    with pytest.raises(PolicyError) as exc:
+        parse_policy("[hook]\ndomain_types = kvm\n\n  qemu\n", "p.conf")
+    assert str(exc.value) == "p.conf: Source contains parsing errors: 'p.conf'"
+    # The file is named in what configparser itself reports, and by default it is
+    # "configuration".
+    with pytest.raises(PolicyError) as exc:
+        parse_policy("[hook]\nmode = warn\nmode = enforce\n", "p.conf")
+    assert str(exc.value) == ("p.conf: While reading from 'p.conf' [line  3]: option 'mode' in "
+                              "section 'hook' already exists")
+    with pytest.raises(PolicyError) as exc:
+        parse_policy("[hook]\nmode = strict")
+    assert str(exc.value).startswith("configuration: [hook] mode = 'strict'")
+    # Keys are case-insensitive (configparser lowers them); values are not.
+    assert parse_policy("[hook]\nMODE = warn").mode == "warn"
