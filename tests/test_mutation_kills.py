@@ -1126,3 +1126,19 @@ def test_the_ini_dialect() -> None:
     assert str(exc.value).startswith("configuration: [hook] mode = 'strict'")
     # Keys are case-insensitive (configparser lowers them); values are not.
     assert parse_policy("[hook]\nMODE = warn").mode == "warn"
+
+
+def test_profile_origins_and_the_largest_value(tmp_path: Path) -> None:
+    from psci_hook.profile import ProfileError, load_profile, loads_profile
+
+    with pytest.raises(ProfileError) as exc:
+        loads_profile("[]")
+    assert str(exc.value) == "profile: a profile must be a JSON object"
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    with pytest.raises(ProfileError) as exc:
+        load_profile(bad)
+    assert str(exc.value) == f"{bad}: a profile must be a JSON object"
+    top = loads_profile(_profile_text(registers={"PSCI_VERSION": (1 << 64) - 1,
+                                                 "SMCCC_ARCH_WORKAROUND_1": 0}))
+    assert top.registers[regs.PSCI_VERSION.reg_id] == (1 << 64) - 1
