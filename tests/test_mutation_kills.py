@@ -1142,3 +1142,22 @@ def test_profile_origins_and_the_largest_value(tmp_path: Path) -> None:
     top = loads_profile(_profile_text(registers={"PSCI_VERSION": (1 << 64) - 1,
                                                  "SMCCC_ARCH_WORKAROUND_1": 0}))
     assert top.registers[regs.PSCI_VERSION.reg_id] == (1 << 64) - 1
+
+
+def test_features_and_lists_when_the_profile_is_uneven() -> None:
+    # -cpu host enables every feature the host supports: the largest set, even when it is not
+    # a superset of the others.
+    uneven = make_profile("6.1.0", {}, {"pmu": (1,), "pauth+sve": (1, 3)})
+    assert uneven.default_features() == {"pauth", "sve"}
+    # Without a featureless list nothing is derived; a probed list is used as it is.
+    no_base = make_profile("6.1.0", {}, {"pmu": (1, 2), "sve": (1, 3)})
+    assert no_base.cpreg_list(frozenset({"pmu", "sve"})) is None
+    probed = make_profile("6.1.0", {}, {"none": (1,), "pmu": (1, 2), "pmu+sve": (1, 2, 3, 4)})
+    assert probed.cpreg_list(frozenset({"pmu", "sve"})) == (1, 2, 3, 4)
+
+
+def test_a_document_that_starts_with_a_line_break() -> None:
+    before = b"\n<domain>\n  <name>vm1</name>\n</domain>\n"
+    assert splice_record(before, render).data == (
+        b"\n<domain>\n  <name>vm1</name>\n  <metadata>\n    " + RECORD_AT_4
+        + b"\n  </metadata>\n</domain>\n")
