@@ -31,11 +31,13 @@ import argparse
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +56,10 @@ NOT_FOR_MUTANTS = (
 KILLED = "killed"
 SURVIVED = "survived"
 NO_TESTS = "no tests"
+NOT_CHECKED = "not checked"  # a run stopped before it got there
 TIMEOUT = "timeout"
+EQUIVALENT = "equivalent"  # survived, and listed in EQUIVALENTS with the reason
+EQUIVALENTS = Path(__file__).resolve().parent / "mutation-equivalents.md"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--children", type=int, default=1,
                         help="mutants tested in parallel (default 1: the machine is shared)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only report what an earlier run in --workdir found")
     parser.add_argument("--lock", type=Path,
                         help="hold this flock(1) lock file while mutmut runs (not while the "
                              "scratch tree and its virtualenv are made)")
@@ -77,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.modules = list(dict.fromkeys(args.modules)) or list(CORE)
     if args.children < 1:
         parser.error("--children must be at least 1")
+    if args.report_only and not args.workdir:
+        parser.error("--report-only needs the --workdir of an earlier run")
     return args
 
 
@@ -151,11 +160,32 @@ def collect(workdir: Path, modules: list[str]) -> dict[str, dict[str, object]]:
         module = name.split(".")[1] if name.startswith("psci_hook.") else ""
         if module in by_module:
             by_module[module][name] = status
-    return {m: summarise(m, by_module[m]) for m in modules}
+    listed = equivalents()
+    return {m: summarise(m, by_module[m], listed) for m in modules}
 
 
-def summarise(module: str, statuses: dict[str, str]) -> dict[str, object]:
-    """The counts, the score and the mutants not killed, from mutmut's status per mutant."""
+def equivalents(path: Path = EQUIVALENTS) -> set[str]:
+    """The surviving mutants judged equivalent: the first column of the tables under each
+    "## <module>.py" heading of benchmarks/mutation-equivalents.md."""
+    found: set[str] = set()
+    module = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        heading = re.fullmatch(r"## (\w+)\.py", line)
+        if line.startswith("## "):
+            module = heading.group(1) if heading else ""
+        elif module and line.startswith("| `"):
+            first = line.split(" | ")[0]
+            found.update(f"psci_hook.{module}.{name}" for name in re.findall(r"`([^`]+)`", first))
+    return found
+
+
+def summarise(module: str, statuses: dict[str, str], equivalent: Collection[str] = ()
+              ) -> dict[str, object]:
+    """The counts, the score and the mutants not killed, from mutmut's status per mutant.
+
+    The score is the share of non-equivalent mutants killed, among those that ran."""
+    statuses = {name: EQUIVALENT if status == SURVIVED and name in equivalent else status
+                for name, status in statuses.items()}
     counts = Counter(statuses.values())
     # A timeout is a mutant the tests noticed (an endless loop): killed, for the score.
     caught = counts[KILLED] + counts[TIMEOUT]
@@ -164,20 +194,23 @@ def summarise(module: str, statuses: dict[str, str]) -> dict[str, object]:
         "counts": dict(counts),
         "score": round(100 * caught / ran, 1) if ran else None,
         "not_killed": [f"{name}: {status}" for name, status in sorted(statuses.items())
-                       if status not in (KILLED, TIMEOUT)],
+                       if status not in (KILLED, TIMEOUT, EQUIVALENT)],
     }
 
 
 def report(results: dict[str, dict[str, object]]) -> str:
-    lines = [f"{'module':<10} {'mutants':>8} {'killed':>7} {'survived':>9} {'timeout':>8} "
-             f"{'no tests':>9} {'score':>7}"]
+    lines = [f"{'module':<10} {'mutants':>8} {'killed':>7} {'survived':>9} {'equivalent':>11} "
+             f"{'timeout':>8} {'no tests':>9} {'not run':>8} {'score':>7}"]
     for module, result in results.items():
         counts: dict[str, int] = result["counts"]  # type: ignore[assignment]
         score = result["score"]
         lines.append(
             f"{module:<10} {sum(counts.values()):>8} {counts.get(KILLED, 0):>7} "
-            f"{counts.get(SURVIVED, 0):>9} {counts.get(TIMEOUT, 0):>8} "
-            f"{counts.get(NO_TESTS, 0):>9} {'-' if score is None else f'{score}%':>7}")
+            f"{counts.get(SURVIVED, 0):>9} {counts.get(EQUIVALENT, 0):>11} "
+            f"{counts.get(TIMEOUT, 0):>8} {counts.get(NO_TESTS, 0):>9} "
+            f"{counts.get(NOT_CHECKED, 0):>8} {'-' if score is None else f'{score}%':>7}")
+    lines.append("score: killed (or timed out) among the mutants that ran, equivalent ones "
+                 "left out")
     for module, result in results.items():
         not_killed: list[str] = result["not_killed"]  # type: ignore[assignment]
         if not_killed:
@@ -194,14 +227,19 @@ def main(argv: list[str] | None = None) -> int:
         prepare(workdir, args.modules)
         make_venv(workdir)
     print(f"mutation: scratch tree {workdir}", flush=True)
+    if args.report_only:
+        return report_only(workdir, args)
     with open(args.lock or os.devnull, "a") as lock:
         if args.lock:
             print(f"mutation: waiting for {args.lock}", flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
         mutmut(workdir, "run", "--max-children", str(args.children))
+    return report_only(workdir, args)
+
+
+def report_only(workdir: Path, args: argparse.Namespace) -> int:
     results = collect(workdir, args.modules)
-    text = report(results)
-    print(text)
+    print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -51,10 +51,23 @@ def test_the_report_gives_the_score_and_names_every_survivor(mutation: Any) -> N
                                             "psci_hook.policy.x_f__mutmut_2": "killed",
                                             "psci_hook.policy.x_f__mutmut_3": "timeout",
                                             "psci_hook.policy.x_g__mutmut_1": "survived",
-                                            "psci_hook.policy.x_h__mutmut_1": "no tests"})
+                                            "psci_hook.policy.x_g__mutmut_2": "survived",
+                                            "psci_hook.policy.x_h__mutmut_1": "no tests",
+                                            "psci_hook.policy.x_h__mutmut_2": "not checked"},
+                                 {"psci_hook.policy.x_g__mutmut_2"})
     assert results["score"] == 75.0
     text = mutation.report({"policy": results})
-    assert text.splitlines()[1].split() == ["policy", "5", "2", "1", "1", "1", "75.0%"]
+    assert text.splitlines()[1].split() == ["policy", "7", "2", "1", "1", "1", "1", "1",
+                                            "75.0%"]
     assert "psci_hook.policy.x_g__mutmut_1: survived" in text
     assert "psci_hook.policy.x_h__mutmut_1: no tests" in text
-    assert "x_f__mutmut_1" not in text
+    assert "x_f__mutmut_1" not in text and "x_g__mutmut_2" not in text
+
+
+def test_every_listed_equivalent_names_a_core_module(mutation: Any) -> None:
+    listed = mutation.equivalents()
+    assert listed, "benchmarks/mutation-equivalents.md lists no mutant"
+    for name in listed:
+        package, module, function = name.split(".")
+        assert package == "psci_hook" and module in mutation.CORE, name
+        assert "__mutmut_" in function, name
