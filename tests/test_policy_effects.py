@@ -146,7 +146,7 @@ def slow(seconds: float) -> object:
 
 def test_timeout(tmp_path: Path) -> None:
     domain = stamped(DOMAIN, guest())
-    in_time = run(tmp_path, domain, SAME, "timeout = 2", rehearser=slow(0.2))
+    in_time = run(tmp_path, domain, SAME, "timeout = 5", rehearser=slow(0.2))
     assert in_time.status == ExitStatus.OK and in_time.event["rehearsal"] == "accepted"
     late = run(tmp_path, domain, SAME, "timeout = 0.2", rehearser=slow(2))
     assert (late.status, late.stdout, late.event["codes"]) == (ExitStatus.OK, b"", ["TIMEOUT"])
