@@ -8,13 +8,22 @@ boundary, the lenient reading of a broken configuration, the exact bytes of an i
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
+import os
+import signal
+import socket
+import time
 from pathlib import Path
 
 import pytest
 from conftest import fw, make_profile
 from hooktools import DOMAIN, CollectingSink, profile_file, stamped
+from lxml import etree
 
+from psci_hook import __version__
 from psci_hook import registers as regs
+from psci_hook.domainxml import MAX_DOMAIN_XML, parse_domain
 from psci_hook.engine import (
     WA2_SIMPLIFIED_SINCE,
     WRITABLE_ID_REGS_SINCE,
@@ -23,10 +32,36 @@ from psci_hook.engine import (
     judge_firmware_value,
 )
 from psci_hook.environment import Environment
-from psci_hook.hook import main
-from psci_hook.profile import HostProfile, qemu_generation_for_version
-from psci_hook.record import NAMESPACE, GuestRecord, HistoryEntry, Origin, Override, record_xml
-from psci_hook.splice import splice_record
+from psci_hook.hook import Outcome, _write_once, main
+from psci_hook.policy import Policy, PolicyError, load_policy, parse_policy
+from psci_hook.profile import (
+    QEMU_VERSION_FILE,
+    HostProfile,
+    ProfileError,
+    feature_key,
+    load_profile,
+    loads_profile,
+    parse_feature_key,
+    qemu_generation_for_version,
+    read_qemu_version,
+)
+from psci_hook.record import (
+    MAX_LIST,
+    MAX_TEXT,
+    NAMESPACE,
+    GuestRecord,
+    HistoryEntry,
+    Origin,
+    Override,
+    RecordError,
+    decode_list,
+    encode_list,
+    list_digest,
+    parse_record,
+    read_record,
+    record_xml,
+)
+from psci_hook.splice import SpliceError, layout, splice_record
 from psci_hook.status import ExitStatus
 
 V = regs.psci_value
@@ -323,12 +358,10 @@ def test_the_event_carries_the_run_and_the_destination(
     sink = CollectingSink()
     assert main(env, sink) == ExitStatus.OK
     event = sink.events[0]
-    from psci_hook import __version__
 
     assert (event["duration_ms"], event["version"], event["op"]) == (250.0, __version__,
                                                                      "migrate")
     assert (event["domain"], event["uuid"]) == ("vm1", "c7a5fdbd-edaf-9455-926a-d65c16db1809")
-    import socket
 
     assert event["destination"] == {"hostname": socket.gethostname(),
                                     "kernel": bundled["6.12__a57"].kernel_release}
@@ -361,7 +394,6 @@ def test_other_calls_are_ignored_without_an_event(
 
 def test_oversized_input_is_drained_and_refused_as_xml_invalid(
         tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
-    from psci_hook.domainxml import MAX_DOMAIN_XML
 
     data = DOMAIN + b" " * MAX_DOMAIN_XML
     env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], data,
@@ -394,8 +426,6 @@ def test_the_stderr_line_is_one_line(tmp_path: Path, bundled: dict[str, HostProf
 
 def test_a_reader_gone_away_leaves_the_streams_on_dev_null(
         tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
-    import io
-    import os
 
     domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
     env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
@@ -410,7 +440,6 @@ def test_a_reader_gone_away_leaves_the_streams_on_dev_null(
         pipes.append(write_end)
     env.stdout = open(pipes[0], "wb", buffering=0)  # noqa: SIM115
     env.stderr = io.TextIOWrapper(open(pipes[1], "wb"), write_through=True)  # noqa: SIM115
-    from psci_hook.hook import Outcome, _write_once
 
     try:
         _write_once(env, Outcome(ExitStatus.OK, "allow", [], "a message", b"<domain/>"))
@@ -437,15 +466,12 @@ def _record_text(**origin: str) -> str:
 
 
 def _parse(text: str) -> GuestRecord:
-    from lxml import etree
 
-    from psci_hook.record import parse_record
 
     return parse_record(etree.fromstring(text))
 
 
 def test_record_text_limits() -> None:
-    from psci_hook.record import MAX_TEXT, RecordError
 
     assert MAX_TEXT == 256
     assert _parse(_record_text(host="h" * 256)).origin.host == "h" * 256
@@ -465,7 +491,6 @@ def test_record_text_limits() -> None:
     ("1 ", None), ("0b1", None),
 ])
 def test_record_values_are_64_bit_unsigned(value: str, parsed: int | None) -> None:
-    from psci_hook.record import RecordError
 
     text = _record_text().replace('value="0x10001"', f'value="{value}"')
     if parsed is not None:
@@ -478,7 +503,6 @@ def test_record_values_are_64_bit_unsigned(value: str, parsed: int | None) -> No
 
 
 def test_the_migrated_list_limits() -> None:
-    from psci_hook.record import MAX_LIST, RecordError, decode_list, encode_list, list_digest
 
     ids = (0x6030000000100000, 0x6030000000100001, 0x6030000000140000)
     assert encode_list(ids) == "6030000000100000 1 3ffff"
@@ -532,7 +556,6 @@ ORIGIN_CONF = "/etc/psci-hook/psci-hook.conf"
     ("[log]\nmode = warn", "[log] unknown setting 'mode'"),
 ])
 def test_each_refusal_is_exact(text: str, message: str) -> None:
-    from psci_hook.policy import PolicyError, parse_policy
 
     with pytest.raises(PolicyError) as exc:
         parse_policy(text, ORIGIN_CONF)
@@ -540,7 +563,6 @@ def test_each_refusal_is_exact(text: str, message: str) -> None:
 
 
 def test_every_value_is_read_as_written() -> None:
-    from psci_hook.policy import parse_policy
 
     policy = parse_policy("[hook]\nmode = warn \nunrecorded =  veto\nannotate = off\n"
                           "on_error = veto\nrehearse = false\nallow_domain_override = 0\n"
@@ -566,7 +588,6 @@ def test_every_value_is_read_as_written() -> None:
 
 
 def test_the_file_itself(tmp_path: Path) -> None:
-    from psci_hook.policy import Policy, PolicyError, load_policy
 
     assert load_policy(tmp_path / "absent.conf") == Policy()
     directory = tmp_path / "dir.conf"
@@ -601,7 +622,6 @@ PROFILE: dict[str, object] = {
 
 
 def _profile_text(**changes: object) -> str:
-    import json
 
     data = {k: v for k, v in {**PROFILE, **changes}.items() if v is not None}
     return json.dumps(data)
@@ -656,7 +676,6 @@ def _profile_text(**changes: object) -> str:
      "'qemu_generation' must be legacy or tolerant, found 'newest'"),
 ])
 def test_each_profile_refusal_is_exact(text: str, message: str) -> None:
-    from psci_hook.profile import ProfileError, loads_profile
 
     with pytest.raises(ProfileError) as exc:
         loads_profile(text, "f.json")
@@ -664,7 +683,6 @@ def test_each_profile_refusal_is_exact(text: str, message: str) -> None:
 
 
 def test_a_profile_keeps_what_it_says(tmp_path: Path) -> None:
-    from psci_hook.profile import ProfileError, load_profile, loads_profile
 
     profile = loads_profile(_profile_text(machine=None, qemu_version="11.1", hostname="b",
                                           qemu_generation="legacy", id_registers={},
@@ -692,7 +710,6 @@ def test_a_profile_keeps_what_it_says(tmp_path: Path) -> None:
 
 
 def test_qemu_version_cached_by_refresh(tmp_path: Path) -> None:
-    from psci_hook.profile import QEMU_VERSION_FILE, read_qemu_version
 
     assert QEMU_VERSION_FILE == "qemu-version" and read_qemu_version(None) is None
     assert read_qemu_version(tmp_path) is None
@@ -705,7 +722,6 @@ def test_qemu_version_cached_by_refresh(tmp_path: Path) -> None:
 
 
 def test_feature_sets_and_derived_lists() -> None:
-    from psci_hook.profile import ProfileError, feature_key, parse_feature_key
 
     assert feature_key(["sve", "pauth", "pmu"]) == "pmu+pauth+sve"
     assert parse_feature_key("none") == frozenset()
@@ -729,7 +745,6 @@ def test_feature_sets_and_derived_lists() -> None:
 
 
 def test_the_splice_reads_tags_as_xml_does() -> None:
-    from psci_hook.splice import SpliceError, layout
 
     # A '>' inside an attribute value, in either quote, does not end the start tag.
     data = (b"<domain a='x>y' b=\"p>'q\">\n  <metadata c='>'>\n    <x/>\n  </metadata>\n"
@@ -778,9 +793,6 @@ def test_an_inline_record_is_replaced_at_the_inserted_indentation() -> None:
 
 def test_sigterm_while_deciding_is_an_error_and_the_handlers_are_restored(
         tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
-    import os
-    import signal
-    import time
 
     def terminated(features: frozenset[str], values: object) -> object:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -860,7 +872,6 @@ _FW_END = "</psci:firmware>"
      "cpreg-list digest does not match its content (altered or truncated)"),
 ])
 def test_each_record_refusal_is_exact(old: str, new: str, message: str) -> None:
-    from psci_hook.record import RecordError
 
     text = _record_text()
     assert text.count(old) == 1, old
@@ -870,7 +881,6 @@ def test_each_record_refusal_is_exact(old: str, new: str, message: str) -> None:
 
 
 def test_a_record_keeps_what_it_says() -> None:
-    from psci_hook.record import list_digest
 
     ids = (0x6030000000140000,)
     text = _record_text(**{"host-uuid": "u-1"}).replace(_FW_END, _FW_END + (
@@ -1056,10 +1066,7 @@ def test_each_judgement_explains_itself(reg: int, value: int, release: str, own:
 
 def test_the_destination_is_named_from_the_cached_capabilities(
         tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
-    import socket
 
-    from psci_hook.domainxml import parse_domain
-    from psci_hook.record import read_record
 
     (tmp_path / "capabilities.xml").write_text(
         "<capabilities><host><uuid>4c4c4544-0042</uuid><cpu><arch>aarch64</arch>"
@@ -1080,12 +1087,11 @@ def test_the_destination_is_named_from_the_cached_capabilities(
 def test_an_override_without_anything_to_override_says_nothing(tmp_path: Path,
                                                                bundled: dict[str, HostProfile]
                                                                ) -> None:
-    from psci_hook.splice import splice_record as splice
 
     record = GuestRecord(GuestState.booted_on(bundled["6.1__a57"]), Origin(
         "booted", "host-a", "6.1.0", "2026-11-30T00:00:00Z"),
         override=Override(frozenset({"WA_DROPPED"}), "just in case"))
-    domain = splice(DOMAIN, lambda indent: record_xml(record, indent)).data
+    domain = splice_record(DOMAIN, lambda indent: record_xml(record, indent)).data
     env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
                     bundled["6.12__a57"])
     sink = CollectingSink()
@@ -1107,7 +1113,6 @@ def test_the_qemu_version_comes_from_the_profile_before_the_cache(
 
 
 def test_the_ini_dialect() -> None:
-    from psci_hook.policy import PolicyError, parse_policy
 
     # No interpolation: a '%' in a path is a '%'.
     assert str(parse_policy("[host]\nprofile = /srv/100%.json").host_profile) == "/srv/100%.json"
@@ -1129,7 +1134,6 @@ def test_the_ini_dialect() -> None:
 
 
 def test_profile_origins_and_the_largest_value(tmp_path: Path) -> None:
-    from psci_hook.profile import ProfileError, load_profile, loads_profile
 
     with pytest.raises(ProfileError) as exc:
         loads_profile("[]")
