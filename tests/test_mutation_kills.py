@@ -28,6 +28,7 @@ from psci_hook.engine import (
     WA2_SIMPLIFIED_SINCE,
     WRITABLE_ID_REGS_SINCE,
     GuestState,
+    candidate_values,
     decide,
     judge_firmware_value,
 )
@@ -1061,6 +1062,7 @@ def test_each_judgement_explains_itself(reg: int, value: int, release: str, own:
                                         code: str, reason: str) -> None:
     judgement = judge_firmware_value(reg, value, make_profile(release, {reg: own}))
     assert (judgement.code, judgement.reason) == (code, reason)
+    assert judgement.inferred is ("inferred from kernel release" in reason)
     assert judgement.accepted is {"ACCEPTED": True, "FW_UNVERIFIED": None}.get(code, False)
 
 
@@ -1165,3 +1167,45 @@ def test_a_document_that_starts_with_a_line_break() -> None:
     assert splice_record(before, render).data == (
         b"\n<domain>\n  <name>vm1</name>\n  <metadata>\n    " + RECORD_AT_4
         + b"\n  </metadata>\n</domain>\n")
+
+
+def test_id_registers_on_one_side_only_and_both_values() -> None:
+    guest = GuestState(registers={}, id_registers={"ID_AA64MMFR1_EL1": 0x1010211122,
+                                                   "ID_AA64PFR0_EL1": 0x11})
+    destination = make_profile("6.1.0", {}, id_registers={"ID_AA64MMFR1_EL1": 0x11010211122,
+                                                          "ID_AA64ISAR0_EL1": 0x22})
+    found = [f for f in decide(guest, destination, "legacy").findings if f.register]
+    assert [(f.code, f.register, f.guest_value, f.destination_value) for f in found] == [
+        ("ID_REG_MISMATCH", "ID_AA64MMFR1_EL1", 0x1010211122, 0x11010211122)]
+    assert candidate_values(regs.PSCI_VERSION.reg_id) == [
+        V(0, 1), V(0, 2), V(1, 0), V(1, 1), V(1, 2), V(1, 3), V(1, 4), V(2, 0)]
+
+
+def test_the_event_names_the_domain_from_its_xml_and_an_invalid_record_vetoes(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    env = _hook_env(tmp_path, ["hook", "from-argv", "migrate", "begin", "-"], domain,
+                    bundled["6.12__a57"])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert sink.events[0]["domain"] == "vm1" and "DOMAIN" not in sink.events[0]
+    broken = domain.replace(b'version="1"', b'version="9"', 1)
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], broken,
+                    bundled["6.12__a57"])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.VETO
+    assert env.stderr.getvalue() == (  # type: ignore[attr-defined]
+        "psci-hook: VETO RECORD_INVALID domain vm1: the psci-hook record is invalid: record "
+        "version '9' is not '1' (the record cannot be trusted, so the migration cannot be "
+        "checked)\n")
+    assert sink.events[0]["uuid"] == "c7a5fdbd-edaf-9455-926a-d65c16db1809"
+
+
+def test_without_a_sink_the_policy_chooses_the_log(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    # target = none (written by _hook_env): the real entry point builds its own sink.
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                    bundled["6.12__a57"])
+    assert main(env) == ExitStatus.OK
+    assert env.stdout.getvalue().startswith(b"<domain")  # type: ignore[attr-defined]
