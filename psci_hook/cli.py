@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "install": "install",
     "where": "where",
     "plan": "plan",
+    "doctor": "doctor",
 }
 
 

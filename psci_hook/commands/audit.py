@@ -31,8 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _event_from_text(text: str) -> dict[str, Any] | None:
-    """A decision event in a syslog line ("... psci-hook: {json}") or a journal MESSAGE."""
+def _event_from_text(text: str, name: str = EVENT) -> dict[str, Any] | None:
+    """An event called ``name`` (default: a decision) in a syslog line ("... psci-hook: {json}")
+    or a journal MESSAGE."""
     start = text.find("{")
     if start < 0:
         return None
@@ -40,10 +41,10 @@ def _event_from_text(text: str) -> dict[str, Any] | None:
         event = json.loads(text[start:])
     except ValueError:
         return None
-    return event if isinstance(event, dict) and event.get("event") == EVENT else None
+    return event if isinstance(event, dict) and event.get("event") == name else None
 
 
-def events_from_lines(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+def events_from_lines(lines: Iterable[str], name: str = EVENT) -> Iterator[dict[str, Any]]:
     for line in lines:
         line = line.strip()
         if not line:
@@ -57,12 +58,12 @@ def events_from_lines(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
             if isinstance(message, list):  # journald's form for non-UTF-8 messages
                 message = bytes(message).decode("utf-8", "replace")
             if isinstance(message, str) and entry.get("SYSLOG_IDENTIFIER") == IDENTIFIER:
-                event = _event_from_text(message)
+                event = _event_from_text(message, name)
                 if event is not None:
                     yield event
             continue
         if f"{IDENTIFIER}:" in line or f"{IDENTIFIER}[" in line:
-            event = _event_from_text(line[line.find(IDENTIFIER):])
+            event = _event_from_text(line[line.find(IDENTIFIER):], name)
             if event is not None:
                 yield event
 
