@@ -49,6 +49,8 @@ IMPORT_CHECK = ("import os, psci_hook; print(psci_hook.__version__); "
 SYSLOG_FILES = ("/var/log/syslog", "/var/log/messages")
 APPARMOR_PROFILES = ("/etc/apparmor.d/usr.sbin.libvirtd", "/etc/apparmor.d/usr.sbin.virtqemud")
 _HOOK_RULE_RE = re.compile(r"^\s*/etc/libvirt/hooks/\*\*\s+[a-z]*x[a-z]*\s*,", re.MULTILINE)
+# The watcher's service events that say whether it is connected (psci_hook.commands.watch).
+WATCHER_STATES = ("started", "connected", "disconnected", "connect-failed", "stopped")
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 Runner = Callable[[Sequence[str]], tuple[int, str, str]]
@@ -523,7 +525,7 @@ def diagnose(env: Environment, uri: str | None, log_files: Sequence[Path],
     decisions = list(events_from_lines(lines, EVENT))
     last = max(decisions, key=lambda e: str(e.get("timestamp", "")), default=None)
     service = [e for e in events_from_lines(lines, RECORD_EVENT)
-               if e.get("trigger") == "service"]
+               if e.get("trigger") == "service" and e.get("action") in WATCHER_STATES]
 
     procs = processes(system)
     running = daemons(system, procs)
