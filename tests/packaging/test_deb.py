@@ -11,6 +11,7 @@ About 20-40 s: the build is about 10 s, apt install and purge a few seconds each
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -271,6 +272,36 @@ def test_the_command_and_the_man_page(installed: dict[str, object]) -> None:
         done = run("psci-hook", "install", "--root", root, check=False)
         assert done.returncode == 2
         assert "a distribution package installs the hook and units itself" in done.stderr
+
+
+def test_doctor_on_the_installed_package(installed: dict[str, object]) -> None:
+    """The installed command checks the installed hook and says plainly that no libvirt daemon
+    runs here (this machine has none in its own mount namespace)."""
+    from psci_hook import __version__
+
+    text = run("env", "-i", "PATH=/usr/bin:/bin", "psci-hook", "doctor", check=False, cwd="/")
+    data = run("env", "-i", "PATH=/usr/bin:/bin", "psci-hook", "doctor", "--json", check=False,
+               cwd="/")
+    assert (text.stderr, data.stderr) == ("", "")
+    checks = {c["check"]: c for c in json.loads(data.stdout)["checks"]}
+    assert checks["hook file"]["status"] == "ok", text.stdout
+    interpreter = checks["hook interpreter"]
+    assert interpreter["status"] == "ok", text.stdout
+    assert interpreter["details"]["interpreter"] == "/usr/bin/python3"
+    assert interpreter["details"]["version"] == __version__
+    assert interpreter["details"]["location"] == "/usr/lib/python3/dist-packages/psci_hook"
+    daemon = checks["daemon"]
+    assert daemon["status"] == "warn"
+    assert daemon["summary"].startswith("no libvirt daemon (virtqemud or libvirtd) is running")
+    assert daemon["fix"].startswith("systemctl start virtqemud.service")
+    assert re.search(r"^warn +daemon +no libvirt daemon \(virtqemud or libvirtd\) is running",
+                     text.stdout, flags=re.MULTILINE), text.stdout
+    # x86 without a [host] profile: no profile the hook could use, and nothing records guests.
+    assert checks["host profile"]["status"] == "FAIL"
+    assert checks["watcher"]["status"] == "FAIL"
+    assert (text.returncode, data.returncode) == (1, 1)
+    # Every line that is not ok names its fix.
+    assert text.stdout.count("fix: ") == sum(c["status"] != "ok" for c in checks.values())
 
 
 def test_units_are_valid_and_enabled_as_designed(installed: dict[str, object]) -> None:
