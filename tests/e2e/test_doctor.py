@@ -46,6 +46,7 @@ class Report:
         self.json_rc = data.rc
         self.data = json.loads(data.stdout)
         self.checks: list[dict[str, Any]] = self.data["checks"]
+        print(f"psci-hook doctor on host-{host} (exit {self.rc}):\n{self.text}")
 
     def named(self, name: str) -> list[dict[str, Any]]:
         return [c for c in self.checks if c["check"] == name]
