@@ -308,7 +308,8 @@ class FakeProc:
         (p / "cgroup").write_text(f"0::/system.slice/{unit}\n" if unit else "0::/user.slice\n")
 
 
-def prepared_host(tmp_path: Path, hook_text: bytes | None = None) -> tuple[cmd.System, Path]:
+def prepared_host(tmp_path: Path, hook_text: bytes | None = None
+                  ) -> tuple[cmd.System, Path, FakeProc]:
     root = tmp_path / "root"
     qemu_d = root / "etc/libvirt/hooks/qemu.d"
     qemu_d.mkdir(parents=True)
@@ -316,19 +317,14 @@ def prepared_host(tmp_path: Path, hook_text: bytes | None = None) -> tuple[cmd.S
     hook_path.write_bytes(hook_text or f"#!{sys.executable} -I\nprint()\n".encode())
     hook_path.chmod(0o755)
     proc = FakeProc(tmp_path / "proc")
-    calls: list[list[str]] = []
-
     def run(argv: Sequence[str]) -> tuple[int, str, str]:
-        calls.append(list(argv))
         if argv[0] == sys.executable:  # the import check, for real
             return cmd.run_command(argv)
         return 1, "", f"{argv[0]}: not on this prepared host"
 
     system = cmd.System(root=root, proc=proc.path, run=run, which=lambda _n: None,
                         machine="x86_64", release="6.1.0-test")
-    system.calls = calls  # type: ignore[attr-defined]
-    system.fake_proc = proc  # type: ignore[attr-defined]
-    return system, root
+    return system, root, proc
 
 
 def host_env(tmp_path: Path, config: str) -> Environment:
@@ -342,8 +338,7 @@ def host_env(tmp_path: Path, config: str) -> Environment:
 
 def test_the_command_over_a_prepared_host(tmp_path: Path) -> None:
     pytest.importorskip("libvirt")
-    system, root = prepared_host(tmp_path)
-    proc = system.fake_proc  # type: ignore[attr-defined]
+    system, root, proc = prepared_host(tmp_path)
     hook_ctime = os.stat(root / "etc/libvirt/hooks/qemu.d/50-psci-hook").st_ctime
     proc.add(100, ["/usr/sbin/libvirtd", "--timeout", "120"], hook_ctime + 5)
     proc.add(101, ["/usr/sbin/libvirtd"], hook_ctime - 50, ns="mnt:[4026539999]")  # elsewhere
@@ -375,8 +370,7 @@ def test_the_command_over_a_prepared_host(tmp_path: Path) -> None:
 
 
 def test_the_command_finds_a_stale_cache_and_an_old_daemon(tmp_path: Path) -> None:
-    system, root = prepared_host(tmp_path, b"#!/nonexistent/python3 -I\n")
-    proc = system.fake_proc  # type: ignore[attr-defined]
+    system, root, proc = prepared_host(tmp_path, b"#!/nonexistent/python3 -I\n")
     hook_ctime = os.stat(root / "etc/libvirt/hooks/qemu.d/50-psci-hook").st_ctime
     proc.add(100, ["/usr/sbin/virtqemud"], hook_ctime - 50, unit="virtqemud.service")
     env = host_env(tmp_path, "[hook]\nmode = warn\n")
@@ -399,7 +393,7 @@ def test_the_command_finds_a_stale_cache_and_an_old_daemon(tmp_path: Path) -> No
 
 
 def test_a_symlinked_hook_on_a_prepared_host(tmp_path: Path) -> None:
-    system, root = prepared_host(tmp_path)
+    system, root, _ = prepared_host(tmp_path)
     hook_path = root / "etc/libvirt/hooks/qemu.d/50-psci-hook"
     target = root / "usr-hook"
     hook_path.rename(target)

@@ -68,7 +68,7 @@ def events_from_lines(lines: Iterable[str], name: str = EVENT) -> Iterator[dict[
                 yield event
 
 
-def _read_journal() -> list[str]:
+def read_journal() -> list[str]:
     result = subprocess.run(
         ["journalctl", "-t", IDENTIFIER, "-o", "json", "--no-pager"],
         capture_output=True, text=True, timeout=60, check=False)
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
             for path in args.files:
                 lines += path.read_text(encoding="utf-8", errors="replace").splitlines()
         else:
-            lines = _read_journal()
+            lines = read_journal()
     except (OSError, subprocess.SubprocessError) as exc:
         env.error(f"cannot read the decisions: {exc}")
         return ExitStatus.BAD_INPUT

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from typing import Any, Callable
 
 from psci_hook import __version__, cache, doctor
 from psci_hook.auditlog import EVENT, RECORD_EVENT
-from psci_hook.commands.audit import _read_journal, events_from_lines
+from psci_hook.commands.audit import events_from_lines, read_journal
 from psci_hook.commands.install import HOOK
 from psci_hook.doctor import Check
 from psci_hook.environment import Environment
@@ -262,8 +263,6 @@ def unit_reloads(system: System, units: list[str], since: float) -> dict[str, li
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:
-    import json
-
     out = []
     for line in text.splitlines():
         try:
@@ -289,7 +288,7 @@ def log_lines(system: System, files: Sequence[Path]) -> tuple[list[str], str, st
     if system.which("journalctl") is not None and \
             system.path("/run/systemd/journal/socket").exists():
         try:
-            return _read_journal(), "the journal", ""
+            return read_journal(), "the journal", ""
         except (OSError, subprocess.SubprocessError) as exc:
             journal_error = str(exc)
     else:
