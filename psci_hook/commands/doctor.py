@@ -30,6 +30,7 @@ from psci_hook.commands.audit import events_from_lines, read_journal
 from psci_hook.commands.install import HOOK
 from psci_hook.doctor import Check
 from psci_hook.environment import Environment
+from psci_hook.errors import first_line
 from psci_hook.policy import Policy, PolicyError, load_policy
 from psci_hook.profile import (
     ProfileError,
@@ -477,7 +478,7 @@ def guests(system: System, uri: str | None, policy: Policy
             found.append(doctor.Guest(domain.name, True, "", origin.event, origin.host,
                                       origin.time, mine, started))
     except (LibvirtUnavailable, LibvirtCallFailed, etree.XMLSyntaxError) as exc:
-        return None, 0, str(exc).splitlines()[0]
+        return None, 0, first_line(exc)
     finally:
         client.close()
     return found, skipped, ""
