@@ -60,10 +60,14 @@ def fail(name: str, summary: str, fix: str, **details: Any) -> Check:
     return Check(name, Status.FAIL, summary, fix, details)
 
 
-def utc(epoch: float | None) -> str:
+def utc(epoch: float | None, precise: bool = False) -> str:
+    """ISO 8601 UTC to the second, or to the hundredth (two moments within one second)."""
     if epoch is None:
         return "?"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    if not precise:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    hundredths = int(epoch % 1 * 100)  # truncated, as the seconds are
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{hundredths:02d}Z"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,17 +221,19 @@ def check_loaded(hook: HookFile, daemons: Sequence[Daemon], others: Sequence[Oth
     written = hook.ctime or 0.0
     for daemon in daemons:
         label = f"{daemon.name} (pid {daemon.pid}{', ' + daemon.unit if daemon.unit else ''})"
+        close = abs(daemon.started - written) < 1
+        started, hook_written = utc(daemon.started, close), utc(hook.ctime, close)
         details = {"daemon": daemon.name, "pid": daemon.pid, "unit": daemon.unit,
-                   "started": utc(daemon.started), "hook_written": utc(hook.ctime)}
+                   "started": started, "hook_written": hook_written}
         if daemon.started >= written:
-            checks.append(ok(name, f"{label} started {utc(daemon.started)}, after the hook was "
-                             f"written ({utc(hook.ctime)})", **details))
+            checks.append(ok(name, f"{label} started {started}, after the hook was "
+                             f"written ({hook_written})", **details))
             continue
         earlier = [o.path for o in others
                    if o.executable and o.ctime is not None and o.ctime < daemon.started]
         if earlier:
-            checks.append(ok(name, f"{label} started {utc(daemon.started)}, before the hook was "
-                             f"written ({utc(hook.ctime)}), but {earlier[0]} was already "
+            checks.append(ok(name, f"{label} started {started}, before the hook was "
+                             f"written ({hook_written}), but {earlier[0]} was already "
                              "there: libvirt reads qemu.d/ at every call", **details))
             continue
         if last_decision is not None and last_decision >= written:
@@ -237,16 +243,16 @@ def check_loaded(hook: HookFile, daemons: Sequence[Daemon], others: Sequence[Oth
         seen = [t for t in (reloads or {}).get(daemon.unit or "", ()) if t >= written]
         if seen:
             checks.append(ok(name, f"{label} reloaded at {utc(max(seen))} (systemd's journal), "
-                             f"after the hook was written ({utc(hook.ctime)})", **details))
+                             f"after the hook was written ({hook_written})", **details))
             continue
         if daemon.unit and reloads is not None:
-            checks.append(fail(name, f"{label} started {utc(daemon.started)}, before the hook "
-                               f"was written ({utc(hook.ctime)}), and systemd's journal shows "
+            checks.append(fail(name, f"{label} started {started}, before the hook "
+                               f"was written ({hook_written}), and systemd's journal shows "
                                "no reload since: it has not found the hook", reload_command(
                                    daemon), **details))
             continue
-        checks.append(warn(name, f"{label} started {utc(daemon.started)}, before the hook was "
-                           f"written ({utc(hook.ctime)}); whether it was reloaded since cannot "
+        checks.append(warn(name, f"{label} started {started}, before the hook was "
+                           f"written ({hook_written}); whether it was reloaded since cannot "
                            "be seen (SIGHUP leaves no trace"
                            f"{'' if daemon.unit else ' outside systemd'}) and no decision was "
                            "logged since", reload_command(daemon), **details))
