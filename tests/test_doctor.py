@@ -107,8 +107,8 @@ BARE = d.Daemon("libvirtd", 43, T0 - 100, None)
 def test_times_within_one_second_are_told_apart() -> None:
     assert d.utc(T0 + 0.999) == "2027-01-15T08:00:00Z"
     assert d.utc(T0 + 0.999, precise=True) == "2027-01-15T08:00:00.99Z"
-    [check] = d.check_loaded(hook(), [BARE._replace(started=T0 - 0.4)], [], None, None)
-    assert "started 2027-01-15T07:59:59.60Z, before the hook was written " \
+    [check] = d.check_loaded(hook(), [BARE._replace(started=T0 - 0.25)], [], None, None)
+    assert "started 2027-01-15T07:59:59.75Z, before the hook was written " \
         "(2027-01-15T08:00:00.00Z)" in check.summary
 
 
