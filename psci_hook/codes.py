@@ -50,6 +50,10 @@ _CODES = (
     Code("FEATURE_MISSING", Severity.BLOCKING,
          "The guest uses a vCPU feature (PMU, pointer authentication, SVE) that the "
          "destination host does not offer."),
+    Code("FEATURE_GAINED", Severity.WARNING,
+         "The destination's QEMU enables a vCPU feature the guest's vCPU did not have (-cpu "
+         "host takes every feature the host offers unless the domain XML turns it off); the "
+         "ID fields derived from it differ, which the destination kernel may refuse."),
     Code("WA_DROPPED", Severity.BLOCKING,
          "Legacy QEMU would silently drop a WORKAROUND register above NOT_AVAIL: the guest "
          "would keep relying on a mitigation nobody provides (vetoed by default)."),

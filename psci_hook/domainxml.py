@@ -6,6 +6,8 @@ logged. Parsing is hardened: a size cap, no DTD, no entity expansion, no network
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from lxml import etree
@@ -74,19 +76,184 @@ def parse_domain(data: bytes, max_size: int = MAX_DOMAIN_XML) -> Domain:
     )
 
 
-def requested_features(domain: Domain, supported: FeatureSet) -> FeatureSet:
-    """The vCPU features QEMU enables for this domain on a host that supports ``supported``.
+# libvirt's <cpu><feature name='sveNNN'/> (sve128 ... sve2048) become QEMU's sveNNN=on/off, and
+# libvirt then adds sve=on itself (tests/qemuxmlconfdata/aarch64-features-sve.aarch64-latest.args:
+# "-cpu host,sve512=on,sve384=off,sve256=on,sve128=on,sve=on").
+_SVE_LENGTH_RE = re.compile(r"sve(\d+)")
+_ON_POLICIES = ("require", "force")
+_OFF_POLICIES = ("disable", "forbid")
+# Named CPU models QEMU can run under KVM carry a PMU only (target/arm/cpu64.c: cortex-a53,
+# cortex-a57, cortex-a72 set ARM_FEATURE_PMU and no SVE or pointer authentication); "host" and
+# "max" (which is "host" under KVM, target/arm/cpu64.c aarch64_max_initfn) take everything.
+_HOST_MODELS = ("host", "max")
 
-    QEMU's -cpu host (and host-passthrough) enables PMU, pointer authentication and SVE when
-    the host has them; the domain XML can turn them off: <features><pmu state='off'/>, and
-    <cpu><feature policy='disable' name='sve'/> (or 'pauth').
+
+QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+# The CPU types a -global can name for the property (QEMU applies a global to every object whose
+# type is, or derives from, the driver named: qom/object.c object_apply_global_props).
+_CPU_GLOBAL_DRIVERS = {"host": ("host-arm-cpu", "aarch64-cpu", "arm-cpu"),
+                       "max": ("max-arm-cpu", "aarch64-cpu", "arm-cpu")}
+PSCI_PROPERTY = "kvm-psci-version"
+# target/arm/kvm.c kvm_set_psci_version: exactly these strings.
+PSCI_PROPERTY_VALUES = {"0.1": 0x1, "0.2": 0x2, "1.0": 0x10000, "1.1": 0x10001,
+                        "1.2": 0x10002, "1.3": 0x10003}
+_TRUE = ("on", "yes", "true", "y")
+_FALSE = ("off", "no", "false", "n")
+
+
+class QemuCpu(NamedTuple):
+    """A -cpu option as QEMU parses it: the model and its property=value list, in order, plus
+    the -global options that set CPU properties (driver, property, value)."""
+
+    model: str
+    properties: tuple[tuple[str, str], ...]
+    globals: tuple[tuple[str, str, str], ...] = ()
+
+    def property(self, name: str) -> str | None:
+        """The value QEMU ends with: -cpu properties are registered as globals after the
+        -global options (vl.c parse_cpu_option, cpu_common_parse_features), so they win,
+        and of several the last wins."""
+        found = None
+        drivers = _CPU_GLOBAL_DRIVERS.get(self.model, (f"{self.model}-arm-cpu", "arm-cpu"))
+        for driver, prop, value in self.globals:
+            if driver in drivers and prop == name:
+                found = value
+        for prop, value in self.properties:
+            if prop == name:
+                found = value
+        return found
+
+
+def parse_cpu_option(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``host,pmu=off,kvm-psci-version=1.1`` -> ("host", (("pmu", "off"), ...))."""
+    model, *rest = text.split(",")
+    props = []
+    for item in rest:
+        name, _, value = item.partition("=")
+        props.append((name.strip(), value.strip()))
+    return model.strip(), tuple(props)
+
+
+def _parse_global(text: str) -> tuple[str, str, str] | None:
+    """-global DRIVER.PROP=VALUE or -global driver=D,property=P,value=V (qemu_global_option)."""
+    if "," in text and "driver=" in text:
+        fields = dict(item.partition("=")[::2] for item in text.split(","))
+        if {"driver", "property", "value"} <= set(fields):
+            return fields["driver"], fields["property"], fields["value"]
+        return None
+    head, eq, value = text.partition("=")
+    driver, dot, prop = head.rpartition(".")
+    if not (eq and dot):
+        return None
+    return driver, prop, value
+
+
+def qemu_cpu_from_argv(argv: Sequence[str], default_model: str = "host") -> QemuCpu:
+    """The -cpu and -global options of a QEMU command line (the last -cpu wins, as in vl.c)."""
+    model = default_model
+    props: tuple[tuple[str, str], ...] = ()
+    globals_: list[tuple[str, str, str]] = []
+    for i, arg in enumerate(argv[:-1]):
+        value = argv[i + 1]
+        if arg in ("-cpu", "--cpu"):
+            model, props = parse_cpu_option(value)
+        elif arg in ("-global", "--global"):
+            parsed = _parse_global(value)
+            if parsed is not None:
+                globals_.append(parsed)
+    return QemuCpu(model, props, tuple(globals_))
+
+
+def commandline_args(domain: Domain) -> list[str]:
+    """The domain XML's <qemu:commandline> arguments, which libvirt appends to QEMU's
+    command line after its own (src/qemu/qemu_command.c qemuBuildCommandLine)."""
+    return [arg.get("value", "") for arg in domain.root.iterfind(
+        f"{{{QEMU_NAMESPACE}}}commandline/{{{QEMU_NAMESPACE}}}arg")]
+
+
+def domain_cpu(domain: Domain, argv: Sequence[str] | None = None) -> QemuCpu | None:
+    """The CPU options that override what libvirt derives from <cpu> and <features>: the
+    running QEMU's command line when known (``argv``, the ground truth), else the domain
+    XML's <qemu:commandline>. None when neither sets anything (libvirt's own -cpu applies)."""
+    cpu = qemu_cpu_from_argv(list(argv) if argv is not None else commandline_args(domain))
+    if argv is None and not cpu.properties and not cpu.globals and \
+            "-cpu" not in commandline_args(domain):
+        return None
+    return cpu
+
+
+def psci_version_override(domain: Domain, argv: Sequence[str] | None = None) -> int | None:
+    """The PSCI version the guest's QEMU sets with kvm-psci-version, as a PSCI_VERSION value;
+    None when it sets none (the host's default applies). A value QEMU would reject makes it
+    refuse to start, so it never reaches a running guest: None too."""
+    cpu = domain_cpu(domain, argv)
+    value = None if cpu is None else cpu.property(PSCI_PROPERTY)
+    return None if value is None else PSCI_PROPERTY_VALUES.get(value)
+
+
+def requested_features(domain: Domain, supported: FeatureSet,
+                       argv: Sequence[str] | None = None) -> FeatureSet:
+    """The vCPU features QEMU creates this domain's vCPU with on a host that supports
+    ``supported`` (libvirt's src/qemu/qemu_command.c turns the domain XML into -cpu options;
+    QEMU's target/arm/kvm.c and cpu64.c turn those into KVM_ARM_VCPU_INIT features):
+
+    * -cpu host (host-passthrough, maximum, or no <cpu>) enables PMU, pointer authentication
+      and SVE wherever the host's KVM has them (kvm_arm_pmu_supported, kvm_arm_sve_supported,
+      kvm_arm_pauth_supported);
+    * <features><pmu state='off'/> is pmu=off; <cpu><feature policy='disable' name='sve'/>
+      (or 'forbid', or name='pauth') is sve=off / pauth=off;
+    * a feature the XML turns on (<pmu state='on'/>, policy 'require' or 'force', any sveNNN
+      length) is asked for explicitly: it is in the result even where the host lacks it, and
+      there QEMU refuses to start (the caller finds no register list for that set);
+    * a -cpu in <qemu:commandline> (or in the running QEMU's ``argv``) replaces libvirt's
+      -cpu: its model and properties decide instead.
     """
-    enabled = set(supported)
+    override = domain_cpu(domain, argv)
+    if override is not None and (argv is not None or "-cpu" in commandline_args(domain)):
+        return _features_of_cpu(override, supported)
+    enabled: set[str] = set(supported)
+    required: set[str] = set()
+    cpu = domain.root.find("cpu")
+    model = (cpu.findtext("model") or "").strip() if cpu is not None else ""
+    if cpu is not None and cpu.get("mode", "custom") == "custom" and model \
+            and model not in _HOST_MODELS:
+        enabled &= {"pmu"}
     pmu = domain.root.find("features/pmu")
-    if pmu is not None and pmu.get("state") == "off":
-        enabled.discard("pmu")
+    if pmu is not None:
+        state = pmu.get("state", "on")
+        if state == "off":
+            enabled.discard("pmu")
+        elif state == "on":
+            required.add("pmu")
     for feature in domain.root.findall("cpu/feature"):
         name, policy = feature.get("name", ""), feature.get("policy", "require")
-        if name in FEATURE_ORDER and policy in ("disable", "forbid"):
+        if _SVE_LENGTH_RE.fullmatch(name) and policy in _ON_POLICIES:
+            name = "sve"
+        if name not in FEATURE_ORDER:
+            continue
+        if policy in _OFF_POLICIES:
             enabled.discard(name)
-    return frozenset(enabled)
+            required.discard(name)
+        elif policy in _ON_POLICIES:
+            required.add(name)
+    return frozenset(enabled | required)
+
+
+def _features_of_cpu(cpu: QemuCpu, supported: FeatureSet) -> FeatureSet:
+    """The features of a vCPU QEMU creates from a -cpu option (the same rules, QEMU's
+    property names: pmu, sve, sveNNN, pauth)."""
+    enabled = set(supported) if cpu.model in _HOST_MODELS else set(supported) & {"pmu"}
+    required: set[str] = set()
+    for name, value in cpu.properties:
+        if _SVE_LENGTH_RE.fullmatch(name):
+            if value.lower() in _TRUE:
+                required.add("sve")
+            continue
+        if name not in FEATURE_ORDER:
+            continue
+        if value.lower() in _FALSE:
+            enabled.discard(name)
+            required.discard(name)
+        elif value.lower() in _TRUE:
+            required.add(name)
+    return frozenset(enabled | required)

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from psci_hook import registers as regs
 from psci_hook.codes import Severity, severity
-from psci_hook.profile import FeatureSet, HostProfile, feature_key
+from psci_hook.profile import FeatureSet, HostProfile, IdValues, feature_key
 
 # docs/design.md#tolerant-qemu: QEMU with the tolerance series enlarges the incoming array by the
 # number of registered tolerances plus MAX_CPREG_VMSTATE_ANOMALIES = 10 (cpu_pre_load).
@@ -61,15 +61,31 @@ class GuestState(NamedTuple):
     cache_geometry: Mapping[str, int] | None = None
 
     @classmethod
-    def booted_on(cls, host: HostProfile, features: FeatureSet | None = None) -> GuestState:
-        """A guest cold-booted on ``host`` with ``features`` (default: -cpu host's, all)."""
+    def booted_on(cls, host: HostProfile, features: FeatureSet | None = None,
+                  psci_version: int | None = None) -> GuestState:
+        """A guest cold-booted on ``host`` with ``features`` (default: -cpu host's, all) and,
+        when its QEMU sets one (kvm-psci-version), ``psci_version`` instead of the host's.
+
+        Its ID registers and cache geometry are those of a vCPU with exactly these features;
+        where the profile cannot tell them (it predates per-feature values), the record
+        carries none rather than another vCPU's (the engine then says they were not
+        compared, and the rehearsal does not write them).
+        """
         chosen = host.default_features() if features is None else features
+        values = host.id_values(chosen)
+        registers = dict(host.registers)
+        own_psci = registers.get(regs.PSCI_VERSION.reg_id)
+        if psci_version is not None and own_psci is not None and \
+                psci_version in psci_versions_known(own_psci):
+            # A version the host does not implement stops QEMU at start (kvm_arch_init_vcpu:
+            # "PSCI version ... is not supported by KVM"): no guest runs with it.
+            registers[regs.PSCI_VERSION.reg_id] = psci_version
         return cls(
-            registers=dict(host.registers),
+            registers=registers,
             features=chosen,
             cpreg_list=host.cpreg_list(chosen),
-            id_registers=host.id_registers,
-            cache_geometry=host.cache_geometry,
+            id_registers=None if values is None else values.id_registers,
+            cache_geometry=None if values is None else values.cache_geometry,
         )
 
     def as_profile(self, kernel_release: str, extra: Mapping[str, Any] | None = None
@@ -356,8 +372,8 @@ def _fw_finding(reg_id: int, guest_value: int, dest: HostProfile) -> Finding:
                    judgement.inferred)
 
 
-def _value_findings(guest: GuestState, dest: HostProfile, compared_ids: Iterable[int],
-                    ) -> list[Finding]:
+def _value_findings(guest: GuestState, dest: HostProfile, values: IdValues,
+                    compared_ids: Iterable[int]) -> list[Finding]:
     """Findings for ID registers and cache geometry present in both (docs/design.md#id-registers,
     docs/design.md#cache-geometry)."""
     out: list[Finding] = []
@@ -368,9 +384,9 @@ def _value_findings(guest: GuestState, dest: HostProfile, compared_ids: Iterable
             + ("has writable ID registers (6.7+)" if writable else "predates writable ID "
                "registers (6.7) and accepts only its own value"))
     pairs = (
-        (guest.id_registers, dest.id_registers, regs.SYSREG_BY_NAME.__getitem__,
+        (guest.id_registers, values.id_registers, regs.SYSREG_BY_NAME.__getitem__,
          "ID_REG_MISMATCH", "ID_REG_UNVERIFIED"),
-        (guest.cache_geometry, dest.cache_geometry, regs.cache_geometry_id,
+        (guest.cache_geometry, values.cache_geometry, regs.cache_geometry_id,
          "CACHE_MISMATCH", "CACHE_UNVERIFIED"),
     )
     for guest_values, dest_values, to_id, rejected_code, unverified_code in pairs:
@@ -404,22 +420,29 @@ def decide(
     destination: HostProfile,
     generation: str | None = None,
     veto_dropped_workarounds: bool = True,
+    destination_features: FeatureSet | None = None,
 ) -> Decision:
     """What QEMU (``generation``: legacy or tolerant; default: the destination's) and the
-    destination kernel will do with ``guest``, and whether to veto (default policy)."""
+    destination kernel will do with ``guest``, and whether to veto (default policy).
+
+    ``destination_features``: the vCPU features the destination's QEMU will create the vCPU
+    with (domainxml.destination_features: -cpu host enables every feature the destination
+    supports unless the domain XML turns it off); default: the guest's own.
+    """
     generation = generation or destination.generation
     if generation not in QEMU_GENERATIONS:
         raise ValueError(f"unknown QEMU generation {generation!r}")
-    findings: list[Finding] = []
+    features = guest.features if destination_features is None else destination_features
+    findings: list[Finding] = _feature_findings(guest.features, features, destination)
 
     dest_list: tuple[int, ...] | None = None
     if destination.cpreg_lists is not None:
-        dest_list = destination.cpreg_list(guest.features)
-        if dest_list is None:
+        dest_list = destination.cpreg_list(features)
+        if dest_list is None and not any(f.code == "FEATURE_MISSING" for f in findings):
             offered = ", ".join(sorted(destination.cpreg_lists)) or "none"
             findings.append(Finding(
                 "FEATURE_MISSING", FEATURES,
-                f"the guest's vCPU features ({feature_key(guest.features)}) are not available "
+                f"the guest's vCPU features ({feature_key(features)}) are not available "
                 f"on the destination (it offers: {offered}); QEMU cannot create the vCPU."))
     lists_compared = guest.cpreg_list is not None and dest_list is not None
     if lists_compared:
@@ -461,21 +484,51 @@ def decide(
             findings.append(_default_finding(reg_id, destination, generation))
         elif regs.is_firmware(reg_id) and reg_id in guest.registers:
             findings.append(_fw_finding(reg_id, guest.registers[reg_id], destination))
-    id_findings = _value_findings(guest, destination, dest_set & source_set
-                                  if lists_compared else ())
-    findings += id_findings
-    if guest.id_registers is None or destination.id_registers is None:
+    dest_values = destination.id_values(features)
+    if dest_values is not None:
+        findings += _value_findings(guest, destination, dest_values,
+                                    dest_set & source_set if lists_compared else ())
+    if guest.id_registers is None or dest_values is None or dest_values.id_registers is None:
+        if guest.id_registers is not None and destination.id_registers is not None:
+            why = (f"the destination's profile has no ID register values for a vCPU with "
+                   f"features {feature_key(features)} (it was probed before psci-hook read "
+                   "them per feature set)")
+        else:
+            why = "ID register and cache geometry values are not in both profiles"
         findings.append(Finding(
             "ID_REGS_NOT_COMPARED", NOT_COMPARED,
-            "ID register and cache geometry values are not in both profiles: not compared; "
-            "a rehearsal on the destination settles them."))
+            f"{why}: not compared; a rehearsal on the destination settles them."))
 
     return Decision(
         findings=tuple(findings),
-        guest_after=_guest_after(guest, destination, dest_list),
+        guest_after=_guest_after(guest, destination, dest_list, features, dest_values),
         generation=generation,
         lists_compared=lists_compared,
     )
+
+
+def _feature_findings(source: FeatureSet, destination_features: FeatureSet,
+                      destination: HostProfile) -> list[Finding]:
+    """What the vCPU features gained or lost on the way do (the destination's QEMU creates
+    the vCPU from the domain XML and its own host, not from the source's vCPU)."""
+    out: list[Finding] = []
+    lost = source - destination_features
+    if lost:
+        offered = feature_key(destination.default_features())
+        out.append(Finding(
+            "FEATURE_MISSING", FEATURES,
+            f"the guest's vCPU has {feature_key(lost)}, which the destination's QEMU will not "
+            f"give it (this host offers {offered}); its registers and ID fields would vanish "
+            "under the running guest."))
+    gained = destination_features - source
+    if gained:
+        out.append(Finding(
+            "FEATURE_GAINED", FEATURES,
+            f"the destination's QEMU enables {feature_key(gained)}, which the guest's vCPU did "
+            "not have (-cpu host takes every feature this host offers unless the domain XML "
+            "turns it off): its registers start at this host's reset values, and the ID "
+            "fields KVM derives from it differ from the guest's."))
+    return out
 
 
 def _merge_finding(reg_id: int, guest: GuestState, highest: int, generation: str,
@@ -522,8 +575,8 @@ def _default_finding(reg_id: int, destination: HostProfile, generation: str) -> 
                    name, reg_id)
 
 
-def _guest_after(guest: GuestState, dest: HostProfile, dest_list: tuple[int, ...] | None
-                 ) -> GuestState:
+def _guest_after(guest: GuestState, dest: HostProfile, dest_list: tuple[int, ...] | None,
+                 features: FeatureSet, dest_values: IdValues | None) -> GuestState:
     """The guest's state once the migration is done: what this host's QEMU will send next."""
     after: dict[int, int] = {}
     for reg_id, own in dest.registers.items():
@@ -541,10 +594,18 @@ def _guest_after(guest: GuestState, dest: HostProfile, dest_list: tuple[int, ...
             return mine
         return {name: mine.get(name, value) for name, value in theirs.items()}
 
+    if dest_values is None:
+        # This host cannot tell its values for these features: keep the guest's only where
+        # the vCPU kept its features (else nothing is known).
+        kept = features == guest.features
+        return GuestState(
+            registers=dict(sorted(after.items())), features=features, cpreg_list=dest_list,
+            id_registers=guest.id_registers if kept else None,
+            cache_geometry=guest.cache_geometry if kept else None)
     return GuestState(
         registers=dict(sorted(after.items())),
-        features=guest.features,
+        features=features,
         cpreg_list=dest_list,
-        id_registers=merged(guest.id_registers, dest.id_registers),
-        cache_geometry=merged(guest.cache_geometry, dest.cache_geometry),
+        id_registers=merged(guest.id_registers, dest_values.id_registers),
+        cache_geometry=merged(guest.cache_geometry, dest_values.cache_geometry),
     )

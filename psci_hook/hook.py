@@ -26,7 +26,13 @@ from typing import Any
 
 from psci_hook import __version__, auditlog, rehearsal
 from psci_hook.codes import Severity
-from psci_hook.domainxml import MAX_DOMAIN_XML, Domain, DomainXMLError, parse_domain
+from psci_hook.domainxml import (
+    MAX_DOMAIN_XML,
+    Domain,
+    DomainXMLError,
+    parse_domain,
+    requested_features,
+)
 from psci_hook.engine import Decision, Finding, decide, significant_codes
 from psci_hook.environment import Environment
 from psci_hook.errors import first_line, with_type
@@ -40,7 +46,7 @@ from psci_hook.record import (
     read_record,
     record_xml,
 )
-from psci_hook.report import guest_summary, veto_reason
+from psci_hook.report import guest_summary, psci_remedy, veto_reason
 from psci_hook.splice import SpliceError, splice_record
 from psci_hook.status import ExitStatus
 
@@ -172,13 +178,16 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
             **base, "policy_unrecorded": policy.unrecorded})
 
     generation = None if policy.qemu_generation == "auto" else policy.qemu_generation
-    decision = decide(record.state, profile, generation, policy.veto_dropped_workarounds)
+    # The vCPU this host's QEMU will create for the incoming guest: from the domain XML and
+    # this host's features, not the source's (a feature the guest lacked is on here).
+    features = requested_features(domain, profile.default_features())
+    decision = decide(record.state, profile, generation, policy.veto_dropped_workarounds,
+                      destination_features=features)
     findings = list(decision.findings)
     rehearser = env.rehearser or (rehearsal.kvm_rehearser if rehearsal.available() else None)
     if rehearser is not None and policy.rehearse:
         try:
-            result = rehearser(record.state.features,
-                               rehearsal.values_to_rehearse(record.state))
+            result = rehearser(features, rehearsal.values_to_rehearse(record.state))
         except Exception as exc:  # e.g. KVM refused the scratch VM: the model's verdict stands
             base["rehearsal"] = f"not run: {first_line(exc)}"
         else:
@@ -237,10 +246,15 @@ def _veto_or_warn(policy: Policy, domain: Domain, findings: list[Finding],
     consequence = _VETO_CONSEQUENCE.get(first.code, _LATE_FAILURE)
     message = (f"psci-hook: VETO {first.code} domain {domain.name}: {veto_reason(first)} "
                f"({consequence})")
+    remedy = psci_remedy(findings)
+    if remedy:
+        message += f"; remedy: {remedy}"
     codes = significant_codes(findings)
     notable = [f for f in findings if f.severity > Severity.INFO]
     event = {**base, "reason": veto_reason(first),
              "findings": [_event_finding(f) for f in notable[:EVENT_FINDINGS]]}
+    if remedy:
+        event["remedy"] = remedy
     if len(notable) > EVENT_FINDINGS:
         event["more_findings"] = len(notable) - EVENT_FINDINGS
     if not policy.enforcing:

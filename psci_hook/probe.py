@@ -10,7 +10,12 @@ probe asks KVM, on scratch VMs that never run (docs/design.md#probe):
   sorted) for each vCPU feature set QEMU can use here: none, each optional feature whose
   capability is present, and all of them together (what -cpu host enables);
 * ``id_registers`` and ``cache_geometry``: the values of the named ID registers, CLIDR_EL1 and
-  the CCSIDR entries, read on a vCPU with all the supported features (the -cpu host default);
+  the CCSIDR entries, read on a vCPU with all the supported features (the -cpu host default,
+  named in ``id_registers_features``);
+* ``feature_values``: for every other feature set read, the values of those registers that
+  differ there (KVM derives ID fields from the vCPU's features: a guest without a PMU, SVE or
+  pointer authentication has other ID register values), so that a guest's record and the
+  destination's vCPU get the values of their real features;
 * ``id_writable_masks`` where the kernel has KVM_ARM_GET_REG_WRITABLE_MASKS (6.7+);
 * and the identity of the running system: kernel release, boot id, probe time, host name, and
   the QEMU version when ``psci-hook refresh`` has cached it.
@@ -102,6 +107,17 @@ def _default_values(vm: kvm_mod.ScratchVm, vcpu: kvm_mod.ScratchVcpu, listed: Se
     }
 
 
+def _differing(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, int]:
+    """The ID register and cache geometry values of one feature set that differ from the
+    default set's (ID registers are listed whatever the features)."""
+    out: dict[str, int] = {}
+    for group in ("id_registers", "cache_geometry"):
+        own = defaults[group]
+        out.update({name: value for name, value in values[group].items()
+                    if own.get(name) != value and name in own})
+    return out
+
+
 def probe_host(
     kvm: kvm_mod.Kvm,
     *,
@@ -168,6 +184,10 @@ def probe_host(
         profile["qemu_version"] = qemu_version
     profile.update(defaults["masks"])
     profile["id_registers_features"] = feature_key(default)
+    profile["feature_values"] = {
+        key: _differing(values, defaults) for key, values in per_set.items()
+        if key != feature_key(default)
+    }
     profile["boot_id"] = read_boot_id(boot_id_path)
     profile["probed_at"] = (
         datetime.datetime.fromtimestamp(clock(), tz=datetime.timezone.utc)

@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from psci_hook import registers as regs
 
@@ -24,7 +24,8 @@ QEMU_GENERATIONS = ("legacy", "tolerant")
 U64_MAX = (1 << 64) - 1
 _KNOWN_KEYS = {
     "schema", "kernel_release", "machine", "registers", "cpreg_lists", "id_registers",
-    "cache_geometry", "qemu_version", "qemu_generation",
+    "cache_geometry", "qemu_version", "qemu_generation", "id_registers_features",
+    "feature_values",
 }
 _QEMU_VERSION_RE = re.compile(r"\d+\.\d+(\.\d+)?")
 # `psci-hook refresh` caches the hypervisor version here, next to the boot-time profile.
@@ -38,6 +39,20 @@ class ProfileError(ValueError):
 
 
 FeatureSet = frozenset[str]
+
+
+class IdValues(NamedTuple):
+    """The ID register and cache geometry values of one vCPU, by name."""
+
+    id_registers: Mapping[str, int] | None
+    cache_geometry: Mapping[str, int] | None
+
+
+def _apply(values: Mapping[str, int] | None, delta: Mapping[str, int]
+           ) -> Mapping[str, int] | None:
+    if values is None:
+        return None
+    return {name: delta.get(name, value) for name, value in values.items()}
 
 
 def feature_key(features: Iterable[str]) -> str:
@@ -75,6 +90,13 @@ class HostProfile:
     cache_geometry: Mapping[str, int] | None = None
     qemu_version: str | None = None
     qemu_generation: str | None = None
+    # The vCPU features ``id_registers`` and ``cache_geometry`` were read with (None: not
+    # stated; profiles written before it was recorded read them on -cpu host's vCPU).
+    id_registers_features: FeatureSet | None = None
+    # Feature key -> the ID register and cache geometry values (by name) that differ, on a
+    # vCPU with those features, from ``id_registers``/``cache_geometry``; an empty mapping
+    # means "probed, nothing differs". None: the profile predates per-feature values.
+    feature_values: Mapping[str, Mapping[str, int]] | None = None
     # Keys this reader does not interpret (hostname, boot id, provenance...), kept verbatim.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -113,6 +135,58 @@ class HostProfile:
         union = set(self.cpreg_lists[NO_FEATURES]).union(*parts)  # type: ignore[arg-type]
         return tuple(sorted(union))
 
+    def values_features(self) -> FeatureSet:
+        """The vCPU features of ``id_registers`` and ``cache_geometry``."""
+        if self.id_registers_features is not None:
+            return self.id_registers_features
+        return self.default_features()
+
+    def id_values(self, features: FeatureSet) -> IdValues | None:
+        """The ID registers and cache geometry a vCPU with ``features`` has on this host, or
+        None when the profile cannot tell (no values, or none for these features).
+
+        KVM derives some ID fields from the vCPU's features (arch/arm64/kvm/sys_regs.c:
+        PMUVer and PerfMon are zero without a PMU, the SVE field and ID_AA64ZFR0_EL1 without
+        SVE, APA/API/GPA/GPI without pointer authentication), so the values depend on the
+        feature set. A set the probe read is taken as read; another is derived from the
+        single-feature reads, register by register, where at most one of its features
+        changes the register (each feature owns its own fields), and is None otherwise.
+        """
+        if self.id_registers is None and self.cache_geometry is None:
+            return None
+        if features == self.values_features():
+            return IdValues(self.id_registers, self.cache_geometry)
+        if self.feature_values is None:
+            return None
+        delta = self.feature_values.get(feature_key(features))
+        if delta is None:
+            delta = self._derived_delta(features)
+        if delta is None:
+            return None
+        return IdValues(_apply(self.id_registers, delta), _apply(self.cache_geometry, delta))
+
+    def _derived_delta(self, features: FeatureSet) -> Mapping[str, int] | None:
+        assert self.feature_values is not None
+        base = self.feature_values.get(NO_FEATURES)
+        singles = {f: self.feature_values.get(feature_key([f])) for f in features}
+        if base is None or any(v is None for v in singles.values()):
+            return None
+        none_values = self._full(base)
+        single_values = {f: self._full(delta) for f, delta in singles.items() if delta is not None}
+        out: dict[str, int] = {}
+        for name, value in none_values.items():
+            changed = [v[name] for v in single_values.values() if v[name] != value]
+            if len(changed) > 1:
+                return None  # two features change the same register: not derivable
+            out[name] = changed[0] if changed else value
+        own = self._full({})
+        return {name: value for name, value in out.items() if own.get(name) != value}
+
+    def _full(self, delta: Mapping[str, int]) -> dict[str, int]:
+        values = {**(self.id_registers or {}), **(self.cache_geometry or {})}
+        values.update(delta)
+        return values
+
     @property
     def generation(self) -> str:
         """The QEMU generation of this host: stated, else from the version, else legacy."""
@@ -143,6 +217,10 @@ class HostProfile:
             out["qemu_version"] = self.qemu_version
         if self.qemu_generation is not None:
             out["qemu_generation"] = self.qemu_generation
+        if self.id_registers_features is not None:
+            out["id_registers_features"] = feature_key(self.id_registers_features)
+        if self.feature_values is not None:
+            out["feature_values"] = {k: dict(v) for k, v in self.feature_values.items()}
         out.update(self.extra)
         return out
 
@@ -258,6 +336,14 @@ def _parse(data: Any) -> HostProfile:
     if generation is not None and generation not in QEMU_GENERATIONS:
         raise ProfileError(f"'qemu_generation' must be legacy or tolerant, found {generation!r}")
 
+    values_features: FeatureSet | None = None
+    raw_values_features = data.get("id_registers_features")
+    if raw_values_features is not None:
+        if not isinstance(raw_values_features, str):
+            raise ProfileError("'id_registers_features' must be a feature set like 'pmu+sve'")
+        values_features = parse_feature_key(raw_values_features)
+    feature_values = _parse_feature_values(data, id_regs, cache)
+
     return HostProfile(
         kernel_release=release,
         machine=machine,
@@ -267,8 +353,31 @@ def _parse(data: Any) -> HostProfile:
         cache_geometry=cache,
         qemu_version=qemu_version,
         qemu_generation=generation,
+        id_registers_features=values_features,
+        feature_values=feature_values,
         extra={k: v for k, v in data.items() if k not in _KNOWN_KEYS},
     )
+
+
+def _parse_feature_values(data: Mapping[str, Any], id_regs: Mapping[str, int] | None,
+                          cache: Mapping[str, int] | None
+                          ) -> dict[str, dict[str, int]] | None:
+    raw = _mapping(data, "feature_values")
+    if raw is None:
+        return None
+    known = set(id_regs or {}) | set(cache or {})
+    out: dict[str, dict[str, int]] = {}
+    for key, values in raw.items():
+        parse_feature_key(key)
+        if not isinstance(values, dict):
+            raise ProfileError(f"feature_values.{key} must be an object")
+        out[key] = {}
+        for name, value in values.items():
+            if name not in known:
+                raise ProfileError(f"feature_values.{key}: {name!r} is not in 'id_registers' "
+                                   "or 'cache_geometry'")
+            out[key][name] = _uint(value, f"feature_values.{key}.{name}")
+    return out
 
 
 def _parse_list(key: str, ids: Any, fw: Mapping[int, int]) -> tuple[int, ...]:

@@ -22,8 +22,15 @@ The rules (docs/design.md#state-after-a-migration):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
-from psci_hook.domainxml import Domain, DomainXMLError, parse_domain, requested_features
+from psci_hook.domainxml import (
+    Domain,
+    DomainXMLError,
+    parse_domain,
+    psci_version_override,
+    requested_features,
+)
 from psci_hook.engine import GuestState, decide
 from psci_hook.policy import Policy
 from psci_hook.profile import HostProfile
@@ -80,6 +87,9 @@ class Observed:
 
     live: bytes  # the live XML
     persistent: bytes | None = None  # the persistent XML; None for a transient domain
+    # The running QEMU's command line (/proc/<pid>/cmdline), when readable: what its vCPU
+    # really is where the XML's <qemu:commandline> and the process could differ.
+    qemu_argv: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,12 +167,13 @@ def _with_config(plan: Plan, persistent: Domain | None, has_persistent: bool) ->
     return dataclasses.replace(plan, config=record)
 
 
-def booted_record(domain: Domain, host: ThisHost, now: str, old: GuestRecord | None
-                  ) -> GuestRecord:
+def booted_record(domain: Domain, host: ThisHost, now: str, old: GuestRecord | None,
+                  argv: Sequence[str] | None = None) -> GuestRecord:
     """The record of a guest cold-booted here: this host's values for the vCPU features the
-    domain XML asks for. A previous record's override and history are kept."""
-    features = requested_features(domain, host.profile.default_features())
-    state = GuestState.booted_on(host.profile, features)
+    domain XML (or the running QEMU's command line ``argv``) asks for, and the PSCI version
+    its kvm-psci-version sets, if any. A previous record's override and history are kept."""
+    features = requested_features(domain, host.profile.default_features(), argv)
+    state = GuestState.booted_on(host.profile, features, psci_version_override(domain, argv))
     return GuestRecord(state, host.origin("booted", now),
                        history=old.history if old else (),
                        override=old.override if old else None)
@@ -179,7 +190,7 @@ def plan_boot(observed: Observed, host: ThisHost, now: str, trigger: str = BOOTE
         broken = ""
     except RecordError as exc:
         old, broken = None, str(exc)
-    record = booted_record(live, host, now, old)
+    record = booted_record(live, host, now, old, observed.qemu_argv)
     summary = guest_summary(record.state)
     if old is not None:
         action, reason = REPLACED, (f"cold boot on this host: the record "
@@ -212,7 +223,7 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: str) -> 
         # The source sent no record: its values are unknown. This host accepted the guest, so
         # its PSCI version and bitmaps are at most this host's, and its WORKAROUND levels are
         # exactly this host's: this host's values are a safe upper bound.
-        record = booted_record(live, host, now, None)
+        record = booted_record(live, host, now, None, observed.qemu_argv)
         record = dataclasses.replace(record, origin=host.origin(event, now)).with_check(
             HistoryEntry(now, op, host.hostname, "allow", ("NO_RECORD",)),
             host.policy.history_limit)
@@ -224,7 +235,9 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: str) -> 
 
     policy = host.policy
     generation = None if policy.qemu_generation == "auto" else policy.qemu_generation
-    decision = decide(old.state, host.profile, generation, policy.veto_dropped_workarounds)
+    decision = decide(old.state, host.profile, generation, policy.veto_dropped_workarounds,
+                      requested_features(live, host.profile.default_features(),
+                                         observed.qemu_argv))
     after = decision.guest_after
     codes = tuple(decision.codes)
     if after == old.state:

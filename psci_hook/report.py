@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from psci_hook import registers as regs
 from psci_hook.codes import Severity
 from psci_hook.engine import Decision, Finding, GuestState
@@ -25,8 +27,36 @@ def decision_text(decision: Decision, verbose: bool = False) -> str:
         lines.append("  " + finding_line(finding))
     if hidden:
         lines.append(f"  ({hidden} informational findings not shown; --verbose shows them)")
+    remedy = psci_remedy(decision.findings)
+    if remedy:
+        lines.append(f"remedy: {remedy}")
     lines.append("guest after migration: " + guest_summary(decision.guest_after))
     return "\n".join(lines) + "\n"
+
+
+# QEMU's vCPU property (target/arm/kvm.c, QEMU 11.x) and the -global spelling for -cpu host.
+PSCI_GLOBAL = "host-arm-cpu.kvm-psci-version"
+
+
+def psci_remedy(findings: Iterable[Finding]) -> str | None:
+    """How to make the guest movable here when its PSCI version is all that blocks it: a cold
+    boot with QEMU's kvm-psci-version set to this host's highest version. None otherwise
+    (another blocker, which the property cannot change, remains)."""
+    blocking = [f for f in findings if f.blocking]
+    psci = regs.PSCI_VERSION.reg_id
+    if not blocking or any(f.reg_id != psci or f.code not in _PSCI_CODES for f in blocking):
+        return None
+    highest = next((f.destination_value for f in blocking if f.destination_value is not None),
+                   None)
+    if highest is None:
+        return None
+    version = regs.psci_version_text(highest)
+    return (f"cold-boot the guest with kvm-psci-version={version} (QEMU 11.x on the source; in "
+            f"the domain XML <qemu:commandline><qemu:arg value='-global'/><qemu:arg "
+            f"value='{PSCI_GLOBAL}={version}'/></qemu:commandline>), then it can move here")
+
+
+_PSCI_CODES = frozenset({"PSCI_UNSUPPORTED", "REHEARSAL_REFUSED", "MODEL_DEFECT"})
 
 
 def guest_summary(guest: GuestState) -> str:

@@ -13,7 +13,7 @@ import pytest
 from corpus import corpus_files, is_valid
 from hooktools import CollectingSink, profile_file, stamped, write_config
 
-from psci_hook.domainxml import parse_domain
+from psci_hook.domainxml import parse_domain, requested_features
 from psci_hook.engine import GuestState
 from psci_hook.environment import Environment
 from psci_hook.hook import main
@@ -75,6 +75,12 @@ def test_stamp_and_hook_output_minus_our_element_is_the_input(
     assert len(sink.events) == 1
     if not domain.is_aarch64:  # armv7l guests in aarch64 files: not ours, untouched
         assert (status, output) == (ExitStatus.OK, b"")
+        return
+    destination = profiles[DEST_PROFILE]
+    if destination.cpreg_list(requested_features(domain, destination.default_features())) \
+            is None:  # the XML asks for SVE, which the Cortex-A76 host lacks: QEMU cannot start
+        assert (status, output) == (ExitStatus.VETO, b"")
+        assert "VETO FEATURE_MISSING" in env.stderr.getvalue()  # type: ignore[attr-defined]
         return
     assert status == ExitStatus.OK, env.stderr.getvalue()  # type: ignore[attr-defined]
     # The hook replaced our element and nothing else: outside it, output == stamped input.

@@ -63,3 +63,41 @@ def test_probed_profiles_carry_what_the_engine_compares(probed: dict[str, HostPr
     for kernel, profile in probed.items():
         assert profile.id_registers and profile.cache_geometry, kernel
         assert profile.cpreg_list(frozenset({"pmu", "pauth", "sve"})), kernel
+
+
+# "L2 -cpu host,pmu=off" (QEMU 7.2.22; 11.1.3 also loads 6.12 -> 7.2): the same kernels, guests
+# without a PMU on both sides.
+PMU_OFF_LEGACY: dict[tuple[str, str], set[str] | None] = {
+    ("5.10", "6.1"): {"len"}, ("5.10", "6.12"): {"len"}, ("5.10", "7.2"): {"len"},
+    ("6.1", "5.10"): {"idx"}, ("6.1", "6.12"): {"ID_AA64MMFR1_EL1"}, ("6.1", "7.2"): None,
+    ("6.12", "5.10"): {"idx"}, ("6.12", "6.1"): {"len"}, ("6.12", "7.2"): {"len"},
+    ("7.2", "5.10"): {"idx"}, ("7.2", "6.1"): {"len"}, ("7.2", "6.12"): {"PSCI_VERSION"},
+}
+PMU_OFF_TOLERANT = {**PMU_OFF_LEGACY, ("6.12", "7.2"): None}
+
+
+@pytest.mark.parametrize(("generation", "table"), [("legacy", PMU_OFF_LEGACY),
+                                                   ("tolerant", PMU_OFF_TOLERANT)])
+def test_engine_agrees_with_real_qemu_for_pmu_off_guests(
+        probed: dict[str, HostProfile], generation: str,
+        table: dict[tuple[str, str], set[str] | None]) -> None:
+    """Records of a vCPU without PMU (its own ID values, from the probe's per-feature values)
+    against a destination whose QEMU creates the vCPU without PMU too."""
+    no_pmu = frozenset({"pauth", "sve"})
+    settled_by_rehearsal = []
+    for (source, destination), refused in table.items():
+        guest = GuestState.booted_on(probed[source], no_pmu)
+        assert guest.id_registers is not None, source  # per-feature values in the profile
+        decision = decide(guest, probed[destination], generation, destination_features=no_pmu)
+        pair = f"{source} -> {destination} ({generation}, pmu=off)"
+        if refused is None:
+            assert not decision.vetoed, f"{pair} loaded in real QEMU: {decision.codes}"
+            continue
+        if decision.vetoed:
+            value_refusals = {f.register for f in decision.findings if f.outcome == "rejected"}
+            assert refused & {"len", "idx"} or value_refusals <= refused, pair
+            continue
+        unverified = {f.register for f in decision.findings if f.outcome == "unverified"}
+        assert refused <= unverified, f"{pair} failed in real QEMU on {refused}"
+        settled_by_rehearsal.append(pair)
+    assert settled_by_rehearsal == [f"6.1 -> 6.12 ({generation}, pmu=off)"]

@@ -33,13 +33,13 @@ def features_arg(text: str) -> FeatureSet:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def guest_from_profile(profile: HostProfile, features: FeatureSet | None, origin: str
-                       ) -> GuestState:
+def guest_from_profile(profile: HostProfile, features: FeatureSet | None, origin: str,
+                       psci_version: int | None = None) -> GuestState:
     """The state a guest profile describes, for ``features`` (default: its only or its
-    fullest list, what -cpu host enables)."""
+    fullest list, what -cpu host enables) and a kvm-psci-version the guest's QEMU sets."""
     if features is not None and profile.cpreg_lists is not None \
             and profile.cpreg_list(features) is None:
         offered = ", ".join(sorted(profile.cpreg_lists))
         raise InputError(f"{origin}: no migrated list for vCPU features "
                          f"{'+'.join(sorted(features)) or 'none'} (it has: {offered})")
-    return GuestState.booted_on(profile, features)
+    return GuestState.booted_on(profile, features, psci_version)

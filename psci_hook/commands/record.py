@@ -22,6 +22,7 @@ from psci_hook.environment import Environment
 from psci_hook.errors import first_line
 from psci_hook.libvirt_client import Client, LibvirtCallFailed, LibvirtUnavailable
 from psci_hook.policy import Policy, PolicyError, load_policy
+from psci_hook.qemuproc import running_qemu_argv
 from psci_hook.recorder import (
     ACTIONS,
     FAILED,
@@ -101,7 +102,7 @@ def sink_for(policy: Policy) -> auditlog.Sink:
 def observe(client: Client, dom: Any) -> Observed:
     live = client.live_xml(dom)
     persistent = client.persistent_xml(dom) if client.is_persistent(dom) else None
-    return Observed(live, persistent)
+    return Observed(live, persistent, running_qemu_argv(client.name(dom)))
 
 
 def apply(client: Client, dom: Any, plan: Plan) -> None:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from psci_hook.commands._common import InputError, features_arg, guest_from_profile, read_domain
-from psci_hook.domainxml import requested_features
+from psci_hook.domainxml import psci_version_override, requested_features
 from psci_hook.environment import Environment
 from psci_hook.profile import ProfileError, load_profile
 from psci_hook.record import GuestRecord, Origin, RecordError, read_record, record_xml
@@ -36,7 +36,8 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         features = args.features
         if features is None:
             features = requested_features(domain, profile.default_features())
-        state = guest_from_profile(profile, features, str(args.guest_profile))
+        state = guest_from_profile(profile, features, str(args.guest_profile),
+                                   psci_version_override(domain))
         try:
             old = read_record(domain.root)
         except RecordError:

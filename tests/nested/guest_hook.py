@@ -13,8 +13,16 @@ state of a guest booted on each kernel's probed profile for this emulated CPU
 (tests/data/probed-profiles; this kernel's own is the control). For each source the hook runs
 twice: with the cache removed (it must probe inline and write the cache back), then warm.
 
-Prints {"destination": label, "release": ..., "runs": {source label: {"cold": run, "warm": run}}}
-where a run is {"rc", "stdout", "stderr", "seconds", "cache": {...}, "event": {...} or None}.
+Then, warm, the guests whose vCPU features differ from -cpu host's, each recorded as `record`
+would on this host (its own profile, the one the hook cached) and checked here: "own" maps a
+variant (default, pmu-off, and where this host has them sve-off, pauth-off, SVE lengths) to its
+run. "pmu_off" maps every source profile to the run of a `<pmu state='off'/>` guest stamped from
+it (the pmu=off table of real QEMU); "psci_1_1" the same with `kvm-psci-version=1.1` set in the
+domain's <qemu:commandline>.
+
+Prints {"destination": label, "release": ..., "runs": {source label: {"cold": run, "warm": run}},
+"own": {variant: run}, "pmu_off": {source label: run}, "psci_1_1": {source label: run}} where a
+run is {"rc", "stdout", "stderr", "seconds", "cache": {...}, "event": {...} or None}.
 """
 
 from __future__ import annotations
@@ -30,9 +38,9 @@ from typing import Any
 
 from psci_hook import kvm as kvm_mod
 from psci_hook import registers as regs
-from psci_hook.domainxml import parse_domain, requested_features
+from psci_hook.domainxml import parse_domain, psci_version_override, requested_features
 from psci_hook.engine import GuestState
-from psci_hook.profile import load_profile
+from psci_hook.profile import HostProfile, load_profile
 from psci_hook.record import GuestRecord, Origin, record_xml
 from psci_hook.splice import splice_record
 
@@ -65,7 +73,7 @@ DOMAIN = """<domain type='kvm'>
   <os>
     <type arch='aarch64' machine='virt'>hvm</type>
   </os>
-  <cpu mode='host-passthrough'/>
+  <cpu mode='host-passthrough'/>{extra}
   <devices>
     <emulator>/usr/bin/qemu-system-aarch64</emulator>
   </devices>
@@ -73,15 +81,39 @@ DOMAIN = """<domain type='kvm'>
 """
 
 
-def stamped(label: str, index: int) -> bytes:
-    """A domain XML with the record of a -cpu host guest cold-booted on profile ``label``
-    (what ``psci-hook stamp --guest-profile`` prints)."""
-    profile = load_profile(PROFILES / f"{label}.json")
-    data = DOMAIN.format(name=f"from-{label.replace('__', '-')}", index=index).encode()
-    features = requested_features(parse_domain(data), profile.default_features())
-    record = GuestRecord(GuestState.booted_on(profile, features),
-                         Origin("stamped", f"host-{label}", profile.kernel_release,
-                                "2026-01-01T00:00:00Z"))
+# Guests whose vCPU is not -cpu host's default: the XML libvirt gets for each (substituted for
+# the plain <cpu mode='host-passthrough'/>), and the feature the host must have for it.
+VARIANTS = {
+    "default": ("<cpu mode='host-passthrough'/>", None),
+    "pmu-off": ("<features><pmu state='off'/></features>\n  <cpu mode='host-passthrough'/>",
+                "pmu"),
+    "sve-off": ("<cpu mode='host-passthrough'><feature policy='disable' name='sve'/></cpu>",
+                "sve"),
+    "pauth-off": ("<cpu mode='host-passthrough'><feature policy='disable' name='pauth'/></cpu>",
+                  "pauth"),
+    "sve-lengths": ("<cpu mode='host-passthrough'><feature policy='require' name='sve128'/>"
+                    "<feature policy='disable' name='sve256'/></cpu>", "sve"),
+}
+PSCI_1_1 = ("\n  <qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+            "<qemu:arg value='-global'/><qemu:arg value='host-arm-cpu.kvm-psci-version=1.1'/>"
+            "</qemu:commandline>")
+
+
+def stamped(label: str, index: int, profile: HostProfile | None = None, cpu: str = "",
+            extra: str = "", name: str = "") -> bytes:
+    """A domain XML with the record of a guest cold-booted on profile ``label`` (what
+    ``psci-hook stamp --guest-profile`` prints, and ``record`` writes on that host): the vCPU
+    features and PSCI version its domain XML gives it there."""
+    profile = profile or load_profile(PROFILES / f"{label}.json")
+    name = name or f"from-{label.replace('__', '-')}"
+    data = DOMAIN.format(name=name, index=index, extra=extra).encode()
+    if cpu:
+        data = data.replace(b"<cpu mode='host-passthrough'/>", cpu.encode())
+    domain = parse_domain(data)
+    features = requested_features(domain, profile.default_features())
+    state = GuestState.booted_on(profile, features, psci_version_override(domain))
+    record = GuestRecord(state, Origin("stamped", f"host-{label}", profile.kernel_release,
+                                       "2026-01-01T00:00:00Z"))
     return splice_record(data, lambda indent: record_xml(record, indent)).data
 
 
@@ -138,7 +170,23 @@ def main() -> int:
         cold = run_hook(name, xml, log)
         warm = run_hook(name, xml, log)
         runs[label] = {"cold": cold, "warm": warm}
-    print(json.dumps({"destination": destination, "release": release, "runs": runs}, indent=1))
+    own = load_profile(CACHE)  # this host's profile, as the hook probed and cached it
+    offered = own.default_features()
+    own_runs = {}
+    for index, (variant, (cpu, needs)) in enumerate(VARIANTS.items()):
+        if needs is not None and needs not in offered:
+            continue
+        name = f"own-{variant}"
+        own_runs[variant] = run_hook(name, stamped("own", 100 + index, own, cpu, name=name), log)
+    pmu_off, psci = {}, {}
+    for index, label in enumerate(same_cpu):
+        name = f"pmu-off-from-{label.replace('__', '-')}"
+        pmu_off[label] = run_hook(name, stamped(label, 200 + index, cpu=VARIANTS["pmu-off"][0],
+                                                name=name), log)
+        name = f"psci-1-1-from-{label.replace('__', '-')}"
+        psci[label] = run_hook(name, stamped(label, 300 + index, extra=PSCI_1_1, name=name), log)
+    print(json.dumps({"destination": destination, "release": release, "runs": runs,
+                      "own": own_runs, "pmu_off": pmu_off, "psci_1_1": psci}, indent=1))
     return 0
 
 

@@ -470,3 +470,80 @@ def test_hook_veto_names_what_real_qemu_was_refused_on(
         else:
             assert {"code": offline, "register": register} in [
                 {k: f.get(k) for k in ("code", "register")} for f in event["findings"]], event
+
+
+# real-qemu-migrations.md, "L2 -cpu host,pmu=off (QEMU 7.2.22)": among these kernels only 6.1 -> 7.2
+# (and each kernel to itself) loads; 5.10 -> any fails on the list length, the downgrades on the
+# index or the length, 6.1 -> 6.12 on ID_AA64MMFR1_EL1 (HCX), 7.2 -> 6.12 on PSCI_VERSION 1.3.
+REAL_QEMU_PMU_OFF_LOADED = REAL_QEMU_LOADED
+REAL_QEMU_PMU_OFF_VALUE_REFUSALS = {("6.1", "6.12"): {"ID_AA64MMFR1_EL1"},
+                                    ("7.2", "6.12"): {"PSCI_VERSION"}}
+
+
+@pytest.mark.parametrize(("kernel", "cpu"), COMBOS, ids=IDS)
+def test_hook_allows_every_guest_on_the_host_it_was_recorded_on(
+    nested_results: dict[str, harness.BootResult], kernel: str, cpu: str
+) -> None:
+    """The issue's false vetoes: guests with PMU, SVE or pointer authentication turned off (and
+    explicit SVE vector lengths), recorded with their own vCPU's values on this very host, are
+    allowed by the real hook, the real KVM accepting every value in the rehearsal; the
+    annotation keeps the guest's features."""
+    from psci_hook.domainxml import parse_domain
+    from psci_hook.record import read_record
+
+    result = _result(nested_results, kernel, cpu)
+    own = _hook_report(result)["own"]
+    expected = {"default", "pmu-off"} | (
+        {"sve-off", "pauth-off", "sve-lengths"} if cpu == "max" else set())
+    assert set(own) == expected
+    features = {"default": {"pmu", "pauth", "sve"} if cpu == "max" else {"pmu"},
+                "pmu-off": {"pauth", "sve"} if cpu == "max" else set(),
+                "sve-off": {"pmu", "pauth"}, "pauth-off": {"pmu", "sve"},
+                "sve-lengths": {"pmu", "pauth", "sve"}}
+    for variant, run in own.items():
+        assert (run["rc"], run["stderr"]) == (0, ""), (variant, run["stderr"])
+        assert run["event"]["rehearsal"] == "accepted", (variant, run["event"])
+        record = read_record(parse_domain(run["stdout"].encode()).root)
+        assert record is not None and set(record.state.features) == features[variant], variant
+
+
+@pytest.mark.parametrize("kernel", harness.KERNELS)
+def test_hook_decides_pmu_off_guests_as_real_qemu_did(
+    nested_results: dict[str, harness.BootResult], kernel: str
+) -> None:
+    """max CPU, `<pmu state='off'/>` guests stamped from every kernel's probed profile (with the
+    values of a vCPU without PMU): the real hook allows exactly the pairs real QEMU 7.2 loaded
+    with pmu=off, and vetoes the value failures on a register real QEMU was refused on."""
+    result = _result(nested_results, kernel, "max")
+    problems = []
+    for source in harness.KERNELS:
+        run = _hook_report(result)["pmu_off"][f"{source}__max"]
+        pair, what = (source, kernel), f"pmu=off {source} -> {kernel}"
+        if pair in REAL_QEMU_PMU_OFF_LOADED:
+            if (run["rc"], run["stderr"]) != (0, ""):
+                problems.append(f"{what}: real QEMU loaded it, the hook said {run['stderr']!r}")
+            continue
+        if run["rc"] != 1:
+            problems.append(f"{what}: real QEMU failed, the hook said exit {run['rc']}")
+            continue
+        refused = REAL_QEMU_PMU_OFF_VALUE_REFUSALS.get(pair)
+        match = _VETO_LINE.match(run["stderr"])
+        if refused and (not match or match["register"] not in refused):
+            problems.append(f"{what}: expected a veto on {sorted(refused)}, got "
+                            f"{run['stderr'].strip()!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_hook_allows_a_kvm_psci_version_1_1_guest_from_7_2_on_6_12(
+    nested_results: dict[str, harness.BootResult]
+) -> None:
+    """A 7.2 guest started with kvm-psci-version=1.1 (<qemu:commandline> -global) is recorded
+    with PSCI 1.1 and allowed on 6.12 (real QEMU 11.1.3 loaded it); without the property the
+    veto line says how to make it movable."""
+    report = _hook_report(_result(nested_results, "6.12", "max"))
+    capped = report["psci_1_1"]["7.2__max"]
+    assert (capped["rc"], capped["stderr"]) == (0, ""), capped["stderr"]
+    plain = report["runs"]["7.2__max"]["warm"]
+    assert plain["rc"] == 1 and plain["stderr"].startswith("psci-hook: VETO PSCI_UNSUPPORTED")
+    assert "; remedy: cold-boot the guest with kvm-psci-version=1.1" in plain["stderr"]
+    assert plain["event"]["remedy"].startswith("cold-boot the guest with kvm-psci-version=1.1")

@@ -1,0 +1,366 @@
+"""Guests with the vCPU features they really have (issue: PMU, SVE or pointer auth turned off).
+
+KVM derives ID register fields from a vCPU's features (arch/arm64/kvm/sys_regs.c): without a PMU,
+PMUVer (ID_AA64DFR0_EL1) and PerfMon (ID_DFR0_EL1) are 0; without SVE, the SVE field of
+ID_AA64PFR0_EL1 and all of ID_AA64ZFR0_EL1; without pointer authentication, APA/API/GPA/GPI of
+ID_AA64ISAR1_EL1. The values below are those fields on Debian 7.2's KVM on QEMU's `max` CPU
+(tests/data/probed-profiles/7.2__max.json and the issue's measured refusal); the decisions are
+checked against the real kernels in tests/nested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import kvmfake
+import pytest
+from conftest import fw
+from hooktools import DOMAIN, install_hook, profile_file, run_hook, stamped, write_config
+
+from psci_hook import kvm
+from psci_hook import probe as probe_mod
+from psci_hook import registers as regs
+from psci_hook.domainxml import (
+    parse_domain,
+    psci_version_override,
+    qemu_cpu_from_argv,
+    requested_features,
+)
+from psci_hook.engine import GuestState, decide
+from psci_hook.profile import HostProfile, ProfileError, loads_profile
+from psci_hook.qemuproc import running_qemu_argv
+from psci_hook.recorder import Observed, ThisHost, plan_boot
+from psci_hook.report import decision_text, psci_remedy
+
+ALL = frozenset({"pmu", "pauth", "sve"})
+NO_PMU = frozenset({"pauth", "sve"})
+NO_SVE = frozenset({"pmu", "pauth"})
+NO_PAUTH = frozenset({"pmu", "sve"})
+DFR0, AA64DFR0 = "ID_DFR0_EL1", "ID_AA64DFR0_EL1"
+PFR0, ZFR0, ISAR1 = "ID_AA64PFR0_EL1", "ID_AA64ZFR0_EL1", "ID_AA64ISAR1_EL1"
+# -cpu host's vCPU (all features) and the single-feature reads, as the probe stores them.
+ID_ALL = {DFR0: 0x6010009, AA64DFR0: 0x1010305409, PFR0: 0x1100000111111112,
+          ZFR0: 0x110110100110021, ISAR1: 0x12101021211111, "MIDR_EL1": 0xF0510}
+CACHE = {"CLIDR_EL1": 0x2000023, "CCSIDR_0": 0x2}
+FEATURE_VALUES = {
+    "none": {DFR0: 0x10009, AA64DFR0: 0x10305009, PFR0: 0x1100000011111112, ZFR0: 0,
+             ISAR1: 0x12001021001111},
+    "pmu": {PFR0: 0x1100000011111112, ZFR0: 0, ISAR1: 0x12001021001111},
+    "pauth": {DFR0: 0x10009, AA64DFR0: 0x10305009, PFR0: 0x1100000011111112, ZFR0: 0},
+    "sve": {DFR0: 0x10009, AA64DFR0: 0x10305009, ISAR1: 0x12001021001111},
+}
+PSCI = regs.PSCI_VERSION.reg_id
+
+
+def host(release: str = "7.2.13+deb14-arm64", *, per_set: bool = True, psci: int = 0x10003,
+         features: frozenset[str] = ALL, **extra: Any) -> HostProfile:
+    listed = tuple(sorted([PSCI, *(regs.SYSREG_BY_NAME[n] for n in ID_ALL),
+                           *(regs.cache_geometry_id(n) for n in CACHE)]))
+    lists = {"none": listed}
+    for f in sorted(features):
+        lists[f] = listed
+    if len(features) > 1:
+        lists["+".join(f for f in ("pmu", "pauth", "sve") if f in features)] = listed
+    values = {k: v for k, v in FEATURE_VALUES.items()
+              if k == "none" or k in features} if per_set else None
+    return HostProfile(kernel_release=release, machine="aarch64", registers=fw(PSCI_VERSION=psci),
+                       cpreg_lists=lists, id_registers=dict(ID_ALL), cache_geometry=dict(CACHE),
+                       id_registers_features=features, feature_values=values, **extra)
+
+
+def xml(cpu: str = "<cpu mode='host-passthrough'/>", features: str = "", extra: str = "") -> bytes:
+    return (f"<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+            f"<name>g</name><os><type arch='aarch64'>hvm</type></os>{features}{cpu}{extra}"
+            "</domain>").encode()
+
+
+PMU_OFF = xml(features="<features><pmu state='off'/></features>")
+SVE_OFF = xml("<cpu mode='host-passthrough'><feature policy='disable' name='sve'/></cpu>")
+PAUTH_OFF = xml("<cpu mode='host-passthrough'><feature policy='disable' name='pauth'/></cpu>")
+SVE_LENGTHS = xml("<cpu mode='host-passthrough'><feature policy='require' name='sve256'/>"
+                  "<feature policy='disable' name='sve512'/></cpu>")
+
+
+# ---------------------------------------------------------------------------------------------
+# What libvirt and QEMU make of the domain XML
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (xml(), ALL), (xml(cpu=""), ALL), (PMU_OFF, NO_PMU), (SVE_OFF, NO_SVE),
+    (PAUTH_OFF, NO_PAUTH), (SVE_LENGTHS, ALL),
+    (xml("<cpu mode='host-passthrough'><feature policy='forbid' name='sve'/></cpu>",
+         "<features><pmu state='off'/></features>"), frozenset({"pauth"})),
+    # Named models under KVM: a PMU only (target/arm/cpu64.c).
+    (xml("<cpu mode='custom'><model>cortex-a57</model></cpu>"), frozenset({"pmu"})),
+    (xml("<cpu mode='custom'><model>max</model></cpu>"), ALL),
+])
+def test_destination_features_from_the_domain_xml(data: bytes, expected: frozenset[str]) -> None:
+    assert requested_features(parse_domain(data), ALL) == expected
+
+
+def test_a_feature_the_xml_asks_for_is_kept_where_the_host_lacks_it() -> None:
+    """QEMU refuses to start then (sve=on without KVM SVE); the engine finds no list for it."""
+    sve_host = frozenset({"pmu"})
+    assert requested_features(parse_domain(SVE_LENGTHS), sve_host) == {"pmu", "sve"}
+    assert requested_features(parse_domain(xml()), sve_host) == {"pmu"}
+    on = xml(features="<features><pmu state='on'/></features>")
+    assert requested_features(parse_domain(on), frozenset()) == {"pmu"}
+
+
+def test_a_cpu_override_in_qemu_commandline_replaces_libvirts() -> None:
+    data = xml(extra="<qemu:commandline><qemu:arg value='-cpu'/>"
+                     "<qemu:arg value='host,pmu=off,kvm-psci-version=1.1'/></qemu:commandline>")
+    domain = parse_domain(data)
+    assert requested_features(domain, ALL) == NO_PMU
+    assert psci_version_override(domain) == 0x10001
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["-global", "host-arm-cpu.kvm-psci-version=1.1"], 0x10001),
+    (["-global", "driver=host-arm-cpu,property=kvm-psci-version,value=1.0"], 0x10000),
+    (["-global", "arm-cpu.kvm-psci-version=1.2"], 0x10002),
+    (["-global", "max-arm-cpu.kvm-psci-version=1.1"], None),  # another CPU type than -cpu host
+    (["-global", "host-arm-cpu.kvm-psci-version=2.0"], None),  # QEMU refuses to start
+    (["-global", "host-arm-cpu.kvm-psci-version=1.1", "-cpu", "host,kvm-psci-version=1.0"],
+     0x10000),  # -cpu properties become globals after -global ones: they win
+    ([], None),
+])
+def test_kvm_psci_version_spellings(args: list[str], expected: int | None) -> None:
+    extra = "<qemu:commandline>" + "".join(
+        f"<qemu:arg value='{a}'/>" for a in args) + "</qemu:commandline>"
+    assert psci_version_override(parse_domain(xml(extra=extra))) == expected
+
+
+def test_the_running_qemus_command_line_wins_over_the_xml(tmp_path: Path) -> None:
+    """The XML says 1.1 (edited after the start); the process was started with 1.0."""
+    domain = parse_domain(xml(extra="<qemu:commandline><qemu:arg value='-global'/><qemu:arg "
+                                    "value='host-arm-cpu.kvm-psci-version=1.1'/>"
+                                    "</qemu:commandline>"))
+    argv = ["/usr/bin/qemu-system-aarch64", "-name", "guest=g,debug-threads=on",
+            "-cpu", "host,pmu=off", "-global", "host-arm-cpu.kvm-psci-version=1.0"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "g.pid").write_text("4242")
+    (tmp_path / "proc" / "4242").mkdir(parents=True)
+    (tmp_path / "proc" / "4242" / "cmdline").write_bytes(
+        b"\0".join(a.encode() for a in argv) + b"\0")
+    read = running_qemu_argv("g", tmp_path / "run", tmp_path / "proc")
+    assert read == tuple(argv)
+    assert psci_version_override(domain, read) == 0x10000
+    assert requested_features(domain, ALL, read) == NO_PMU
+    assert running_qemu_argv("other", tmp_path / "run", tmp_path / "proc") is None
+    (tmp_path / "run" / "other.pid").write_text("4242")  # a stale pid file: another domain's
+    assert running_qemu_argv("other", tmp_path / "run", tmp_path / "proc") is None
+    assert qemu_cpu_from_argv(argv).model == "host"
+
+
+# ---------------------------------------------------------------------------------------------
+# The profile: per-feature values, compatibly
+# ---------------------------------------------------------------------------------------------
+
+
+def test_per_feature_values_round_trip_and_old_profiles_still_load() -> None:
+    profile = host()
+    again = loads_profile(profile.to_json())
+    assert again == profile
+    old = profile.to_dict()
+    del old["feature_values"], old["id_registers_features"]
+    legacy = loads_profile(json.dumps(old))
+    assert legacy.feature_values is None and legacy.id_values(ALL) is not None
+    assert legacy.id_values(NO_PMU) is None  # it cannot tell: no guessing
+
+
+def test_values_of_a_feature_set_probed_derived_or_unknown() -> None:
+    profile = host()
+    none = profile.id_values(frozenset())
+    assert none is not None and none.id_registers is not None
+    assert none.id_registers[DFR0] == 0x10009 and none.id_registers["MIDR_EL1"] == 0xF0510
+    # pauth+sve was not probed: derived, each register from the one feature that changes it.
+    derived = profile.id_values(NO_PMU)
+    assert derived is not None and derived.id_registers is not None
+    assert derived.id_registers[DFR0] == 0x10009 and derived.id_registers[AA64DFR0] == 0x10305009
+    assert derived.id_registers[PFR0] == ID_ALL[PFR0]
+    assert derived.id_registers[ISAR1] == ID_ALL[ISAR1]
+    # Two features changing one register: not derivable.
+    clash = dataclasses.replace(profile, feature_values={
+        **FEATURE_VALUES, "pauth": {**FEATURE_VALUES["pauth"], ISAR1: 1},
+        "sve": {**FEATURE_VALUES["sve"], ISAR1: 2}})
+    assert clash.id_values(NO_PMU) is None
+
+
+@pytest.mark.parametrize("bad", [
+    {"feature_values": {"pmu": {"NOT_A_REG": 1}}},
+    {"feature_values": {"sve+pmu": {}}},
+    {"feature_values": {"pmu": {DFR0: -1}}},
+    {"feature_values": []},
+    {"id_registers_features": 3},
+])
+def test_invalid_per_feature_values_are_refused(bad: dict[str, Any]) -> None:
+    data = {**host().to_dict(), **bad}
+    with pytest.raises(ProfileError):
+        loads_profile(json.dumps(data))
+
+
+def test_the_probe_stores_what_each_feature_set_changes(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake kernel derives the SVE field of ID_AA64PFR0_EL1 from the SVE feature."""
+    pfr0 = kvmfake.PFR0
+    with_sve = kvmfake.DEFAULT_VALUES[pfr0] | 1 << 32
+    monkeypatch.setitem(kvmfake.FEATURE_REGS, "sve", {**kvmfake.FEATURE_REGS["sve"],
+                                                      pfr0: with_sve})
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("b\n")
+    with kvm.Kvm(kvmfake.FakeKvm()) as handle:
+        data = probe_mod.probe_host(handle, clock=lambda: 0.0, boot_id_path=boot_id)
+    assert data["id_registers"][PFR0] == with_sve
+    assert data["feature_values"] == {"none": {PFR0: kvmfake.DEFAULT_VALUES[pfr0]},
+                                      "pmu": {PFR0: kvmfake.DEFAULT_VALUES[pfr0]},
+                                      "pauth": {PFR0: kvmfake.DEFAULT_VALUES[pfr0]},
+                                      "sve": {}}
+    profile = HostProfile.from_dict(data)
+    values = profile.id_values(NO_SVE)
+    assert values is not None and values.id_registers == {
+        **data["id_registers"], PFR0: kvmfake.DEFAULT_VALUES[pfr0]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Records of the guest's real features, decided on its own host and elsewhere
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [xml(), PMU_OFF, SVE_OFF, PAUTH_OFF, SVE_LENGTHS])
+@pytest.mark.parametrize("release", ["6.1.0-26-arm64", "7.2.13+deb14-arm64"])
+def test_a_guest_checked_on_its_own_host_is_allowed(data: bytes, release: str) -> None:
+    profile = host(release)
+    domain = parse_domain(data)
+    features = requested_features(domain, profile.default_features())
+    guest = GuestState.booted_on(profile, features)
+    decision = decide(guest, profile, destination_features=features)
+    assert not decision.vetoed, decision.codes
+    assert not [f for f in decision.findings if f.code.startswith(("ID_", "FEATURE_"))
+                and f.code != "ID_REGS_NOT_COMPARED"]
+    assert decision.guest_after.id_registers == guest.id_registers
+
+
+def test_the_old_record_of_all_features_is_what_was_refused() -> None:
+    """Before: the record copied -cpu host's values for a pmu=off guest; 6.1 refuses them."""
+    profile = host("6.1.0-26-arm64")
+    wrong = GuestState.booted_on(profile, NO_PMU)._replace(id_registers=ID_ALL)
+    decision = decide(wrong, profile, destination_features=NO_PMU)
+    assert {f.register for f in decision.blocking} == {DFR0, AA64DFR0}
+
+
+def test_without_per_feature_values_nothing_is_guessed() -> None:
+    profile = host(per_set=False)
+    guest = GuestState.booted_on(profile, NO_PMU)
+    assert guest.id_registers is None and guest.cache_geometry is None
+    decision = decide(guest, profile, destination_features=NO_PMU)
+    assert not decision.vetoed
+    # A record that has values, against a destination profile that cannot tell its own.
+    with_values = GuestState.booted_on(host(), NO_PMU)
+    decision = decide(with_values, profile, destination_features=NO_PMU)
+    note = next(f for f in decision.findings if f.code == "ID_REGS_NOT_COMPARED")
+    assert "no ID register values for a vCPU with features pauth+sve" in note.message
+    assert not decision.vetoed
+
+
+def test_a_feature_gained_at_the_destination() -> None:
+    """A guest booted without SVE (sve=off was removed, or its host had none) arrives where
+    -cpu host turns SVE on: the ID fields differ; 6.1 accepts only its own, 7.2 may (the
+    rehearsal on the real kernel decides, and on real 7.2 refuses: tests/nested)."""
+    guest = GuestState.booted_on(host(), NO_SVE)
+    old = decide(guest, host("6.1.0-26-arm64"), destination_features=ALL)
+    assert "FEATURE_GAINED" in old.codes and old.vetoed
+    assert {f.register for f in old.blocking} == {PFR0, ZFR0}
+    new = decide(guest, host(), destination_features=ALL)
+    assert {f.register for f in new.findings if f.outcome == "unverified"} >= {PFR0, ZFR0}
+    assert new.guest_after.features == ALL
+
+
+def test_a_feature_lost_at_the_destination() -> None:
+    guest = GuestState.booted_on(host(), ALL)
+    decision = decide(guest, host(features=NO_SVE), destination_features=NO_SVE)
+    missing = next(f for f in decision.findings if f.code == "FEATURE_MISSING")
+    assert "sve" in missing.message and decision.vetoed
+
+
+def test_the_hook_allows_each_guest_on_its_own_host(tmp_path: Path) -> None:
+    """The real hook file: a record written for each guest's features on this host."""
+    profile = host("6.1.0-26-arm64")
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, profile), None)
+    hook = install_hook(tmp_path)
+    for name, features in (("pmu-off", NO_PMU), ("sve-off", NO_SVE), ("pauth-off", NO_PAUTH)):
+        base = DOMAIN.replace(b"<cpu mode='host-passthrough' check='none'/>", {
+            "pmu-off": b"<features><pmu state='off'/></features><cpu mode='host-passthrough'/>",
+            "sve-off": SVE_OFF[SVE_OFF.index(b"<cpu"):SVE_OFF.index(b"</domain>")],
+            "pauth-off": PAUTH_OFF[PAUTH_OFF.index(b"<cpu"):PAUTH_OFF.index(b"</domain>")],
+        }[name])
+        assert requested_features(parse_domain(base), ALL) == features, name
+        result = run_hook(hook, ["vm1", "migrate", "begin", "-"],
+                          stamped(base, GuestState.booted_on(profile, features)), config)
+        assert result.returncode == 0, (name, result.stderr)
+        assert b'features="' + "+".join(
+            f for f in ("pmu", "pauth", "sve") if f in features).encode() + b'"' in result.stdout
+        # The same guest recorded the old way (-cpu host's ID values) is refused.
+        wrong = GuestState.booted_on(profile, features)._replace(
+                                    id_registers=ID_ALL)
+        result = run_hook(hook, ["vm1", "migrate", "begin", "-"], stamped(base, wrong), config)
+        assert result.returncode == 1 and "ID_REG_MISMATCH" in result.stderr, name
+
+
+def test_the_record_written_at_boot_has_the_guests_features_and_psci(tmp_path: Path) -> None:
+    data = xml(features="<features><pmu state='off'/></features>",
+               extra="<qemu:commandline><qemu:arg value='-global'/><qemu:arg "
+                     "value='host-arm-cpu.kvm-psci-version=1.1'/></qemu:commandline>")
+    this = ThisHost(host(), "host-a")
+    plan = plan_boot(Observed(data), this, "2026-12-05T20:00:00Z")
+    assert plan.live is not None
+    state = plan.live.state
+    assert state.features == NO_PMU and state.registers[PSCI] == 0x10001
+    assert state.id_registers is not None and state.id_registers[DFR0] == 0x10009
+    # The process started without the property (the XML was edited since): the host default.
+    argv = ("qemu-system-aarch64", "-name", "guest=g", "-cpu", "host,pmu=off")
+    plan = plan_boot(Observed(data, qemu_argv=argv), this, "2026-12-05T20:00:00Z")
+    assert plan.live is not None and plan.live.state.registers[PSCI] == 0x10003
+
+
+# ---------------------------------------------------------------------------------------------
+# kvm-psci-version: the record honours it, and a PSCI-only veto says how to fix it
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_psci_only_veto_names_the_remedy(tmp_path: Path) -> None:
+    source, destination = host(), host("6.12.118+deb13-arm64", psci=0x10001)
+    plain = GuestState.booted_on(source, ALL)
+    decision = decide(plain, destination, destination_features=ALL)
+    remedy = psci_remedy(decision.findings)
+    assert remedy is not None and "kvm-psci-version=1.1" in remedy
+    assert "remedy: cold-boot" in decision_text(decision)
+    assert "host-arm-cpu.kvm-psci-version=1.1" in remedy
+    # With the property at boot, the same guest is allowed.
+    capped = GuestState.booted_on(source, ALL, psci_version=0x10001)
+    assert capped.registers[PSCI] == 0x10001
+    assert not decide(capped, destination, destination_features=ALL).vetoed
+    # Another blocker the property cannot change: no remedy.
+    a57 = dataclasses.replace(host("6.1.0-26-arm64", psci=0x10001),
+                              id_registers={**ID_ALL, "MIDR_EL1": 0x411FD070})
+    other = decide(plain, a57, destination_features=ALL)
+    assert other.vetoed and psci_remedy(other.findings) is None
+    # The real hook says it in its one line.
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, destination), None)
+    result = run_hook(install_hook(tmp_path), ["vm1", "migrate", "begin", "-"],
+                      stamped(DOMAIN, plain), config)
+    assert result.returncode == 1
+    assert result.stderr.startswith("psci-hook: VETO PSCI_UNSUPPORTED")
+    assert "; remedy: cold-boot the guest with kvm-psci-version=1.1" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_a_psci_version_the_host_cannot_give_is_not_recorded() -> None:
+    """QEMU stops at start on it (kvm_arch_init_vcpu), so no guest runs with it."""
+    state = GuestState.booted_on(host("6.12.118+deb13-arm64", psci=0x10001), ALL,
+                                 psci_version=0x10003)
+    assert state.registers[PSCI] == 0x10001
