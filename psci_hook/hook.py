@@ -149,8 +149,12 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
         return _error_outcome(policy, "XML_INVALID", str(exc), name)
     base: dict[str, Any] = {"domain": domain.name, "uuid": domain.uuid}
     if domain.type not in policy.domain_types or not domain.is_aarch64:
+        reason = f"type={domain.type} arch={domain.arch or '?'}"
+        if domain.arch == "armv7l":
+            reason += (": a 32-bit guest (-cpu host,aarch64=off, KVM_ARM_VCPU_EL1_32BIT), whose "
+                       "vCPU this version of psci-hook does not probe or model; unchecked")
         return Outcome(ExitStatus.OK, "allow", ["NOT_APPLICABLE"], event={
-            **base, "reason": f"type={domain.type} arch={domain.arch or '?'}"})
+            **base, "reason": reason})
 
     try:
         record = read_record(domain.root)

@@ -18,7 +18,15 @@ from typing import Any
 import kvmfake
 import pytest
 from conftest import fw
-from hooktools import DOMAIN, install_hook, profile_file, run_hook, stamped, write_config
+from hooktools import (
+    DOMAIN,
+    CollectingSink,
+    install_hook,
+    profile_file,
+    run_hook,
+    stamped,
+    write_config,
+)
 
 from psci_hook import kvm
 from psci_hook import probe as probe_mod
@@ -30,10 +38,13 @@ from psci_hook.domainxml import (
     requested_features,
 )
 from psci_hook.engine import GuestState, decide
+from psci_hook.environment import Environment
+from psci_hook.hook import main as hook_main
 from psci_hook.profile import HostProfile, ProfileError, loads_profile
 from psci_hook.qemuproc import running_qemu_argv
 from psci_hook.recorder import Observed, ThisHost, plan_boot
 from psci_hook.report import decision_text, psci_remedy
+from psci_hook.status import ExitStatus
 
 ALL = frozenset({"pmu", "pauth", "sve"})
 NO_PMU = frozenset({"pauth", "sve"})
@@ -364,3 +375,17 @@ def test_a_psci_version_the_host_cannot_give_is_not_recorded() -> None:
     state = GuestState.booted_on(host("6.12.118+deb13-arm64", psci=0x10001), ALL,
                                  psci_version=0x10003)
     assert state.registers[PSCI] == 0x10001
+
+
+def test_a_32_bit_guest_is_not_applicable_and_says_why(tmp_path: Path) -> None:
+    """libvirt runs arch='armv7l' KVM guests as -cpu host,aarch64=off (KVM_ARM_VCPU_EL1_32BIT);
+    psci-hook does not model that vCPU: allowed untouched, with the reason in the event."""
+    data = xml().replace(b"arch='aarch64'", b"arch='armv7l'")
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, host()), None)
+    env = Environment.for_test(["hook", "g", "migrate", "begin", "-"], data,
+                               {"PSCI_HOOK_CONFIG": str(config)})
+    sink = CollectingSink()
+    assert hook_main(env, sink) == ExitStatus.OK
+    assert env.stdout.getvalue() == b""  # type: ignore[attr-defined]
+    (event,) = sink.events
+    assert event["codes"] == ["NOT_APPLICABLE"] and "32-bit guest" in event["reason"]
