@@ -28,7 +28,7 @@ from hooktools import (
     write_config,
 )
 
-from psci_hook import kvm
+from psci_hook import cli, kvm
 from psci_hook import probe as probe_mod
 from psci_hook import registers as regs
 from psci_hook.domainxml import (
@@ -389,3 +389,26 @@ def test_a_32_bit_guest_is_not_applicable_and_says_why(tmp_path: Path) -> None:
     assert env.stdout.getvalue() == b""  # type: ignore[attr-defined]
     (event,) = sink.events
     assert event["codes"] == ["NOT_APPLICABLE"] and "32-bit guest" in event["reason"]
+
+
+def test_check_says_the_remedy_and_the_destinations_qemu_does_not_matter(tmp_path: Path
+                                                                          ) -> None:
+    """`check --domain-xml`: a 7.2 guest vetoed on 6.12 for PSCI 1.3 only, with the remedy; the
+    same guest started with kvm-psci-version=1.1 is allowed, whether the destination's QEMU is
+    legacy (7.2, which has no such property) or tolerant: the value travels in the list."""
+    source, destination = host(), host("6.12.118+deb13-arm64", psci=0x10001)
+    dest_file = profile_file(tmp_path, destination, "dest.json")
+    plain = tmp_path / "plain.xml"
+    plain.write_bytes(stamped(DOMAIN, GuestState.booted_on(source, ALL)))
+    env = Environment.for_test(["psci-hook", "check", "--host-profile", str(dest_file),
+                                "--domain-xml", str(plain)], b"")
+    assert cli.main(env.argv[1:], env) == ExitStatus.VETO
+    out = env.stdout.getvalue().decode()  # type: ignore[attr-defined]
+    assert "PSCI_UNSUPPORTED" in out and "remedy: cold-boot the guest with kvm-psci-version=1.1" \
+        in out
+    capped = tmp_path / "capped.xml"
+    capped.write_bytes(stamped(DOMAIN, GuestState.booted_on(source, ALL, psci_version=0x10001)))
+    for generation in ("legacy", "tolerant"):
+        env = Environment.for_test(["psci-hook", "check", "--host-profile", str(dest_file),
+                                    "--domain-xml", str(capped), "--qemu", generation], b"")
+        assert cli.main(env.argv[1:], env) == ExitStatus.OK, generation

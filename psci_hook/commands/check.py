@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from psci_hook.commands._common import InputError, features_arg, guest_from_profile, read_domain
+from psci_hook.domainxml import requested_features
 from psci_hook.engine import decide
 from psci_hook.environment import Environment
 from psci_hook.profile import ProfileError, load_profile, qemu_generation_for_version
@@ -39,6 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    destination_features = None
     try:
         destination = load_profile(args.host_profile)
         if args.guest_profile is not None:
@@ -53,6 +55,8 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
             if record is None:
                 raise InputError(f"{args.domain_xml}: the domain carries no psci-hook record")
             guest = record.state
+            # The vCPU the destination's QEMU creates for this domain (as the hook decides).
+            destination_features = requested_features(domain, destination.default_features())
         generation = args.qemu
         if generation is None and args.qemu_version and destination.qemu_version is None \
                 and destination.qemu_generation is None:
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     except (ProfileError, InputError) as exc:
         env.error(str(exc))
         return ExitStatus.BAD_INPUT
-    decision = decide(guest, destination, generation)
+    decision = decide(guest, destination, generation, destination_features=destination_features)
     if args.json:
         env.write_out(json.dumps(decision.to_dict(), indent=1) + "\n")
     else:
