@@ -37,7 +37,7 @@ from psci_hook.engine import Decision, Finding, decide, significant_codes
 from psci_hook.environment import Environment
 from psci_hook.errors import first_line, with_type
 from psci_hook.policy import Policy, PolicyError, load_policy
-from psci_hook.profile import HostProfile, load_profile
+from psci_hook.profile import HostProfile, feature_key, load_profile
 from psci_hook.record import (
     GuestRecord,
     HistoryEntry,
@@ -206,6 +206,8 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
         "destination_registers": guest_summary(decision.guest_after),
         "qemu_generation": decision.generation,
         "lists_compared": decision.lists_compared,
+        "vcpu_features": {"guest": feature_key(record.state.features),
+                          "destination": feature_key(features)},
     })
     overridden = any(f.code == "OVERRIDE" for f in findings)
     if decision.vetoed and not overridden:
