@@ -239,6 +239,25 @@ def requested_features(domain: Domain, supported: FeatureSet,
     return frozenset(enabled | required)
 
 
+def requested_sve_lengths(domain: Domain, argv: Sequence[str] | None = None
+                          ) -> frozenset[int]:
+    """The SVE vector lengths (bits) the domain asks for by name (libvirt's <feature
+    policy='require' name='sve512'/>, QEMU's sve512=on): QEMU refuses to start where KVM does
+    not offer one of them (target/arm/cpu64.c arm_cpu_sve_finalize)."""
+    override = domain_cpu(domain, argv)
+    if override is not None and (argv is not None or "-cpu" in commandline_args(domain)):
+        named = [(n, v.lower() in _TRUE) for n, v in override.properties]
+    else:
+        named = [(f.get("name", ""), f.get("policy", "require") in _ON_POLICIES)
+                 for f in domain.root.findall("cpu/feature")]
+    lengths = set()
+    for name, on in named:
+        match = _SVE_LENGTH_RE.fullmatch(name)
+        if match and on:
+            lengths.add(int(match.group(1)))
+    return frozenset(lengths)
+
+
 def _features_of_cpu(cpu: QemuCpu, supported: FeatureSet) -> FeatureSet:
     """The features of a vCPU QEMU creates from a -cpu option (the same rules, QEMU's
     property names: pmu, sve, sveNNN, pauth)."""

@@ -421,6 +421,7 @@ def decide(
     generation: str | None = None,
     veto_dropped_workarounds: bool = True,
     destination_features: FeatureSet | None = None,
+    sve_lengths: frozenset[int] = frozenset(),
 ) -> Decision:
     """What QEMU (``generation``: legacy or tolerant; default: the destination's) and the
     destination kernel will do with ``guest``, and whether to veto (default policy).
@@ -434,11 +435,19 @@ def decide(
         raise ValueError(f"unknown QEMU generation {generation!r}")
     features = guest.features if destination_features is None else destination_features
     findings: list[Finding] = _feature_findings(guest.features, features, destination)
+    vls = destination.sve_lengths
+    lacking = sorted(sve_lengths - set(vls)) if vls is not None else []
+    if lacking:
+        findings.append(Finding(
+            "FEATURE_MISSING", FEATURES,
+            f"the domain asks for SVE vector length(s) {', '.join(map(str, lacking))} bits, "
+            f"which this host's KVM does not offer ({', '.join(map(str, vls or ())) or 'none'}"
+            "): its QEMU refuses to start (\"cannot enable sve...\")."))
 
     dest_list: tuple[int, ...] | None = None
     if destination.cpreg_lists is not None:
         dest_list = destination.cpreg_list(features)
-        if dest_list is None and not any(f.code == "FEATURE_MISSING" for f in findings):
+        if dest_list is None:
             offered = ", ".join(sorted(destination.cpreg_lists)) or "none"
             findings.append(Finding(
                 "FEATURE_MISSING", FEATURES,

@@ -32,6 +32,7 @@ from psci_hook.domainxml import (
     DomainXMLError,
     parse_domain,
     requested_features,
+    requested_sve_lengths,
 )
 from psci_hook.engine import Decision, Finding, decide, significant_codes
 from psci_hook.environment import Environment
@@ -186,7 +187,8 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     # this host's features, not the source's (a feature the guest lacked is on here).
     features = requested_features(domain, profile.default_features())
     decision = decide(record.state, profile, generation, policy.veto_dropped_workarounds,
-                      destination_features=features)
+                      destination_features=features,
+                      sve_lengths=requested_sve_lengths(domain))
     findings = list(decision.findings)
     rehearser = env.rehearser or (rehearsal.kvm_rehearser if rehearsal.available() else None)
     if rehearser is not None and policy.rehearse:
@@ -240,6 +242,7 @@ _VETO_CONSEQUENCE = {
                   "would keep relying on a mitigation this host does not provide",
     "NO_RECORD": "the policy vetoes guests without a record (unrecorded = veto)",
     "RECORD_INVALID": "the record cannot be trusted, so the migration cannot be checked",
+    "FEATURE_MISSING": "this host's QEMU cannot give the guest the vCPU it has",
 }
 _LATE_FAILURE = "the destination would refuse this only after copying all guest memory"
 EVENT_FINDINGS = 12  # findings listed in an audit event; a syslog datagram must stay small

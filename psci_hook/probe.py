@@ -16,6 +16,8 @@ probe asks KVM, on scratch VMs that never run (docs/design.md#probe):
   differ there (KVM derives ID fields from the vCPU's features: a guest without a PMU, SVE or
   pointer authentication has other ID register values), so that a guest's record and the
   destination's vCPU get the values of their real features;
+* ``sve_lengths``: the SVE vector lengths (bits) KVM offers (KVM_REG_ARM64_SVE_VLS), where
+  it has SVE: QEMU's -cpu host gives a guest all of them up to its maximum;
 * ``id_writable_masks`` where the kernel has KVM_ARM_GET_REG_WRITABLE_MASKS (6.7+);
 * and the identity of the running system: kernel release, boot id, probe time, host name, and
   the QEMU version when ``psci-hook refresh`` has cached it.
@@ -148,6 +150,9 @@ def probe_host(
                     base["target"] = vcpu.target
                     base["firmware"] = _firmware_values(vcpu, listed)
                 per_set[key] = _default_values(vm, vcpu, listed, caps)
+                if "sve" in features and regs.SVE_VLS_ID in listed:
+                    base["sve_lengths"] = regs.sve_lengths_from_vls(
+                        vcpu.get_one_reg(regs.SVE_VLS_ID))
             finally:
                 vcpu.close()
 
@@ -182,6 +187,8 @@ def probe_host(
     qemu_version = read_qemu_version(run_dir)
     if qemu_version is not None:
         profile["qemu_version"] = qemu_version
+    if "sve_lengths" in base:
+        profile["sve_lengths"] = base["sve_lengths"]
     profile.update(defaults["masks"])
     profile["id_registers_features"] = feature_key(default)
     profile["feature_values"] = {

@@ -25,7 +25,7 @@ U64_MAX = (1 << 64) - 1
 _KNOWN_KEYS = {
     "schema", "kernel_release", "machine", "registers", "cpreg_lists", "id_registers",
     "cache_geometry", "qemu_version", "qemu_generation", "id_registers_features",
-    "feature_values",
+    "feature_values", "sve_lengths",
 }
 _QEMU_VERSION_RE = re.compile(r"\d+\.\d+(\.\d+)?")
 # `psci-hook refresh` caches the hypervisor version here, next to the boot-time profile.
@@ -97,6 +97,8 @@ class HostProfile:
     # vCPU with those features, from ``id_registers``/``cache_geometry``; an empty mapping
     # means "probed, nothing differs". None: the profile predates per-feature values.
     feature_values: Mapping[str, Mapping[str, int]] | None = None
+    # The SVE vector lengths (bits) KVM offers here; None: not probed (or no SVE).
+    sve_lengths: tuple[int, ...] | None = None
     # Keys this reader does not interpret (hostname, boot id, provenance...), kept verbatim.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -221,6 +223,8 @@ class HostProfile:
             out["id_registers_features"] = feature_key(self.id_registers_features)
         if self.feature_values is not None:
             out["feature_values"] = {k: dict(v) for k, v in self.feature_values.items()}
+        if self.sve_lengths is not None:
+            out["sve_lengths"] = list(self.sve_lengths)
         out.update(self.extra)
         return out
 
@@ -343,6 +347,13 @@ def _parse(data: Any) -> HostProfile:
             raise ProfileError("'id_registers_features' must be a feature set like 'pmu+sve'")
         values_features = parse_feature_key(raw_values_features)
     feature_values = _parse_feature_values(data, id_regs, cache)
+    sve_lengths = data.get("sve_lengths")
+    if sve_lengths is not None:
+        if not isinstance(sve_lengths, list) or any(
+                isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % 128
+                for v in sve_lengths) or sve_lengths != sorted(set(sve_lengths)):
+            raise ProfileError("'sve_lengths' must be ascending multiples of 128 (bits)")
+        sve_lengths = tuple(sve_lengths)
 
     return HostProfile(
         kernel_release=release,
@@ -355,6 +366,7 @@ def _parse(data: Any) -> HostProfile:
         qemu_generation=generation,
         id_registers_features=values_features,
         feature_values=feature_values,
+        sve_lengths=sve_lengths,
         extra={k: v for k, v in data.items() if k not in _KNOWN_KEYS},
     )
 

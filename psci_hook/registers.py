@@ -38,6 +38,15 @@ class RegClass(enum.IntEnum):
 FIRMWARE_CLASSES = frozenset({RegClass.FW, RegClass.FW_FEAT_BMAP})
 # QEMU migrates every listed register except these classes (target/arm/kvm.c).
 NOT_MIGRATED_CLASSES = frozenset({RegClass.CORE, RegClass.SVE})
+# KVM_REG_ARM64_SVE_VLS (arch/arm64/include/uapi/asm/kvm.h): 512 bits, bit vq-1 set when the
+# vector length vq * 128 bits is offered; in the SVE class, so QEMU never migrates it.
+SVE_VLS_ID = 0x606000000015FFFF
+SVE_LENGTHS = tuple(128 * vq for vq in range(1, 17))  # 128 ... 2048 bits, QEMU's sveNNN
+
+
+def sve_lengths_from_vls(vls: int) -> list[int]:
+    """The vector lengths (in bits) a KVM_REG_ARM64_SVE_VLS value offers."""
+    return [128 * (bit + 1) for bit in range(512) if vls >> bit & 1]
 
 
 def reg_class(reg_id: int) -> int:

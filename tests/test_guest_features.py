@@ -36,6 +36,7 @@ from psci_hook.domainxml import (
     psci_version_override,
     qemu_cpu_from_argv,
     requested_features,
+    requested_sve_lengths,
 )
 from psci_hook.engine import GuestState, decide
 from psci_hook.environment import Environment
@@ -412,3 +413,32 @@ def test_check_says_the_remedy_and_the_destinations_qemu_does_not_matter(tmp_pat
         env = Environment.for_test(["psci-hook", "check", "--host-profile", str(dest_file),
                                     "--domain-xml", str(capped), "--qemu", generation], b"")
         assert cli.main(env.argv[1:], env) == ExitStatus.OK, generation
+
+
+def test_sve_lengths_probed_and_the_lengths_a_domain_names(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe reads KVM_REG_ARM64_SVE_VLS (bit vq-1: vq * 128 bits); a domain naming a length
+    the destination does not offer cannot start there (QEMU: "cannot enable sve512")."""
+    monkeypatch.setitem(kvmfake.FEATURE_REGS, "sve", {**kvmfake.FEATURE_REGS["sve"],
+                                                      kvmfake.SVE_VLS: 0b11})
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("b\n")
+    with kvm.Kvm(kvmfake.FakeKvm()) as handle:
+        data = probe_mod.probe_host(handle, clock=lambda: 0.0, boot_id_path=boot_id)
+    assert data["sve_lengths"] == [128, 256]
+    destination = HostProfile.from_dict(data)
+    assert loads_profile(destination.to_json()).sve_lengths == (128, 256)
+    domain = parse_domain(SVE_LENGTHS)  # sve256 required, sve512 disabled
+    assert requested_sve_lengths(domain) == {256}
+    big = parse_domain(SVE_LENGTHS.replace(b"sve256", b"sve1024"))
+    assert requested_sve_lengths(big) == {1024}
+    guest = GuestState.booted_on(host(), ALL)
+    assert not any(f.code == "FEATURE_MISSING" for f in decide(
+        guest, dataclasses.replace(host(), sve_lengths=(128, 256)),
+        destination_features=ALL, sve_lengths=requested_sve_lengths(domain)).findings)
+    refused = decide(guest, dataclasses.replace(host(), sve_lengths=(128, 256)),
+                     destination_features=ALL, sve_lengths=requested_sve_lengths(big))
+    missing = next(f for f in refused.findings if f.code == "FEATURE_MISSING")
+    assert "1024" in missing.message and refused.vetoed
+    with pytest.raises(ProfileError):
+        loads_profile(json.dumps({**data, "sve_lengths": [256, 128]}))
