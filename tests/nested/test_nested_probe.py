@@ -93,7 +93,8 @@ def test_probe_matches_the_committed_probed_profile(
     committed = json.loads(path.read_text())
     probed = _result(nested_results, kernel, cpu).probe_profile()
     for key in ("kernel_release", "registers", "cpreg_lists", "id_registers", "cache_geometry",
-                "id_writable_masks", "id_registers_features", "kvm"):
+                "id_writable_masks", "id_registers_features", "feature_values", "sve_lengths",
+                "kvm"):
         assert probed.get(key) == committed.get(key), f"{path.name}: {key} differs"
 
 
@@ -145,6 +146,21 @@ def test_probe_profile_is_complete_and_valid(
         if regs.reg_class(i) == regs.RegClass.DEMUX
     ]
     assert sorted(regs.cache_geometry_id(n) for n in ccsidr) == demux
+
+    # The fields KVM derives from the vCPU's features (sys_regs.c), per feature set read: no
+    # PMU version without a PMU, no SVE field or ID_AA64ZFR0_EL1 without SVE, no address or
+    # generic authentication without pointer auth.
+    for key, delta in data["feature_values"].items():
+        values = {**id_regs, **delta}
+        features = set(key.split("+")) - {"none"}
+        assert (values["ID_AA64DFR0_EL1"] >> 8 & 0xF != 0) == ("pmu" in features), key
+        assert (values["ID_AA64PFR0_EL1"] >> 32 & 0xF != 0) == ("sve" in features), key
+        if cpu == "max":
+            auth = values["ID_AA64ISAR1_EL1"] & 0xFF000FF0  # APA, API, GPA, GPI
+            assert (auth != 0) == ("pauth" in features), key
+    assert (data.get("sve_lengths") is not None) == (cpu == "max")
+    if cpu == "max":
+        assert 128 in data["sve_lengths"]
 
     masks = data.get("id_writable_masks")
     assert (masks is not None) == HAS_WRITABLE_MASKS[kernel]
