@@ -427,8 +427,9 @@ def decide(
     destination kernel will do with ``guest``, and whether to veto (default policy).
 
     ``destination_features``: the vCPU features the destination's QEMU will create the vCPU
-    with (domainxml.destination_features: -cpu host enables every feature the destination
-    supports unless the domain XML turns it off); default: the guest's own.
+    with (domainxml.requested_features: -cpu host enables every feature the destination
+    supports unless the domain XML turns it off); default: the guest's own. ``sve_lengths``:
+    the SVE vector lengths the domain XML names (domainxml.requested_sve_lengths).
     """
     generation = generation or destination.generation
     if generation not in QEMU_GENERATIONS:
@@ -451,7 +452,7 @@ def decide(
             offered = ", ".join(sorted(destination.cpreg_lists)) or "none"
             findings.append(Finding(
                 "FEATURE_MISSING", FEATURES,
-                f"the guest's vCPU features ({feature_key(features)}) are not available "
+                f"the vCPU features ({feature_key(features)}) the domain gets are not available "
                 f"on the destination (it offers: {offered}); QEMU cannot create the vCPU."))
     lists_compared = guest.cpreg_list is not None and dest_list is not None
     if lists_compared:
