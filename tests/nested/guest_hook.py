@@ -18,10 +18,12 @@ would on this host (its own profile, the one the hook cached) and checked here: 
 variant (default, pmu-off, and where this host has them sve-off, pauth-off, SVE lengths) to its
 run. "pmu_off" maps every source profile to the run of a `<pmu state='off'/>` guest stamped from
 it (the pmu=off table of real QEMU); "psci_1_1" the same with `kvm-psci-version=1.1` set in the
-domain's <qemu:commandline>.
+domain's <qemu:commandline>. "cross_cpu" maps the other emulated CPU's profile on this same kernel
+to the run of its -cpu host guest here.
 
 Prints {"destination": label, "release": ..., "runs": {source label: {"cold": run, "warm": run}},
-"own": {variant: run}, "pmu_off": {source label: run}, "psci_1_1": {source label: run}} where a
+"own": {variant: run}, "pmu_off": {source label: run}, "psci_1_1": {source label: run},
+"cross_cpu": {source label: run}} where a
 run is {"rc", "stdout", "stderr", "seconds", "cache": {...}, "event": {...} or None}.
 """
 
@@ -185,8 +187,16 @@ def main() -> int:
                                                 name=name), log)
         name = f"psci-1-1-from-{label.replace('__', '-')}"
         psci[label] = run_hook(name, stamped(label, 300 + index, extra=PSCI_1_1, name=name), log)
+    # The other emulated CPU on this same kernel (cortex-a57 <-> max): the vCPU the guest had
+    # there differs in MIDR, ID registers and features from the one QEMU creates here.
+    cross_cpu = {}
+    for index, (label, profile) in enumerate(sorted(profiles.items())):
+        if profile.kernel_release == release and label not in same_cpu:
+            name = f"cpu-from-{label.replace('__', '-')}"
+            cross_cpu[label] = run_hook(name, stamped(label, 400 + index, name=name), log)
     print(json.dumps({"destination": destination, "release": release, "runs": runs,
-                      "own": own_runs, "pmu_off": pmu_off, "psci_1_1": psci}, indent=1))
+                      "own": own_runs, "pmu_off": pmu_off, "psci_1_1": psci,
+                      "cross_cpu": cross_cpu}, indent=1))
     return 0
 
 

@@ -565,3 +565,20 @@ def test_hook_allows_a_kvm_psci_version_1_1_guest_from_7_2_on_6_12(
     assert plain["rc"] == 1 and plain["stderr"].startswith("psci-hook: VETO PSCI_UNSUPPORTED")
     assert "; remedy: cold-boot the guest with kvm-psci-version=1.1" in plain["stderr"]
     assert plain["event"]["remedy"].startswith("cold-boot the guest with kvm-psci-version=1.1")
+
+
+@pytest.mark.parametrize("kernel", harness.KERNELS)
+def test_hook_decides_cross_cpu_moves_as_the_kernel_does(
+    nested_results: dict[str, harness.BootResult], kernel: str
+) -> None:
+    """One kernel, the other emulated CPU: a cortex-a57 guest arriving where -cpu host is `max`
+    gains pointer auth and SVE and brings another MIDR and ID registers: vetoed (the kernel's
+    own refusal in the rehearsal from 6.7 on, where the model can only say unverified; like
+    real QEMU's Cortex-A76 -> max). A `max` guest arriving on the a57 would lose them:
+    FEATURE_MISSING (real QEMU failed max -> a76 on the list length)."""
+    to_max = _hook_report(_result(nested_results, kernel, "max"))["cross_cpu"][f"{kernel}__a57"]
+    assert to_max["rc"] == 1, to_max["stderr"]
+    assert "FEATURE_GAINED" in to_max["event"]["codes"]
+    assert to_max["event"]["rehearsal"] == "refused", to_max["event"]
+    to_a57 = _hook_report(_result(nested_results, kernel, "a57"))["cross_cpu"][f"{kernel}__max"]
+    assert to_a57["rc"] == 1 and "FEATURE_MISSING" in to_a57["event"]["codes"], to_a57
