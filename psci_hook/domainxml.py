@@ -114,7 +114,8 @@ class QemuCpu(NamedTuple):
         -global options (vl.c parse_cpu_option, cpu_common_parse_features), so they win,
         and of several the last wins."""
         found = None
-        drivers = _CPU_GLOBAL_DRIVERS.get(self.model, (f"{self.model}-arm-cpu", "arm-cpu"))
+        drivers = _CPU_GLOBAL_DRIVERS.get(
+            self.model, (f"{self.model}-arm-cpu", "aarch64-cpu", "arm-cpu"))
         for driver, prop, value in self.globals:
             if driver in drivers and prop == name:
                 found = value
@@ -175,11 +176,20 @@ def domain_cpu(domain: Domain, argv: Sequence[str] | None = None) -> QemuCpu | N
     """The CPU options that override what libvirt derives from <cpu> and <features>: the
     running QEMU's command line when known (``argv``, the ground truth), else the domain
     XML's <qemu:commandline>. None when neither sets anything (libvirt's own -cpu applies)."""
-    cpu = qemu_cpu_from_argv(list(argv) if argv is not None else commandline_args(domain))
+    cpu = qemu_cpu_from_argv(list(argv) if argv is not None else commandline_args(domain),
+                             _libvirt_cpu_model(domain))
     if argv is None and not cpu.properties and not cpu.globals and \
             "-cpu" not in commandline_args(domain):
         return None
     return cpu
+
+
+def _libvirt_cpu_model(domain: Domain) -> str:
+    """The -cpu model libvirt gives this domain: a named model in custom mode, else host."""
+    cpu = domain.root.find("cpu")
+    if cpu is None or cpu.get("mode", "custom") != "custom":
+        return "host"
+    return (cpu.findtext("model") or "").strip() or "host"
 
 
 def psci_version_override(domain: Domain, argv: Sequence[str] | None = None) -> int | None:
@@ -213,10 +223,7 @@ def requested_features(domain: Domain, supported: FeatureSet,
         return _features_of_cpu(override, supported)
     enabled: set[str] = set(supported)
     required: set[str] = set()
-    cpu = domain.root.find("cpu")
-    model = (cpu.findtext("model") or "").strip() if cpu is not None else ""
-    if cpu is not None and cpu.get("mode", "custom") == "custom" and model \
-            and model not in _HOST_MODELS:
+    if _libvirt_cpu_model(domain) not in _HOST_MODELS:
         enabled &= {"pmu"}
     pmu = domain.root.find("features/pmu")
     if pmu is not None:

@@ -442,3 +442,16 @@ def test_sve_lengths_probed_and_the_lengths_a_domain_names(tmp_path: Path,
     assert "1024" in missing.message and refused.vetoed
     with pytest.raises(ProfileError):
         loads_profile(json.dumps({**data, "sve_lengths": [256, 128]}))
+
+
+def test_a_global_names_the_cpu_type_libvirt_gives() -> None:
+    """-global host-arm-cpu.* reaches -cpu host only; a named model is cortex-a57-arm-cpu."""
+    extra = ("<qemu:commandline><qemu:arg value='-global'/><qemu:arg value='{}'/>"
+             "</qemu:commandline>")
+    a57 = "<cpu mode='custom'><model>cortex-a57</model></cpu>"
+    assert psci_version_override(parse_domain(xml(a57, extra=extra.format(
+        "host-arm-cpu.kvm-psci-version=1.1")))) is None
+    assert psci_version_override(parse_domain(xml(a57, extra=extra.format(
+        "cortex-a57-arm-cpu.kvm-psci-version=1.1")))) == 0x10001
+    assert psci_version_override(parse_domain(xml(a57, extra=extra.format(
+        "aarch64-cpu.kvm-psci-version=1.0")))) == 0x10000
