@@ -17,7 +17,7 @@ from pathlib import Path
 
 from psci_hook import kvm as kvm_mod
 from psci_hook import registers as regs
-from psci_hook.profile import load_profile, parse_feature_key
+from psci_hook.profile import feature_key, load_profile, parse_feature_key
 
 PROFILES = Path(__file__).resolve().parent / "probed-profiles"
 
@@ -40,7 +40,7 @@ def main() -> int:
     out: dict[str, object] = {"destination": destination, "sources": {}}
     with kvm_mod.Kvm() as kvm:
         for label, source in same_cpu.items():
-            key = str(source.extra.get("id_registers_features", "none"))
+            key = feature_key(source.values_features())
             values = dict(source.registers)
             for name, value in (source.id_registers or {}).items():
                 values[regs.SYSREG_BY_NAME[name]] = value
