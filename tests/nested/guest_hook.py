@@ -17,8 +17,8 @@ Then, warm, the guests whose vCPU features differ from -cpu host's, each recorde
 would on this host (its own profile, the one the hook cached) and checked here: "own" maps a
 variant (default, pmu-off, and where this host has them sve-off, pauth-off, SVE lengths) to its
 run. "pmu_off" maps every source profile to the run of a `<pmu state='off'/>` guest stamped from
-it (the pmu=off table of real QEMU); "psci_1_1" the same with `kvm-psci-version=1.1` set in the
-domain's <qemu:commandline>. "cross_cpu" maps the other emulated CPU's profile on this same kernel
+it (the pmu=off table of real QEMU); "psci_1_1" maps each source profile with PSCI 1.3 (7.x) to
+the run of a guest started there with `kvm-psci-version=1.1` in the domain's <qemu:commandline>. "cross_cpu" maps the other emulated CPU's profile on this same kernel
 to the run of its -cpu host guest here.
 
 Prints {"destination": label, "release": ..., "runs": {source label: {"cold": run, "warm": run}},
@@ -96,6 +96,7 @@ VARIANTS = {
     "sve-lengths": ("<cpu mode='host-passthrough'><feature policy='require' name='sve128'/>"
                     "<feature policy='disable' name='sve256'/></cpu>", "sve"),
 }
+PSCI_VERSION = regs.PSCI_VERSION.reg_id
 PSCI_1_1 = ("\n  <qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
             "<qemu:arg value='-global'/><qemu:arg value='host-arm-cpu.kvm-psci-version=1.1'/>"
             "</qemu:commandline>")
@@ -185,8 +186,10 @@ def main() -> int:
         name = f"pmu-off-from-{label.replace('__', '-')}"
         pmu_off[label] = run_hook(name, stamped(label, 200 + index, cpu=VARIANTS["pmu-off"][0],
                                                 name=name), log)
-        name = f"psci-1-1-from-{label.replace('__', '-')}"
-        psci[label] = run_hook(name, stamped(label, 300 + index, extra=PSCI_1_1, name=name), log)
+        if profiles[label].registers.get(PSCI_VERSION) == 0x10003:  # PSCI 1.3 hosts (7.x)
+            name = f"psci-1-1-from-{label.replace('__', '-')}"
+            psci[label] = run_hook(name, stamped(label, 300 + index, extra=PSCI_1_1, name=name),
+                                   log)
     # The other emulated CPU on this same kernel (cortex-a57 <-> max): the vCPU the guest had
     # there differs in MIDR, ID registers and features from the one QEMU creates here.
     cross_cpu = {}
