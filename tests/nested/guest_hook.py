@@ -18,8 +18,9 @@ would on this host (its own profile, the one the hook cached) and checked here: 
 variant (default, pmu-off, and where this host has them sve-off, pauth-off, SVE lengths) to its
 run. "pmu_off" maps every source profile to the run of a `<pmu state='off'/>` guest stamped from
 it (the pmu=off table of real QEMU); "psci_1_1" maps each source profile with PSCI 1.3 (7.x) to
-the run of a guest started there with `kvm-psci-version=1.1` in the domain's <qemu:commandline>. "cross_cpu" maps the other emulated CPU's profile on this same kernel
-to the run of its -cpu host guest here.
+the run of a guest started there with `kvm-psci-version=1.1` in the domain's
+<qemu:commandline>; "cross_cpu" maps the other emulated CPU's profile on this same kernel to the
+run of its -cpu host guest here.
 
 Prints {"destination": label, "release": ..., "runs": {source label: {"cold": run, "warm": run}},
 "own": {variant: run}, "pmu_off": {source label: run}, "psci_1_1": {source label: run},
