@@ -65,8 +65,8 @@ def test_probed_profiles_carry_what_the_engine_compares(probed: dict[str, HostPr
         assert profile.cpreg_list(frozenset({"pmu", "pauth", "sve"})), kernel
 
 
-# "L2 -cpu host,pmu=off" (QEMU 7.2.22; 11.1.3 also loads 6.12 -> 7.2): the same kernels, guests
-# without a PMU on both sides.
+# The same kernels with `-cpu host,pmu=off` on both sides (docs/design.md#real-migrations; QEMU
+# 7.2.22, and 11.1.3 also loads 6.12 -> 7.2).
 PMU_OFF_LEGACY: dict[tuple[str, str], set[str] | None] = {
     ("5.10", "6.1"): {"len"}, ("5.10", "6.12"): {"len"}, ("5.10", "7.2"): {"len"},
     ("6.1", "5.10"): {"idx"}, ("6.1", "6.12"): {"ID_AA64MMFR1_EL1"}, ("6.1", "7.2"): None,

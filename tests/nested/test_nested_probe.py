@@ -490,7 +490,7 @@ def test_hook_veto_names_what_real_qemu_was_refused_on(
                 {k: f.get(k) for k in ("code", "register")} for f in event["findings"]], event
 
 
-# real-qemu-migrations.md, "L2 -cpu host,pmu=off (QEMU 7.2.22)": among these kernels only 6.1 -> 7.2
+# docs/design.md#real-migrations, with pmu=off (QEMU 7.2.22): among these kernels only 6.1 -> 7.2
 # (and each kernel to itself) loads; 5.10 -> any fails on the list length, the downgrades on the
 # index or the length, 6.1 -> 6.12 on ID_AA64MMFR1_EL1 (HCX), 7.2 -> 6.12 on PSCI_VERSION 1.3.
 REAL_QEMU_PMU_OFF_LOADED = REAL_QEMU_LOADED
