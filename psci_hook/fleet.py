@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from psci_hook.codes import Severity, severity
+from psci_hook.domainxml import Domain, requested_features
 from psci_hook.engine import Decision, GuestState, decide
 from psci_hook.profile import HostProfile, feature_key
 
@@ -119,8 +120,12 @@ class Decider:
     ``--qemu``.
     """
 
-    def __init__(self, generation: str | None = None) -> None:
+    def __init__(self, generation: str | None = None,
+                 domain: Domain | None = None) -> None:
         self.generation = generation
+        # The domain the guest runs as: each destination's QEMU creates its vCPU from it and
+        # that host's features (as ``check --domain-xml`` and the hook decide).
+        self.domain = domain
         self._verdicts: dict[tuple[GuestKey, str], Verdict] = {}
         self.decisions = 0  # engine calls made (the benchmark reports it)
 
@@ -128,7 +133,10 @@ class Decider:
                 ) -> Verdict:
         found = self._verdicts.get((key, identity))
         if found is None:
-            found = Verdict.of(decide(guest, profile, self.generation))
+            features = None if self.domain is None else requested_features(
+                self.domain, profile.default_features())
+            found = Verdict.of(decide(guest, profile, self.generation,
+                                      destination_features=features))
             self.decisions += 1
             self._verdicts[(key, identity)] = found
         return found

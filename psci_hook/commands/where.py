@@ -19,6 +19,7 @@ from psci_hook.commands._fleet import (
     load_fleet,
     read_xml_file,
 )
+from psci_hook.domainxml import parse_domain
 from psci_hook.environment import Environment
 from psci_hook.fleet import Decider, HostVerdict, Verdict, where
 from psci_hook.status import ExitStatus
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     except InputError as exc:
         env.error(str(exc))
         return ExitStatus.BAD_INPUT
-    verdicts = where(guest, fleet, Decider(args.qemu))
+    verdicts = where(guest, fleet, Decider(args.qemu, parse_domain(data)))
     if args.json:
         env.write_out(render_json(name, verdicts))
     else:
