@@ -450,9 +450,11 @@ def decide(
         dest_list = destination.cpreg_list(features)
         if dest_list is None:
             offered = ", ".join(sorted(destination.cpreg_lists)) or "none"
+            whose = ("the guest's vCPU features" if features == guest.features
+                     else "the vCPU features the domain gets")
             findings.append(Finding(
                 "FEATURE_MISSING", FEATURES,
-                f"the vCPU features ({feature_key(features)}) the domain gets are not available "
+                f"{whose} ({feature_key(features)}) are not available "
                 f"on the destination (it offers: {offered}); QEMU cannot create the vCPU."))
     lists_compared = guest.cpreg_list is not None and dest_list is not None
     if lists_compared:
