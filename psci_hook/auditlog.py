@@ -143,7 +143,10 @@ def emit_decision(sink: Sink, **event: Any) -> bool:
         "PSCI_OP": str(event.get("op", "")),
         "PSCI_CODES": " ".join(event.get("codes", [])),
     }
-    return _emit(sink, EVENT, event, decision, fields)
+    # An allow decided on a configuration with mistakes is a warning: someone should fix it.
+    priority = PRIORITIES["warn"] if event.get("config_problems") and decision == "allow" \
+        else None
+    return _emit(sink, EVENT, event, decision, fields, priority=priority)
 
 
 def emit_record(sink: Sink, **event: Any) -> bool:

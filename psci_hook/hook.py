@@ -20,7 +20,6 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -37,7 +36,7 @@ from psci_hook.domainxml import (
 from psci_hook.engine import Decision, Finding, decide, significant_codes
 from psci_hook.environment import Environment
 from psci_hook.errors import first_line, with_type
-from psci_hook.policy import Policy, PolicyError, load_policy
+from psci_hook.policy import Policy, PolicyReading, read_policy
 from psci_hook.profile import HostProfile, feature_key, load_profile
 from psci_hook.record import (
     GuestRecord,
@@ -79,6 +78,8 @@ class Outcome:
         self.message = message  # the one stderr line, for vetoes and errors
         self.output = output  # the new domain XML, or nothing
         self.event: dict[str, Any] = event if event is not None else {}
+        # The engine's decision, when the engine ran (`psci-hook check` prints its findings).
+        self.engine: Decision | None = None
 
 
 def utc_now(env: Environment) -> str:
@@ -160,9 +161,9 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     try:
         record = read_record(domain.root)
     except RecordError as exc:
-        return _veto_or_warn(policy, domain, [Finding("RECORD_INVALID", "invalid",
-                                                      f"the psci-hook record is invalid: {exc}")],
-                             base)
+        return _veto_or_warn(policy, op, domain,
+                             [Finding("RECORD_INVALID", "invalid",
+                                      f"the psci-hook record is invalid: {exc}")], base)
     try:
         profile = load_host_profile(policy, env)
     except Exception as exc:  # missing, stale, corrupt, unreadable, not probeable
@@ -178,7 +179,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
                           "the domain carries no psci-hook record, so the source's register "
                           "values are unknown")
         if policy.unrecorded == "veto":
-            return _veto_or_warn(policy, domain, [finding], base)
+            return _veto_or_warn(policy, op, domain, [finding], base)
         return Outcome(ExitStatus.OK, "allow", ["NO_RECORD"], event={
             **base, "policy_unrecorded": policy.unrecorded})
 
@@ -213,10 +214,13 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     })
     overridden = any(f.code == "OVERRIDE" for f in findings)
     if decision.vetoed and not overridden:
-        return _veto_or_warn(policy, domain, findings, base)
+        outcome = _veto_or_warn(policy, op, domain, findings, base)
+        outcome.engine = decision
+        return outcome
 
     codes = significant_codes(findings)
     outcome = Outcome(ExitStatus.OK, "allow", codes, event=base)
+    outcome.engine = decision
     if policy.annotate:
         history_op = "migrate" if op == "migrate" else "restore"
         entry = HistoryEntry(utc_now(env), history_op, identity["hostname"], "allow", tuple(codes))
@@ -235,26 +239,50 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     return outcome
 
 
-# Why a veto matters, by code: most refusals would come after the whole memory copy; some are
-# worse (nothing would refuse) or are the operator's own policy.
+# Why a veto matters, by code and operation. QEMU loads the vCPU's registers (and fails on them)
+# with the device state, after RAM: at the end of a migration's memory copy, or after the whole
+# image of a restore has been read (migration/savevm.c, qemu_loadvm_state). Some codes fail
+# earlier, some would not fail at all, some are the operator's own policy.
 _VETO_CONSEQUENCE = {
+    "FEATURE_MISSING": "QEMU would fail to create the vCPU when it starts here, before any "
+                       "memory moves",
     "WA_DROPPED": "QEMU would accept the guest and silently drop the register; the guest "
                   "would keep relying on a mitigation this host does not provide",
     "NO_RECORD": "the policy vetoes guests without a record (unrecorded = veto)",
     "RECORD_INVALID": "the record cannot be trusted, so the migration cannot be checked",
-    "FEATURE_MISSING": "this host's QEMU cannot give the guest the vCPU it has",
 }
-_LATE_FAILURE = "the destination would refuse this only after copying all guest memory"
+LATE_FAILURE = {
+    "migrate": "the destination would refuse this only after copying all guest memory",
+    "restore": "QEMU would refuse this only after reading all guest memory from the saved "
+               "image",
+}
 EVENT_FINDINGS = 12  # findings listed in an audit event; a syslog datagram must stay small
 
 
-def _veto_or_warn(policy: Policy, domain: Domain, findings: list[Finding],
+def veto_consequence(code: str, op: str) -> str:
+    """What would happen without the veto, for the code the veto line names."""
+    return _VETO_CONSEQUENCE.get(code, LATE_FAILURE.get(op, LATE_FAILURE["migrate"]))
+
+
+def other_blocking(findings: list[Finding], first: Finding) -> str:
+    """The blocking findings besides ``first``, compactly: `` (+3: REG_MISSING x2, WA_...)``."""
+    others = [f.code for f in findings if f.blocking and f is not first]
+    if not others:
+        return ""
+    counts = dict.fromkeys(others, 0)
+    for code in others:
+        counts[code] += 1
+    listed = ", ".join(code if n == 1 else f"{code} x{n}" for code, n in counts.items())
+    return f" (+{len(others)}: {listed})"
+
+
+def _veto_or_warn(policy: Policy, op: str, domain: Domain, findings: list[Finding],
                   base: dict[str, Any]) -> Outcome:
-    # The reason shown: the first blocking finding, or the one the policy made decisive.
+    # The reason shown: the first blocking finding, or the one the policy made decisive; then
+    # every other blocking code, so that fixing one does not reveal the next.
     first = next((f for f in findings if f.blocking), findings[0])
-    consequence = _VETO_CONSEQUENCE.get(first.code, _LATE_FAILURE)
-    message = (f"psci-hook: VETO {first.code} domain {domain.name}: {veto_reason(first)} "
-               f"({consequence})")
+    message = (f"psci-hook: VETO {first.code} domain {domain.name}: {veto_reason(first)}"
+               f"{other_blocking(findings, first)} ({veto_consequence(first.code, op)})")
     remedy = psci_remedy(findings)
     if remedy:
         message += f"; remedy: {remedy}"
@@ -311,20 +339,15 @@ def main(env: Environment, sink: auditlog.Sink | None = None) -> ExitStatus:
     if (op, sub_op) not in ACTED_ON:
         return ExitStatus.OK
     domain_arg = argv[1]
-    try:
-        policy = load_policy(env.config_path)
-        policy_error = ""
-    except PolicyError as exc:
-        policy, policy_error = _fallback_policy(env.config_path), str(exc)
+    # A mistake in the configuration never switches the checks off: the settings that can be
+    # read apply, the documented defaults the rest, and every run says so.
+    reading = read_policy(env.config_path)
+    policy = reading.policy
 
     try:
-        if policy_error:
-            outcome = _error_outcome(policy, "INTERNAL_ERROR",
-                                     f"configuration unusable: {policy_error}", domain_arg)
-        else:
-            remaining = policy.timeout - (env.monotonic() - started)
-            with _bounded(remaining):
-                outcome = decide_hook(op, data, policy, env)
+        remaining = policy.timeout - (env.monotonic() - started)
+        with _bounded(remaining):
+            outcome = decide_hook(op, data, policy, env)
     except HookTimeout:
         outcome = _error_outcome(policy, "TIMEOUT", f"no decision within {policy.timeout:g} s",
                                  domain_arg)
@@ -340,12 +363,15 @@ def main(env: Environment, sink: auditlog.Sink | None = None) -> ExitStatus:
         "codes": outcome.codes,
         **outcome.event,
         "policy": policy.summary(),
+        **_config_problems(reading),
         "message": outcome.message,
         "duration_ms": round((env.monotonic() - started) * 1000, 1),
         "version": __version__,
     }
     sink = sink or auditlog.Sink.for_target(policy.log_target, policy.journal_socket,
                                             policy.syslog_socket)
+    if reading.problems and not outcome.message:  # the one stderr line, when it is free
+        outcome.message = f"psci-hook: CONFIG {reading.summary_line()}"
     # Decided: a SIGTERM from here on is ignored (it used to be held back, then delivered after
     # the write with its default action, killing the hook of an allowed migration).
     old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -370,24 +396,14 @@ def _read_input(env: Environment) -> bytes:
         return b""
 
 
-def _fallback_policy(path: Path) -> Policy:
-    """The policy when the configuration is unusable: the defaults, except on_error.
-
-    A typo or a half-written file must not turn an operator's fail-closed choice into fail-open,
-    so its on_error lines are read leniently (in any section: the [hook] header itself may be
-    the broken line); if one says veto, veto. An unreadable file, or none that says veto: the
-    default, allow.
-    """
-    try:
-        with open(path, "rb") as handle:
-            text = handle.read(1 << 20).decode("utf-8", "replace")
-    except OSError:
-        return Policy()
-    for line in text.splitlines():
-        match = re.fullmatch(r"(?i)\s*on_error\s*[=:]\s*veto\s*", line)
-        if match:
-            return Policy(on_error="veto")
-    return Policy()
+def _config_problems(reading: PolicyReading) -> dict[str, Any]:
+    """The configuration's problems for the audit event (at most EVENT_FINDINGS of them)."""
+    if not reading.problems:
+        return {}
+    fields: dict[str, Any] = {"config_problems": reading.messages[:EVENT_FINDINGS]}
+    if len(reading.problems) > EVENT_FINDINGS:
+        fields["more_config_problems"] = len(reading.problems) - EVENT_FINDINGS
+    return fields
 
 
 def _one_line(message: str) -> str:

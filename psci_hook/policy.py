@@ -1,18 +1,27 @@
 """The operator's policy: what the hook does with a decision, read from an INI file.
 
 The file is /etc/psci-hook/psci-hook.conf (or the file named by $PSCI_HOOK_CONFIG). It is
-optional: without it every setting takes its default. A file that exists but is unreadable or
-invalid is an error, reported in one line naming the file, the section and the key.
+optional: without it every setting takes its default.
+
+A mistake in the file never switches the protection off. The file is read line by line and
+every setting that can be read is used; a line or value that cannot (an unknown setting, a value
+outside its possible values, a half-written line, an unreadable file) is a *problem*: the setting
+keeps its documented default, and the problem is reported (one line each, naming the file, the
+line and, for a misspelt name or value, what was probably meant). The hook logs the problems with
+every decision; ``psci-hook config --check`` lists them before the file is used.
+
+Syntax: ``[section]`` headers, ``key = value`` (or ``key: value``) lines, full-line comments
+starting with ``#`` or ``;``, and inline comments after whitespace (``mode = warn  # why``).
+Names are case-insensitive. Lists (``domain_types``) take commas, spaces or both.
 """
 
 from __future__ import annotations
 
-import configparser
-from collections.abc import Mapping
+import math
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple
-
-from psci_hook.errors import first_line
+from typing import Any, Callable, NamedTuple
 
 
 class PolicyError(ValueError):
@@ -23,6 +32,13 @@ MODES = ("enforce", "warn")
 ALLOW_OR_VETO = ("allow", "veto")
 GENERATIONS = ("auto", "legacy", "tolerant")
 LOG_TARGETS = ("auto", "journal", "syslog", "none")
+# libvirt's domain types (<domain type>: src/conf/domain_conf.c, virDomainVirt). Its QEMU
+# driver runs kvm, qemu and hvf; "test" is its test driver's, for `record` on test:///default.
+DOMAIN_TYPES = ("kvm", "qemu", "hvf", "test", "kqemu", "xen", "lxc", "uml", "openvz", "vmware",
+                "hyperv", "vbox", "phyp", "parallels", "bhyve", "vz")
+_TRUE = ("yes", "true", "on", "1")
+_FALSE = ("no", "false", "off", "0")
+MAX_FILE = 1 << 20  # a configuration is a few kilobytes; the rest of a larger file is ignored
 
 
 class Policy(NamedTuple):
@@ -71,110 +87,244 @@ class Policy(NamedTuple):
         }
 
 
-_SECTIONS: Mapping[str, frozenset[str]] = {
-    "hook": frozenset({
-        "mode", "unrecorded", "annotate", "on_error", "timeout", "domain_types",
-        "veto_dropped_workarounds", "allow_domain_override", "history_limit", "rehearse",
-    }),
-    "host": frozenset({"profile", "qemu_generation"}),
-    "log": frozenset({"target", "journal_socket", "syslog_socket"}),
-}
+class Problem(NamedTuple):
+    """One thing wrong in a configuration file; ``line`` is 1-based, 0 for the whole file."""
+
+    line: int
+    message: str
+
+    def text(self, origin: str) -> str:
+        return f"{origin}:{self.line}: {self.message}" if self.line else \
+            f"{origin}: {self.message}"
+
+
+class PolicyReading(NamedTuple):
+    """A configuration as read: the policy it gives and what was wrong with it."""
+
+    policy: Policy
+    origin: str
+    problems: tuple[Problem, ...] = ()
+    # Where each setting came from: field -> line number (absent: the default).
+    lines: Mapping[str, int] = {}
+
+    @property
+    def messages(self) -> list[str]:
+        return [p.text(self.origin) for p in self.problems]
+
+    def summary_line(self) -> str:
+        """The problems in one line: the first in full, then how many more."""
+        if not self.problems:
+            return ""
+        more = len(self.problems) - 1
+        tail = f" (+{more} more)" if more else ""
+        return (f"{self.messages[0]}{tail}; other settings applied, defaults for the rest "
+                f"(psci-hook config --check)")
+
+
+class _Value(NamedTuple):
+    """A value parsed, or the reason it could not be."""
+
+    value: object
+    problem: str = ""
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    import difflib  # only when something is misspelt: the hook's usual run never pays for it
+
+    close = difflib.get_close_matches(word.lower(), list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[str], _Value]:
+    def parse(text: str) -> _Value:
+        if text.lower() in allowed:
+            return _Value(text.lower())
+        return _Value(None, f"{text!r} is not one of {', '.join(allowed)}"
+                      f"{_did_you_mean(text, allowed)}")
+    return parse
+
+
+def _boolean(text: str) -> _Value:
+    lowered = text.lower()
+    if lowered in _TRUE or lowered in _FALSE:
+        return _Value(lowered in _TRUE)
+    return _Value(None, f"{text!r} is not yes or no{_did_you_mean(text, ('yes', 'no'))}")
+
+
+def _number(low: float, high: float, integer: bool = False) -> Callable[[str], _Value]:
+    what = "a whole number" if integer else "a number of seconds (no unit)"
+
+    def parse(text: str) -> _Value:
+        try:
+            parsed = int(text) if integer else float(text)
+        except ValueError:
+            parsed = math.nan
+        if not low <= parsed <= high:
+            return _Value(None, f"{text!r} is not {what} from {low:g} to {high:g}")
+        return _Value(parsed)
+    return parse
+
+
+def split_list(text: str) -> list[str]:
+    """A list setting's items: commas, spaces or both separate them (``kvm, qemu``,
+    ``kvm qemu``); the same syntax as a record's override codes."""
+    return [item for item in re.split(r"[\s,]+", text) if item]
+
+
+def _domain_types(text: str) -> _Value:
+    items = [t.lower() for t in split_list(text)]
+    unknown = [t for t in items if t not in DOMAIN_TYPES]
+    known = frozenset(t for t in items if t in DOMAIN_TYPES)
+    if not unknown:
+        return _Value(known) if known else _Value(None, "is empty")
+    hints = "".join(_did_you_mean(t, DOMAIN_TYPES) for t in unknown)
+    message = (f"{', '.join(map(repr, unknown))}: not a libvirt domain type (kvm, qemu, hvf "
+               f"for QEMU){hints}")
+    if known:  # the types it could read are used, the mistake is still a problem
+        return _Value(known, message + f"; acting on {', '.join(sorted(known))}")
+    return _Value(None, message)
+
+
+def _absolute_path(text: str) -> _Value:
+    if not text.startswith("/"):
+        return _Value(None, f"{text!r} is not an absolute path")
+    return _Value(Path(text))
+
+
+class Setting(NamedTuple):
+    """One line of the configuration file: where it goes, its default as written, its values."""
+
+    section: str
+    key: str
+    field: str  # the Policy field it sets
+    default: str  # as the shipped file shows it ("" for none)
+    values: str  # its possible values, for the README and `psci-hook config`
+    parse: Callable[[str], _Value]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("hook", "mode", "mode", "enforce", "enforce, warn", _choice(MODES)),
+    Setting("hook", "unrecorded", "unrecorded", "allow", "allow, veto", _choice(ALLOW_OR_VETO)),
+    Setting("hook", "annotate", "annotate", "yes", "yes, no", _boolean),
+    Setting("hook", "on_error", "on_error", "allow", "allow, veto", _choice(ALLOW_OR_VETO)),
+    Setting("hook", "timeout", "timeout", "10", "seconds, 0.1 to 300", _number(0.1, 300)),
+    Setting("hook", "domain_types", "domain_types", "kvm",
+            "kvm, qemu, hvf (a list: commas or spaces)", _domain_types),
+    Setting("hook", "veto_dropped_workarounds", "veto_dropped_workarounds", "yes", "yes, no",
+            _boolean),
+    Setting("hook", "rehearse", "rehearse", "yes", "yes, no", _boolean),
+    Setting("hook", "allow_domain_override", "allow_domain_override", "yes", "yes, no",
+            _boolean),
+    Setting("hook", "history_limit", "history_limit", "8", "0 to 64", _number(0, 64, True)),
+    Setting("host", "profile", "host_profile", "", "an absolute path", _absolute_path),
+    Setting("host", "qemu_generation", "qemu_generation", "auto", "auto, legacy, tolerant",
+            _choice(GENERATIONS)),
+    Setting("log", "target", "log_target", "auto", "auto, journal, syslog, none",
+            _choice(LOG_TARGETS)),
+    Setting("log", "journal_socket", "journal_socket", "/run/systemd/journal/socket",
+            "an absolute path", _absolute_path),
+    Setting("log", "syslog_socket", "syslog_socket", "/dev/log", "an absolute path",
+            _absolute_path),
+)
+SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS))
+_BY_KEY = {s.key: s for s in SETTINGS}
+_HEADER = re.compile(r"\[\s*([^\]]*?)\s*\]")
+_ASSIGNMENT = re.compile(r"([A-Za-z0-9_.-]+)\s*[=:]\s*(.*)")
+_INLINE_COMMENT = re.compile(r"\s+[#;].*$")
+
+
+def read_policy(path: Path) -> PolicyReading:
+    """The policy in ``path``, leniently: defaults when the file does not exist; an unreadable
+    file gives the defaults and one problem."""
+    origin = str(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE)
+    except FileNotFoundError:
+        return PolicyReading(Policy(), origin)
+    except OSError as exc:
+        return PolicyReading(Policy(), origin, (Problem(0, f"cannot read: "
+                                                        f"{exc.strerror or exc}; every "
+                                                        f"setting takes its default"),))
+    return parse_policy_text(data, origin)
+
+
+def parse_policy_text(data: bytes | str, origin: str = "configuration") -> PolicyReading:
+    """Every line that can be read sets its setting; every other is a problem."""
+    problems: list[Problem] = []
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    values: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    section: str | None = None
+    seen_sections: set[str] = set()
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if "\ufffd" in line or "\x00" in line:
+            problems.append(Problem(number, "not UTF-8 text, or NUL bytes: line ignored"))
+            continue
+        header = _HEADER.fullmatch(line)
+        if header:
+            section = header.group(1).lower()
+            if section not in SECTIONS:
+                problems.append(Problem(number, f"unknown section [{header.group(1)}]"
+                                        f"{_did_you_mean(section, SECTIONS)}; its settings are "
+                                        f"read by their names"))
+            elif section in seen_sections:
+                problems.append(Problem(number, f"[{section}] appears twice; both are read"))
+            seen_sections.add(section)
+            continue
+        line = _INLINE_COMMENT.sub("", line)
+        assignment = _ASSIGNMENT.fullmatch(line)
+        if not assignment:
+            what = "a section header cut short" if line.startswith("[") else \
+                "not 'key = value'"
+            problems.append(Problem(number, f"{what}: {_clip(line)!r} ignored"))
+            continue
+        key, value = assignment.group(1).lower(), assignment.group(2).strip()
+        setting = _BY_KEY.get(key)
+        if setting is None:
+            problems.append(Problem(number, f"unknown setting {key!r}"
+                                    f"{_did_you_mean(key, _BY_KEY)}; ignored"))
+            continue
+        if section != setting.section:
+            where = f"[{section}]" if section else "no section"
+            problems.append(Problem(number, f"{key} belongs in [{setting.section}], not "
+                                    f"{where}; applied as [{setting.section}] {key}"))
+        if setting.field in lines:
+            problems.append(Problem(number, f"{key} is set twice (line {lines[setting.field]} "
+                                    f"and here); the last valid value applies"))
+        if not value:  # "profile =" as shipped: the default
+            values.pop(setting.field, None)
+            lines[setting.field] = number
+            continue
+        parsed = setting.parse(value)
+        if parsed.problem:
+            fallback = "" if parsed.value is not None else \
+                f"; the default ({setting.default or 'none'}) applies"
+            problems.append(Problem(number, f"{key} {parsed.problem}{fallback}"))
+        if parsed.value is not None:
+            values[setting.field] = parsed.value
+            lines[setting.field] = number
+    return PolicyReading(Policy()._replace(**values), origin, tuple(problems), lines)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def load_policy(path: Path) -> Policy:
-    """The policy in ``path``; defaults when the file does not exist."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return Policy()
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise PolicyError(f"{path}: not UTF-8 text") from None
-    return parse_policy(text, str(path))
+    """The policy in ``path``, strictly: the first problem is raised as a PolicyError."""
+    reading = read_policy(path)
+    if reading.problems:
+        raise PolicyError(reading.messages[0])
+    return reading.policy
 
 
 def parse_policy(text: str, origin: str = "configuration") -> Policy:
-    parser = configparser.ConfigParser(interpolation=None, empty_lines_in_values=False)
-    try:
-        parser.read_string(text, source=origin)
-    except configparser.Error as exc:
-        raise PolicyError(f"{origin}: {first_line(exc)}") from None
-    for section in parser.sections():
-        known = _SECTIONS.get(section)
-        if known is None:
-            raise PolicyError(f"{origin}: unknown section [{section}]")
-        for key in parser[section]:
-            if key not in known:
-                raise PolicyError(f"{origin}: [{section}] unknown setting {key!r}")
-
-    def get(section: str, key: str) -> str | None:
-        if not parser.has_option(section, key):
-            return None
-        value = parser.get(section, key).strip()
-        return value or None
-
-    def choice(section: str, key: str, allowed: tuple[str, ...], default: str) -> str:
-        value = get(section, key)
-        if value is None:
-            return default
-        if value not in allowed:
-            raise PolicyError(
-                f"{origin}: [{section}] {key} = {value!r}; expected one of {', '.join(allowed)}"
-            )
-        return value
-
-    def boolean(section: str, key: str, default: bool) -> bool:
-        if get(section, key) is None:
-            return default
-        try:
-            return parser.getboolean(section, key)
-        except ValueError:
-            raise PolicyError(
-                f"{origin}: [{section}] {key} = {get(section, key)!r}; expected yes or no"
-            ) from None
-
-    def number(section: str, key: str, default: float, low: float, high: float) -> float:
-        value = get(section, key)
-        if value is None:
-            return default
-        try:
-            parsed = float(value)
-        except ValueError:
-            parsed = float("nan")
-        if not low <= parsed <= high:
-            raise PolicyError(
-                f"{origin}: [{section}] {key} = {value!r}; expected a number from {low:g} "
-                f"to {high:g}"
-            )
-        return parsed
-
-    defaults = Policy()
-    types_text = get("hook", "domain_types")
-    domain_types = defaults.domain_types
-    if types_text is not None:
-        domain_types = frozenset(t.strip() for t in types_text.split(",") if t.strip())
-        if not domain_types:
-            raise PolicyError(f"{origin}: [hook] domain_types is empty")
-    profile = get("host", "profile")
-    return Policy(
-        mode=choice("hook", "mode", MODES, defaults.mode),
-        unrecorded=choice("hook", "unrecorded", ALLOW_OR_VETO, defaults.unrecorded),
-        annotate=boolean("hook", "annotate", defaults.annotate),
-        on_error=choice("hook", "on_error", ALLOW_OR_VETO, defaults.on_error),
-        timeout=number("hook", "timeout", defaults.timeout, 0.1, 300),
-        domain_types=domain_types,
-        host_profile=Path(profile) if profile else None,
-        qemu_generation=choice("host", "qemu_generation", GENERATIONS, "auto"),
-        veto_dropped_workarounds=boolean(
-            "hook", "veto_dropped_workarounds", defaults.veto_dropped_workarounds
-        ),
-        rehearse=boolean("hook", "rehearse", defaults.rehearse),
-        allow_domain_override=boolean(
-            "hook", "allow_domain_override", defaults.allow_domain_override
-        ),
-        history_limit=int(number("hook", "history_limit", defaults.history_limit, 0, 64)),
-        log_target=choice("log", "target", LOG_TARGETS, defaults.log_target),
-        journal_socket=Path(get("log", "journal_socket") or defaults.journal_socket),
-        syslog_socket=Path(get("log", "syslog_socket") or defaults.syslog_socket),
-    )
+    """The policy in ``text``, strictly (see ``load_policy``)."""
+    reading = parse_policy_text(text, origin)
+    if reading.problems:
+        raise PolicyError(reading.messages[0])
+    return reading.policy

@@ -15,9 +15,10 @@ What each kind of trouble does (the documented behaviour, asserted below):
   veto -> exit 2 (BAD_INPUT) and one "ERROR ... migration refused" line.
 - Its own state it cannot use (the host profile or the boot-time cache missing, stale, corrupt,
   unreadable, with no /dev/kvm to probe): PROFILE_UNAVAILABLE; on_error = veto -> exit 3.
-  A configuration that does not parse: INTERNAL_ERROR, exit 3 under veto; since the file cannot
-  be trusted, its on_error is read leniently and a "veto" wins; an unreadable file, or one with
-  no readable "on_error = veto", fails open (the default).
+  A configuration with mistakes (a typo, a bad value, a half-written or unreadable file) is not
+  an error: the hook decides with the settings it could read and the documented defaults for
+  the rest, names the first mistake in its one stderr line when no veto line needs it, and logs
+  every mistake in the decision's event.
   A decision that takes longer than ``timeout``: TIMEOUT, exit 4 under veto. SIGTERM while
   deciding: INTERNAL_ERROR, exit 3 under veto (exit 0 and a line under allow).
 - A guest record that cannot be trusted (two records, out-of-range, negative, non-numeric or
@@ -533,9 +534,8 @@ def test_odd_argv_acted_on_still_decides(setup: Setup, args: list[str]) -> None:
                          ids=repr)
 def test_odd_domain_argument_in_an_error_line(setup: Setup, domain_arg: str | bytes) -> None:
     results = both(lambda on_error: run(
-        setup.hook, [domain_arg, "migrate", "begin", "-"], setup.allow_xml,
-        setup.config(raw=f"[hook]\non_error = {on_error}\nmode = bogus\n")))
-    expect_error(results, "INTERNAL_ERROR", ExitStatus.INTERNAL_ERROR, "configuration unusable")
+        setup.hook, [domain_arg, "migrate", "begin", "-"], b"", setup.config(on_error)))
+    expect_error(results, "XML_INVALID", ExitStatus.BAD_INPUT, "empty domain XML")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,29 +625,97 @@ def test_stderr_reader_gone_epipe(setup: Setup) -> None:
 # The configuration
 # ---------------------------------------------------------------------------------------------
 
-CONFIG_CASES: dict[str, Callable[[str], bytes]] = {
-    "invalid value": lambda on: f"[hook]\non_error = {on}\nmode = enforcing\n".encode(),
-    "unknown setting": lambda on: f"[hook]\non_error = {on}\nfrobnicate = 1\n".encode(),
-    "unknown section": lambda on: f"[hook]\non_error = {on}\n[hooks]\nmode = warn\n".encode(),
-    "timeout out of range": lambda on: f"[hook]\non_error = {on}\ntimeout = 0\n".encode(),
-    "half-written (cut mid-line)": lambda on: (
-        f"[hook]\non_error = {on}\nrehearse = no\n[host]\nprofile = /x.json\n[lo").encode(),
-    "half-written (cut in the header)": lambda on: f"[hoo\non_error = {on}\n".encode(),
-    "duplicate key": lambda on: f"[hook]\non_error = {on}\non_error = {on}\n".encode(),
-    "not UTF-8": lambda on: f"[hook]\non_error = {on}\n# caf".encode() + b"\xe9\n",
-    "NUL bytes": lambda on: f"[hook]\non_error = {on}\n".encode() + b"\x00" * 64,
+# Each case: the file's bytes for an on_error value, and the words of the first problem named.
+# Every one keeps the line "rehearse = no" and a [host] profile readable, so that the decision
+# itself is the usual one.
+def _config(on_error: str, profile: Path, mistake: str, before: str = "") -> bytes:
+    return (f"{before}[hook]\non_error = {on_error}\nrehearse = no\n{mistake}\n"
+            f"[host]\nprofile = {profile}\n[log]\ntarget = none\n").encode()
+
+
+CONFIG_CASES: dict[str, tuple[Callable[[str, Path], bytes], str]] = {
+    "invalid value": (lambda on, p: _config(on, p, "mode = enforcing"),
+                      "mode 'enforcing' is not one of enforce, warn (did you mean 'enforce'?)"),
+    "unknown setting": (lambda on, p: _config(on, p, "unrecoreded = veto"),
+                        "unknown setting 'unrecoreded' (did you mean 'unrecorded'?)"),
+    "unknown section": (lambda on, p: _config(on, p, "[hooks]\nhistory_limit = 3\n[hook]"),
+                        "unknown section [hooks]"),
+    "timeout with a unit": (lambda on, p: _config(on, p, "timeout = 10s"),
+                            "timeout '10s' is not a number of seconds (no unit)"),
+    "timeout out of range": (lambda on, p: _config(on, p, "timeout = 0"),
+                             "timeout '0' is not a number of seconds"),
+    "domain types with a typo": (lambda on, p: _config(on, p, "domain_types = kmv"),
+                                 "'kmv': not a libvirt domain type"),
+    "half-written (cut mid-line)": (lambda on, p: _config(on, p, "") + b"[lo",
+                                    "a section header cut short: '[lo' ignored"),
+    "half-written (cut in the header)": (
+        lambda on, p: _config(on, p, "", before="[hoo\n"), "a section header cut short"),
+    "a second [hook] section": (lambda on, p: _config(on, p, "[hook]\nhistory_limit = 3"),
+                                "[hook] appears twice; both are read"),
+    "duplicate key": (lambda on, p: _config(on, p, f"on_error = {on}"),
+                      "on_error is set twice (line 2 and here)"),
+    "not UTF-8": (lambda on, p: _config(on, p, "").replace(b"rehearse = no\n",
+                                                           b"rehearse = no\nmode = w\xe9rn\n"),
+                  "not UTF-8 text, or NUL bytes: line ignored"),
+    "NUL bytes": (lambda on, p: _config(on, p, "") + b"\x00" * 64,
+                  "not UTF-8 text, or NUL bytes: line ignored"),
 }
 
 
-@pytest.mark.parametrize("case", list(CONFIG_CASES))
-def test_an_unusable_configuration_keeps_its_on_error(setup: Setup, case: str) -> None:
-    def make(on_error: str) -> HookResult:
-        config = setup.path("psci-hook.conf")
-        config.write_bytes(CONFIG_CASES[case](on_error))
-        return run(setup.hook, ARGS, setup.allow_xml, config)
+def _logged(config: Path, run_hook: Callable[[], HookResult], listener_path: Path
+            ) -> tuple[HookResult, dict[str, Any], int]:
+    """Run the hook with its events sent to a syslog stand-in; the result, the one event and
+    its syslog priority."""
+    listener = SyslogListener(listener_path)
+    try:
+        config.write_bytes(config.read_bytes().replace(
+            b"target = none", f"target = syslog\nsyslog_socket = {listener.path}".encode()))
+        result = run_hook()
+        messages = listener.messages()
+    finally:
+        listener.close()
+    assert len(messages) == 1, messages
+    priority = int(messages[0][1:messages[0].index(">")]) & 7
+    return result, json.loads(messages[0][messages[0].index("{"):]), priority
 
-    expect_error(both(make), "INTERNAL_ERROR", ExitStatus.INTERNAL_ERROR,
-                 "configuration unusable")
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_a_configuration_mistake_never_switches_the_check_off(setup: Setup, case: str) -> None:
+    """The doomed migration is still vetoed, the good one still allowed and annotated, whatever
+    on_error says; the mistake is named on stderr (when no veto line needs it) and in the
+    event, as a warning."""
+    make, problem = CONFIG_CASES[case]
+    for on_error in ON_ERROR:
+        for xml, profile in ((setup.veto_xml, setup.veto_profile),
+                             (setup.allow_xml, setup.allow_profile)):
+            config = setup.path("psci-hook.conf")
+            config.write_bytes(make(on_error, profile))
+            result, event, priority = _logged(
+                config, functools.partial(run, setup.hook, ARGS, xml, config),
+                setup.path("log"))
+            problems = event.get("config_problems", [])
+            assert problems and problem in problems[0], (case, problems)
+            assert problems[0].startswith(f"{config}:")
+            if xml is setup.veto_xml:
+                expect_veto(result, "CPREG_COUNT")
+            else:
+                sane(result)
+                assert result.returncode == 0
+                record = read_record(parse_domain(result.stdout).root)
+                assert record is not None and record.origin.event == "migrated"
+                assert result.stderr.startswith(f"psci-hook: CONFIG {config}:"), result.stderr
+                assert problem in result.stderr
+                assert priority == 4, priority  # an allow someone should look at: a warning
+
+
+def test_on_error_veto_in_a_file_with_mistakes_still_fails_closed(setup: Setup) -> None:
+    config = setup.path("psci-hook.conf")
+    config.write_text("[hoo\non_error = veto\nmode = enforcing\nrehearse = no\n[host]\n"
+                      f"profile = {setup.tmp / 'missing.json'}\n[log]\ntarget = none\n")
+    result = run(setup.hook, ARGS, setup.allow_xml, config)
+    sane(result)
+    assert result.returncode == ExitStatus.INTERNAL_ERROR, result
+    assert result.stderr.startswith("psci-hook: ERROR PROFILE_UNAVAILABLE domain vm1: ")
 
 
 # Root reads a mode-000 file through CAP_DAC_OVERRIDE; libvirt's hook runs as root with it. For
@@ -661,27 +729,36 @@ def prefix_for(case: str) -> list[str]:
     return WITHOUT_DAC if case == "permission denied" else []
 
 
-@pytest.mark.parametrize("case", ["a directory", "binary garbage", "on_error misspelt",
-                                  "permission denied"])
-def test_an_unreadable_configuration_fails_open(setup: Setup, case: str) -> None:
-    """With no readable on_error = veto, the default (allow) is all the hook can go by."""
+@pytest.mark.parametrize("case", ["a directory", "binary garbage", "permission denied"])
+def test_an_unreadable_configuration_means_the_defaults(setup: Setup, case: str) -> None:
+    """No setting can be read: every default applies (enforce, the boot-time cache), and the
+    hook says why on stderr."""
+    run_dir = setup.path("run")
+    warm_cache(run_dir, setup.profiles["6.12__a76"])
+    hook = cache_hook(setup.path("hook"), run_dir)
     config = setup.path("psci-hook.conf")
     if case == "a directory":
         config.mkdir()
     elif case == "permission denied":
         config.write_text("[hook]\non_error = veto\n")
         config.chmod(0)
-    elif case == "binary garbage":
-        config.write_bytes(bytes(range(256)) * 8)
     else:
-        config.write_text("[hook]\non_error = vet0\n")
-    result = run(setup.hook, ARGS, setup.allow_xml, config, prefix=prefix_for(case))
+        config.write_bytes(bytes(range(256)) * 8)
+    result = run(hook, ARGS, setup.allow_xml, config, prefix=prefix_for(case))
     sane(result)
-    assert case != "permission denied" or "Permission denied" in result.stderr
-    assert (result.returncode, result.stdout) == (0, b"")
-    assert result.stderr.startswith("psci-hook: ERROR INTERNAL_ERROR domain vm1: configuration "
-                                    "unusable: ")
-    assert result.stderr.endswith("migration allowed unchecked (on_error = allow)\n")
+    assert result.returncode == 0
+    assert read_record(parse_domain(result.stdout).root) is not None  # decided and annotated
+    if case == "binary garbage":  # read line by line: every line is a problem
+        assert result.stderr.startswith(f"psci-hook: CONFIG {config}:1: ")
+    else:
+        reason = "Is a directory" if case == "a directory" else "Permission denied"
+        assert result.stderr.startswith(f"psci-hook: CONFIG {config}: cannot read: {reason}; "
+                                        "every setting takes its default"), result.stderr
+    veto_run_dir = setup.path("run")
+    warm_cache(veto_run_dir, setup.profiles["5.10__a57"])
+    vetoed = run(cache_hook(setup.path("hook"), veto_run_dir), ARGS, setup.veto_xml, config,
+                 prefix=prefix_for(case))
+    expect_veto(vetoed, "CPREG_COUNT")
 
 
 # ---------------------------------------------------------------------------------------------
