@@ -128,7 +128,7 @@ class _Value(NamedTuple):
     problem: str = ""
 
 
-def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     import difflib  # only when something is misspelt: the hook's usual run never pays for it
 
     close = difflib.get_close_matches(word.lower(), list(candidates), n=1, cutoff=0.6)
@@ -140,7 +140,7 @@ def _choice(allowed: tuple[str, ...]) -> Callable[[str], _Value]:
         if text.lower() in allowed:
             return _Value(text.lower())
         return _Value(None, f"{text!r} is not one of {', '.join(allowed)}"
-                      f"{_did_you_mean(text, allowed)}")
+                      f"{did_you_mean(text, allowed)}")
     return parse
 
 
@@ -148,7 +148,7 @@ def _boolean(text: str) -> _Value:
     lowered = text.lower()
     if lowered in _TRUE or lowered in _FALSE:
         return _Value(lowered in _TRUE)
-    return _Value(None, f"{text!r} is not yes or no{_did_you_mean(text, ('yes', 'no'))}")
+    return _Value(None, f"{text!r} is not yes or no{did_you_mean(text, ('yes', 'no'))}")
 
 
 def _number(low: float, high: float, integer: bool = False) -> Callable[[str], _Value]:
@@ -177,7 +177,7 @@ def _domain_types(text: str) -> _Value:
     known = frozenset(t for t in items if t in DOMAIN_TYPES)
     if not unknown:
         return _Value(known) if known else _Value(None, "is empty")
-    hints = "".join(_did_you_mean(t, DOMAIN_TYPES) for t in unknown)
+    hints = "".join(did_you_mean(t, DOMAIN_TYPES) for t in unknown)
     message = (f"{', '.join(map(repr, unknown))}: not a libvirt domain type (kvm, qemu, hvf "
                f"for QEMU){hints}")
     if known:  # the types it could read are used, the mistake is still a problem
@@ -269,7 +269,7 @@ def parse_policy_text(data: bytes | str, origin: str = "configuration") -> Polic
             section = header.group(1).lower()
             if section not in SECTIONS:
                 problems.append(Problem(number, f"unknown section [{header.group(1)}]"
-                                        f"{_did_you_mean(section, SECTIONS)}; its settings are "
+                                        f"{did_you_mean(section, SECTIONS)}; its settings are "
                                         f"read by their names"))
             elif section in seen_sections:
                 problems.append(Problem(number, f"[{section}] appears twice; both are read"))
@@ -286,7 +286,7 @@ def parse_policy_text(data: bytes | str, origin: str = "configuration") -> Polic
         setting = _BY_KEY.get(key)
         if setting is None:
             problems.append(Problem(number, f"unknown setting {key!r}"
-                                    f"{_did_you_mean(key, _BY_KEY)}; ignored"))
+                                    f"{did_you_mean(key, _BY_KEY)}; ignored"))
             continue
         if section != setting.section:
             where = f"[{section}]" if section else "no section"

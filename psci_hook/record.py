@@ -36,6 +36,7 @@ from lxml import etree
 from psci_hook import registers as regs
 from psci_hook.codes import CODES
 from psci_hook.engine import GuestState
+from psci_hook.policy import split_list
 from psci_hook.profile import ProfileError, feature_key, parse_feature_key
 
 NAMESPACE = "https://psci-hook.org/xmlns/record/1"
@@ -280,7 +281,7 @@ def parse_record(elem: Any) -> GuestRecord:
     override = None
     override_elem = _one(elem, "override", required=False)
     if override_elem is not None:
-        codes = frozenset(_text_attr(override_elem, "codes").split())
+        codes = frozenset(split_list(_text_attr(override_elem, "codes")))
         unknown = sorted(c for c in codes if c not in CODES)
         if not codes or unknown:
             raise RecordError(f"override names unknown codes: {' '.join(unknown) or '(none)'}")

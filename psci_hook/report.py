@@ -17,20 +17,26 @@ def finding_line(finding: Finding) -> str:
     return f"{_MARK[finding.severity]:4} {finding.code}{where}: {finding.message}{inferred}"
 
 
-def decision_text(decision: Decision, verbose: bool = False) -> str:
-    """The human report of `psci-hook check`: verdict, then findings, most severe first."""
-    lines = [f"verdict: {decision.verdict.upper()} (destination QEMU: {decision.generation})"]
+def decision_text(decision: Decision, verbose: bool = False, after: bool = True) -> str:
+    """The findings of a decision, most severe first; several findings of one code are one line
+    (``verbose``: every finding, informational ones too). ``after``: the guest's registers after
+    the move (only true of a move that happens)."""
     shown = [f for f in decision.findings
              if verbose or (f.severity > Severity.INFO and f.code != "REG_DEST_DEFAULT")]
     hidden = len(decision.findings) - len(shown)
-    for finding in sorted(shown, key=lambda f: -f.severity):
-        lines.append("  " + finding_line(finding))
+    ordered = sorted(shown, key=lambda f: -f.severity)
+    lines = [f"findings (destination QEMU: {decision.generation}):"] if ordered else []
+    if verbose:
+        lines += ["  " + finding_line(f) for f in ordered]
+    else:
+        lines += ["  " + line for line in _grouped_lines(ordered)]
     if hidden:
         lines.append(f"  ({hidden} informational findings not shown; --verbose shows them)")
     remedy = psci_remedy(decision.findings)
     if remedy:
         lines.append(f"remedy: {remedy}")
-    lines.append("guest after migration: " + guest_summary(decision.guest_after))
+    if after:
+        lines.append("guest after migration: " + guest_summary(decision.guest_after))
     return "\n".join(lines) + "\n"
 
 
@@ -57,6 +63,26 @@ def psci_remedy(findings: Iterable[Finding]) -> str | None:
 
 
 _PSCI_CODES = frozenset({"PSCI_UNSUPPORTED", "REHEARSAL_REFUSED", "MODEL_DEFECT"})
+
+
+
+def _grouped_lines(findings: list[Finding]) -> list[str]:
+    """One line per code: the first finding in full, the other registers named after it."""
+    by_code: dict[str, list[Finding]] = {}
+    for finding in findings:
+        by_code.setdefault(finding.code, []).append(finding)
+    lines = []
+    for group in by_code.values():
+        first, rest = group[0], group[1:]
+        line = finding_line(first)
+        if rest:
+            named = [f.register for f in rest if f.register]
+            others = f" (and {len(rest)} more: {', '.join(named)})" if named else \
+                f" (and {len(rest)} more)"
+            head, sep, tail = line.partition(": ")
+            line = f"{head}{others}{sep}{tail}"
+        lines.append(line)
+    return lines
 
 
 def guest_summary(guest: GuestState) -> str:

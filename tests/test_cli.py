@@ -19,8 +19,11 @@ GOLDEN = REPO / "tests" / "golden"
 P = bundled_profiles()
 
 
-def run(*argv: str) -> tuple[int, str, str]:
-    env = Environment.for_test(["psci-hook", *argv])
+def run(*argv: str, stdin: bytes = b"", config: Path | None = None) -> tuple[int, str, str]:
+    """The command in-process; the hook's configuration is ``config`` (default: none, so that
+    this machine's /etc/psci-hook does not count)."""
+    env = Environment.for_test(["psci-hook", *argv], stdin=stdin, environ={
+        "PSCI_HOOK_CONFIG": str(config or REPO / "tests" / "no-such.conf")})
     status = main(env=env)
     return (status, env.stdout.getvalue().decode(),  # type: ignore[attr-defined]
             env.stderr.getvalue())  # type: ignore[attr-defined]
@@ -91,11 +94,20 @@ def test_usage_errors(argv: list[str]) -> None:
 def test_check_domain_without_record_and_missing_files(tmp_path: Path) -> None:
     xml = tmp_path / "vm.xml"
     xml.write_bytes(DOMAIN)
-    status, _, err = run("check", "--host-profile", str(P["6.1__a57"]), "--domain-xml", str(xml))
-    assert status == ExitStatus.BAD_INPUT and "no psci-hook record" in err
+    status, out, _ = run("check", "--host-profile", "6.1__a57", "--domain-xml", str(xml))
+    assert status == ExitStatus.OK and "NO_RECORD" in out  # as the hook: unrecorded = allow
+    config = tmp_path / "veto.conf"
+    config.write_text("[hook]\nunrecorded = veto\n")
+    status, out, _ = run("check", "--host-profile", "6.1__a57", "--domain-xml", str(xml),
+                         config=config)
+    assert status == ExitStatus.VETO and "psci-hook: VETO NO_RECORD domain vm1: " in out
     status, _, err = run("check", "--host-profile", str(tmp_path / "no.json"),
                          "--guest-profile", str(P["6.1__a57"]))
     assert status == ExitStatus.BAD_INPUT and "cannot read" in err
+    status, _, err = run("check", "--host-profile", "6.1_a57", "--guest-profile", "6.1__a57")
+    assert status == ExitStatus.BAD_INPUT
+    assert err == ("psci-hook: 6.1_a57: no such file, nor a bundled profile (did you mean "
+                   "'6.1__a57'?); `psci-hook profiles` lists them\n")
 
 
 @pytest.mark.parametrize(("qemu", "fmt"), [("legacy", "text"), ("legacy", "markdown"),
@@ -167,4 +179,110 @@ def test_the_overview_lists_every_command_with_its_summary() -> None:
     overview = env.stderr.getvalue()  # type: ignore[attr-defined]
     for name in COMMANDS:
         assert f"    {name}" in overview, name
-    assert "decide offline whether a guest can migrate" in overview
+    assert "what the hook would decide for a guest on a host" in overview
+
+
+# ---------------------------------------------------------------------------------------------
+# check predicts the hook: the same decision, the same exit status, the same line
+# ---------------------------------------------------------------------------------------------
+
+
+def _hook(xml: bytes, profile: Path, config_text: str, tmp_path: Path) -> tuple[int, str]:
+    """The hook itself, in-process, on ``profile`` as its [host] profile."""
+    from hooktools import CollectingSink
+
+    from psci_hook.hook import main as hook_main
+
+    config = tmp_path / "hook.conf"
+    config.write_text(f"{config_text}\n[host]\nprofile = {profile}\n[hook]\nrehearse = no\n")
+    env = Environment.for_test(["50-psci-hook", "vm1", "migrate", "begin", "-"], stdin=xml,
+                               environ={"PSCI_HOOK_CONFIG": str(config)})
+    status = hook_main(env, CollectingSink())
+    return int(status), env.stderr.getvalue()  # type: ignore[attr-defined]
+
+
+def _override(xml: bytes, codes: str) -> bytes:
+    return xml.replace(b"</psci:record>", f'<psci:override codes="{codes}" reason="t"/>\n'
+                       "    </psci:record>".encode())
+
+
+@pytest.mark.parametrize(("case", "config_text"), [
+    ("veto", ""),
+    ("allow", ""),
+    ("warn mode", "[hook]\nmode = warn"),
+    ("type qemu, not acted on", ""),
+    ("type qemu, acted on (spaces)", "[hook]\ndomain_types = kvm qemu"),
+    ("not aarch64", ""),
+    ("override", ""),
+    ("override, not honoured", "[hook]\nallow_domain_override = no"),
+    ("unrecorded veto", "[hook]\nunrecorded = veto"),
+])
+def test_check_says_what_the_hook_does(case: str, config_text: str, tmp_path: Path,
+                                       bundled: dict[str, HostProfile]) -> None:
+    guest = "6.1__a57" if case == "allow" else "6.12__a57"
+    xml = stamped(DOMAIN, GuestState.booted_on(bundled[guest]))
+    if case.startswith("type qemu"):
+        xml = xml.replace(b"<domain type='kvm'>", b"<domain type='qemu'>")
+    elif case == "not aarch64":
+        xml = xml.replace(b"arch='aarch64'", b"arch='ppc64'")
+    elif case.startswith("override"):
+        xml = _override(xml, "CPREG_COUNT, REG_MISSING PSCI_UNSUPPORTED")
+    elif case == "unrecorded veto":
+        xml = DOMAIN
+    destination = P["6.1__a57"] if case == "allow" else P["5.10__a57"]
+    hook_status, hook_line = _hook(xml, destination, config_text, tmp_path)
+    config = tmp_path / "check.conf"
+    config.write_text(config_text + "\n")
+    domain = tmp_path / "vm1.xml"
+    domain.write_bytes(xml)
+    status, out, err = run("check", "--host-profile", str(destination), "--domain-xml",
+                           str(domain), config=config)
+    assert status == hook_status, (case, out, err)
+    assert err == ""
+    if hook_line:
+        assert hook_line.rstrip("\n") in out.splitlines(), (hook_line, out)
+    expected = {"veto": 1, "warn mode": 0, "type qemu, not acted on": 0,
+                "type qemu, acted on (spaces)": 1, "not aarch64": 0, "override": 0,
+                "override, not honoured": 1, "unrecorded veto": 1, "allow": 0}[case]
+    assert status == expected, (case, out)
+    # The same from stdin, and with the configuration given as an option.
+    assert run("check", "--host-profile", str(destination), "--domain-xml", "-",
+               "--config", str(config), stdin=xml)[0] == hook_status
+
+
+def test_check_text_groups_findings_and_shows_no_after_state_for_a_veto() -> None:
+    status, out, _ = run("check", "--host-profile", "5.10__a57", "--guest-profile", "6.12__a57")
+    assert status == ExitStatus.VETO
+    assert out.startswith("verdict: VETO (the hook exits 1; destination QEMU: legacy)\n")
+    assert "psci-hook: VETO CPREG_COUNT domain 6.12__a57: " in out
+    assert "(+19: REG_MISSING x18, PSCI_UNSUPPORTED)" in out
+    assert out.count("REG_MISSING") == 2  # the veto line and one grouped finding line
+    assert "  VETO REG_MISSING CCSIDR_3 (and 17 more: CCSIDR_4, " in out
+    assert "guest after migration" not in out
+    _, verbose, _ = run("check", "--host-profile", "5.10__a57", "--guest-profile", "6.12__a57",
+                        "--verbose")
+    assert verbose.count("VETO REG_MISSING") == 18
+
+
+def test_check_json_says_what_the_hook_does_and_reports_errors_as_json(tmp_path: Path) -> None:
+    status, out, _ = run("check", "--host-profile", "5.10__a57", "--guest-profile", "6.12__a57",
+                         "--json")
+    data = json.loads(out)
+    assert status == 1 and data["hook"]["exit_status"] == 1 and data["verdict"] == "veto"
+    assert data["hook"]["message"].startswith("psci-hook: VETO CPREG_COUNT ")
+    status, out, err = run("check", "--host-profile", str(tmp_path / "x.json"),
+                           "--guest-profile", "6.1__a57", "--json")
+    assert status == ExitStatus.BAD_INPUT and json.loads(out)["error"].endswith(
+        "cannot read: No such file or directory") and err
+
+
+def test_check_names_configuration_mistakes_and_still_decides(tmp_path: Path) -> None:
+    config = tmp_path / "c.conf"
+    config.write_text("[hook]\nunrecoreded = veto\n")
+    status, _, err = run("check", "--host-profile", "5.10__a57", "--guest-profile", "6.12__a57",
+                         config=config)
+    assert status == ExitStatus.VETO
+    assert err == (f"psci-hook: configuration: {config}:2: unknown setting 'unrecoreded' (did "
+                   "you mean 'unrecorded'?); ignored\n")
+    assert run("check", "--host-profile", "5.10__a57", "--guest-profile", "6.12__a57",
+               "--no-config", "--quiet") == (1, "", "")

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from psci_hook.domainxml import MAX_DOMAIN_XML, Domain, DomainXMLError, parse_domain
 from psci_hook.engine import GuestState
-from psci_hook.profile import FeatureSet, HostProfile, ProfileError, parse_feature_key
+from psci_hook.profile import (
+    FeatureSet,
+    HostProfile,
+    ProfileError,
+    bundled_profiles,
+    parse_feature_key,
+)
 
 
 class InputError(Exception):
@@ -43,3 +49,18 @@ def guest_from_profile(profile: HostProfile, features: FeatureSet | None, origin
         raise InputError(f"{origin}: no migrated list for vCPU features "
                          f"{'+'.join(sorted(features)) or 'none'} (it has: {offered})")
     return GuestState.booted_on(profile, features, psci_version)
+
+
+def resolve_profile(text: str) -> Path:
+    """A profile named on the command line: a file, else a bundled profile's name (as
+    `psci-hook matrix` and `psci-hook profiles` print them, e.g. 6.1__a57)."""
+    path = Path(text)
+    if path.exists() or "/" in text or text.endswith(".json"):
+        return path
+    bundled = bundled_profiles()
+    if text in bundled:
+        return bundled[text]
+    from psci_hook.policy import did_you_mean
+
+    raise ProfileError(f"{text}: no such file, nor a bundled profile"
+                       f"{did_you_mean(text, bundled)}; `psci-hook profiles` lists them")
