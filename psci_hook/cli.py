@@ -39,6 +39,8 @@ COMMANDS: dict[str, str] = {
     "where": "where",
     "plan": "plan",
     "doctor": "doctor",
+    "config": "config",
+    "profiles": "profiles",
 }
 
 
@@ -81,6 +83,13 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Command 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     env = env or Environment.from_process()
     args_list = list(env.argv[1:] if argv is None else argv)
+    chosen = next((a for a in args_list if not a.startswith("-")), None)
+    if chosen is not None and chosen not in COMMANDS:
+        from psci_hook.policy import did_you_mean
+
+        env.error(f"usage: unknown command {chosen!r}{did_you_mean(chosen, COMMANDS)}; "
+                  "`psci-hook --help` lists them")
+        return ExitStatus.BAD_INPUT
     try:
         parser, command = build_parser(args_list)
         args = parser.parse_args(args_list)

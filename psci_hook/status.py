@@ -12,7 +12,8 @@ class ExitStatus(enum.IntEnum):
     # Shared by all commands.
     OK = 0  # allowed / done / no disagreement
     # The migration would fail (hook, check); conformance found a disagreement; record: some
-    # domains could not be recorded (each output line says why); doctor: a check failed.
+    # domains could not be recorded (each output line says why); doctor: a check failed; config:
+    # the file has mistakes.
     VETO = 1
     BAD_INPUT = 2  # usage error or malformed input (argv, XML, JSON, configuration)
     INTERNAL_ERROR = 3  # hook: a bug or unreadable state, and the policy says on_error = veto
