@@ -12,7 +12,8 @@ every decision; ``psci-hook config --check`` lists them before the file is used.
 
 Syntax: ``[section]`` headers, ``key = value`` (or ``key: value``) lines, full-line comments
 starting with ``#`` or ``;``, and inline comments after whitespace (``mode = warn  # why``).
-Names are case-insensitive. Lists (``domain_types``) take commas, spaces or both.
+Names are case-insensitive. A section may appear more than once (its settings add up). Lists
+(``domain_types``) take commas, spaces or both.
 """
 
 from __future__ import annotations
@@ -256,7 +257,6 @@ def parse_policy_text(data: bytes | str, origin: str = "configuration") -> Polic
     values: dict[str, Any] = {}
     lines: dict[str, int] = {}
     section: str | None = None
-    seen_sections: set[str] = set()
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line[0] in "#;":
@@ -271,9 +271,6 @@ def parse_policy_text(data: bytes | str, origin: str = "configuration") -> Polic
                 problems.append(Problem(number, f"unknown section [{header.group(1)}]"
                                         f"{did_you_mean(section, SECTIONS)}; its settings are "
                                         f"read by their names"))
-            elif section in seen_sections:
-                problems.append(Problem(number, f"[{section}] appears twice; both are read"))
-            seen_sections.add(section)
             continue
         line = _INLINE_COMMENT.sub("", line)
         assignment = _ASSIGNMENT.fullmatch(line)

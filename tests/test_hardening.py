@@ -554,6 +554,24 @@ def test_closed_stdin_on_an_ignored_operation(setup: Setup, op: list[str]) -> No
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", "")
 
 
+@pytest.mark.parametrize("op", [["vm1", "migrate", "begin", "-"], ["vm1", "started", "begin",
+                                                                   "-"]], ids=str)
+def test_run_by_hand_on_a_terminal_it_says_what_it_is(setup: Setup, op: list[str]) -> None:
+    """libvirt always writes the XML to a pipe; a terminal on stdin is someone trying the hook
+    by hand, who would otherwise wait for a prompt that never comes."""
+    controller, terminal = os.openpty()
+    try:
+        result = run(setup.hook, op, None, setup.config(), stdin=terminal, timeout=20)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    sane(result)
+    assert (result.returncode, result.stdout) == (ExitStatus.BAD_INPUT, b"")
+    assert result.stderr == ("psci-hook: this is libvirt's qemu hook; it reads a domain XML on "
+                             "stdin (see psci-hook(8)); to ask what it would decide, run "
+                             "psci-hook check\n")
+
+
 # (A directory as stdin is not tested: the interpreter itself refuses to start, "Fatal Python
 # error: init_sys_streams: <stdin> is a directory", before any line of the hook runs.)
 @pytest.mark.parametrize("how", ["closed", "/dev/null"])
@@ -650,8 +668,8 @@ CONFIG_CASES: dict[str, tuple[Callable[[str, Path], bytes], str]] = {
                                     "a section header cut short: '[lo' ignored"),
     "half-written (cut in the header)": (
         lambda on, p: _config(on, p, "", before="[hoo\n"), "a section header cut short"),
-    "a second [hook] section": (lambda on, p: _config(on, p, "[hook]\nhistory_limit = 3"),
-                                "[hook] appears twice; both are read"),
+    "a line that is no setting": (lambda on, p: _config(on, p, "mode warn"),
+                                  "not 'key = value': 'mode warn' ignored"),
     "duplicate key": (lambda on, p: _config(on, p, f"on_error = {on}"),
                       "on_error is set twice (line 2 and here)"),
     "not UTF-8": (lambda on, p: _config(on, p, "").replace(b"rehearse = no\n",

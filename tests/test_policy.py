@@ -89,6 +89,13 @@ def test_split_list() -> None:
     assert split_list(" , ") == []
 
 
+def test_a_section_may_appear_twice() -> None:
+    reading = parse_policy_text("[hook]\non_error = veto\n[log]\ntarget = none\n[hook]\n"
+                                "mode = warn\n")
+    assert reading.problems == ()
+    assert reading.policy == Policy(on_error="veto", mode="warn", log_target="none")
+
+
 def test_inline_comments_are_comments() -> None:
     reading = parse_policy_text("[hook]\nmode = warn   # until Friday\non_error = veto ; why\n")
     assert reading.problems == ()
@@ -113,8 +120,6 @@ MISTAKES = [
      "acting on kvm", Policy()),
     ("[hook]\ndomain_types = ,\n", "domain_types is empty; the default (kvm) applies",
      Policy()),
-    ("[hook]\non_error = veto\n[hook]\nmode = warn\n", "3: [hook] appears twice; both are read",
-     Policy(on_error="veto", mode="warn")),
     ("[hook]\nmode = warn\nmode = enforce\n",
      "3: mode is set twice (line 2 and here); the last valid value applies", Policy()),
     ("[hooks]\non_error = veto\n",

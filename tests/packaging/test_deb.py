@@ -244,8 +244,20 @@ def test_conffiles(installed: dict[str, object]) -> None:
     try:
         CONFIG.write_text(original + "\n[hook]\nmode = warn\n")
         deb = next((REPO / "dist").glob(f"{PACKAGE}_*_all.deb"))
-        run("dpkg", "-i", deb, env=APT_ENV)
+        done = run("dpkg", "-i", deb, env=APT_ENV)
         assert CONFIG.read_text().endswith("mode = warn\n")
+        assert "warning" not in done.stderr, done.stderr
+        # An edit with mistakes: the installation says so, names each one, and succeeds.
+        CONFIG.write_text(original + "\n[hook]\nunrecoreded = veto\ntimeout = 10s\n")
+        done = run("dpkg", "-i", deb, env=APT_ENV)
+        lines = done.stderr.splitlines()
+        assert f"psci-hook: warning: {CONFIG} has mistakes; the hook uses the settings it can " \
+               "read and the defaults for the rest (psci-hook config --check shows them):" \
+               in lines, done.stderr
+        assert any(line.startswith(f"psci-hook: {CONFIG}:") and "unknown setting "
+                   "'unrecoreded' (did you mean 'unrecorded'?)" in line for line in lines)
+        assert any("timeout '10s' is not a number of seconds" in line for line in lines)
+        assert package_status() == "ii"
     finally:
         CONFIG.write_text(original)
 
@@ -348,7 +360,7 @@ def test_remove_keeps_the_conffiles_and_the_leftover_hook_allows(
     daemon = FakeDaemon(tmp_path)
     try:
         started = time.monotonic()
-        run("apt-get", "remove", "-y", "-q", PACKAGE, env=APT_ENV)
+        removed = run("apt-get", "remove", "-y", "-q", PACKAGE, env=APT_ENV)
         timings["remove"] = time.monotonic() - started
         assert daemon.got_sighup(), "postrm remove did not SIGHUP a running virtqemud"
     finally:
@@ -359,6 +371,12 @@ def test_remove_keeps_the_conffiles_and_the_leftover_hook_allows(
     # libvirt still runs the hook it found; without its package it must never block anything.
     done = run_hook("arm-guest", "migrate", "begin", "-", xml=DOMAIN_AARCH64)
     assert (done.returncode, done.stdout) == (0, b""), done.stderr
+    assert done.stderr == (b"psci-hook: not installed (removed, not purged): migration allowed "
+                           b"unchecked; purging the package removes this hook\n")
+    # ... and the removal said so.
+    assert ("psci-hook: removed, not purged: /etc/libvirt/hooks/qemu.d/50-psci-hook stays (a "
+            "conffile) and allows every migration unchecked; 'apt-get purge psci-hook' removes "
+            "it.") in removed.stderr, removed.stderr
 
 
 def test_purge_leaves_nothing(installed: dict[str, object],
