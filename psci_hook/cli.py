@@ -80,6 +80,20 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Command 
     return parser, command
 
 
+def _joined(args: list[str], command: Command | None) -> list[str]:
+    """``--since -2h`` as ``--since=-2h``: argparse takes a value starting with "-" for an
+    option, journalctl's relative times start with one (a command lists such options in
+    DASH_VALUE_OPTIONS)."""
+    options = getattr(command, "DASH_VALUE_OPTIONS", ())
+    joined: list[str] = []
+    for arg in args:
+        if joined and joined[-1] in options and arg.startswith("-"):
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     env = env or Environment.from_process()
     args_list = list(env.argv[1:] if argv is None else argv)
@@ -92,7 +106,7 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         return ExitStatus.BAD_INPUT
     try:
         parser, command = build_parser(args_list)
-        args = parser.parse_args(args_list)
+        args = parser.parse_args(_joined(args_list, command))
     except UsageError as exc:
         env.error(f"usage: {exc}")
         return ExitStatus.BAD_INPUT
