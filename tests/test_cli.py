@@ -286,3 +286,12 @@ def test_check_names_configuration_mistakes_and_still_decides(tmp_path: Path) ->
                    "you mean 'unrecorded'?); ignored\n")
     assert run("check", "--host-profile", "5.10__a57", "--guest-profile", "6.12__a57",
                "--no-config", "--quiet") == (1, "", "")
+
+
+def test_matrix_explains_every_y_star_and_has_no_empty_heading() -> None:
+    _, out, _ = run("matrix", str(P["6.1__a57"]))
+    assert "Why" not in out and out.rstrip().endswith("1 6.1__a57      Y")
+    _, out, _ = run("matrix", str(P["5.10__a53"]), str(P["6.1__a53"]))
+    grid, _, why = out.partition("Why Y* (warning codes")
+    assert "Y*" in grid
+    assert "  5.10__a53 -> 6.1__a53: DEST_DEFAULT\n" in why

@@ -44,6 +44,11 @@ def _blocking_codes(decision: Decision) -> list[str]:
     return [c for c in decision.codes if severity(c) is Severity.BLOCKING]
 
 
+def _warning_codes(decision: Decision) -> list[str]:
+    return list(dict.fromkeys(c for c in decision.codes
+                              if severity(c) is Severity.WARNING))
+
+
 def compute(profiles: dict[str, HostProfile], generation: str
             ) -> list[tuple[str, str, Decision]]:
     cells = []
@@ -69,8 +74,8 @@ def render_grid(names: list[str], cells: list[tuple[str, str, Decision]], genera
     marks = {(s, d): _cell_mark(dec) for s, d, dec in cells}
     lines = [f"Source (rows) -> destination (columns), guest booted on the source with -cpu "
              f"host, destination QEMU {generation}.",
-             "Y = allowed, Y* = allowed with warnings, N = vetoed (QEMU or the destination "
-             "kernel would fail it after copying all memory).", ""]
+             "Y = allowed, Y* = allowed with warnings, N = vetoed: QEMU or the destination "
+             "kernel would fail it (the codes below say how).", ""]
     if markdown:
         lines.append("| src \\ dst | " + " | ".join(names) + " |")
         lines.append("|---" * (len(names) + 1) + "|")
@@ -84,11 +89,18 @@ def render_grid(names: list[str], cells: list[tuple[str, str, Decision]], genera
         for i, s in enumerate(names, 1):
             lines.append(f"{i:>2} {s}".ljust(width)
                          + "".join(marks[(s, d)].rjust(col) for d in names))
-    lines += ["", "Why not (blocking codes):"]
     bullet = "- " if markdown else "  "
-    for s, d, dec in cells:
-        if dec.vetoed:
-            lines.append(f"{bullet}{s} -> {d}: {', '.join(_blocking_codes(dec))}")
+    vetoed = [(s, d, dec) for s, d, dec in cells if dec.vetoed]
+    if vetoed:
+        lines += ["", "Why not (blocking codes):"]
+        lines += [f"{bullet}{s} -> {d}: {', '.join(_blocking_codes(dec))}"
+                  for s, d, dec in vetoed]
+    warned = [(s, d, dec) for s, d, dec in cells if _cell_mark(dec) == "Y*"]
+    if warned:
+        lines += ["", "Why Y* (warning codes; the README's table of finding codes says what "
+                  "each means):"]
+        lines += [f"{bullet}{s} -> {d}: {', '.join(_warning_codes(dec))}"
+                  for s, d, dec in warned]
     one_way = [(s, d) for s, d, dec in cells if not dec.vetoed and dec.one_way]
     if one_way:
         lines += ["", "One-way moves (WORKAROUND levels rise; no way back until a cold boot):"]
