@@ -290,7 +290,7 @@ def test_check_names_configuration_mistakes_and_still_decides(tmp_path: Path) ->
 
 def test_matrix_explains_every_y_star_and_has_no_empty_heading() -> None:
     _, out, _ = run("matrix", str(P["6.1__a57"]))
-    assert "Why" not in out and out.rstrip().endswith("1 6.1__a57      Y")
+    assert "Why" not in out and out.rstrip().endswith(" 1 6.1__a57     Y")
     _, out, _ = run("matrix", str(P["5.10__a53"]), str(P["6.1__a53"]))
     grid, _, why = out.partition("Why Y* (warning codes")
     assert "Y*" in grid
