@@ -207,6 +207,10 @@ class Client:
     def hostname(self) -> str:
         return str(self._call("hostname", self.conn.getHostname))
 
+    def driver(self) -> str:
+        """The hypervisor driver's name: "QEMU" for the QEMU driver, "TEST" for test:///."""
+        return str(self._call("driver type", self.conn.getType))
+
     def capabilities(self) -> str:
         return str(self._call("capabilities", self.conn.getCapabilities))
 

@@ -295,3 +295,47 @@ def test_matrix_explains_every_y_star_and_has_no_empty_heading() -> None:
     grid, _, why = out.partition("Why Y* (warning codes")
     assert "Y*" in grid
     assert "  5.10__a53 -> 6.1__a53: DEST_DEFAULT\n" in why
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "ppc64", "armv7l"])
+def test_stamp_refuses_a_domain_that_is_not_aarch64(tmp_path: Path, arch: str) -> None:
+    xml = tmp_path / "vm.xml"
+    xml.write_bytes(DOMAIN.replace(b"arch='aarch64'", f"arch='{arch}'".encode()))
+    status, out, err = run("stamp", "--guest-profile", "6.1__a57", "--domain-xml", str(xml))
+    assert (status, out) == (ExitStatus.BAD_INPUT, "")
+    assert err == (f"psci-hook: {xml}: the domain's architecture is {arch}, not aarch64: "
+                   "psci-hook records arm64 KVM guests only\n")
+
+
+def test_stamp_refuses_a_feature_the_profile_lacks_and_writes_in_place(tmp_path: Path) -> None:
+    xml = tmp_path / "vm.xml"
+    xml.write_bytes(DOMAIN.replace(b"<cpu mode='host-passthrough' check='none'/>",
+                                   b"<cpu mode='host-passthrough'>"
+                                   b"<feature policy='require' name='sve'/></cpu>"))
+    before = xml.read_bytes()
+    status, out, err = run("stamp", "--guest-profile", "6.1__a57", "--domain-xml", str(xml))
+    assert (status, out) == (ExitStatus.BAD_INPUT, "")
+    assert "requires vCPU feature(s) sve, which 6.1__a57 does not offer (it has: none, pmu)" \
+        in err
+    status, out, err = run("stamp", "--guest-profile", "6.12__max", "--domain-xml", str(xml),
+                           "--in-place")
+    assert (status, out, err) == (ExitStatus.OK, "", "")
+    after = xml.read_bytes()
+    assert after != before and b'<psci:vcpu features="pmu+pauth+sve"/>' in after
+    assert after.replace(after[after.index(b"<psci:record"):
+                               after.index(b"</psci:record>") + 14], b"") != b""
+
+
+def test_refresh_from_the_test_driver_leaves_this_hosts_cache_alone() -> None:
+    """`refresh --uri test:///default` once wrote "QEMU 0.0.2" into /run/psci-hook."""
+    pytest.importorskip("libvirt")  # python3-libvirt: scripts/deps installs it
+    cache = Path("/run/psci-hook")
+    before = {p.name: p.stat().st_mtime_ns for p in cache.glob("*")} if cache.exists() else {}
+    env = Environment.for_test(["psci-hook", "refresh", "--uri", "test:///default"])
+    assert env.run_dir == cache
+    assert main(env=env) == ExitStatus.BAD_INPUT
+    assert env.stderr.getvalue() == (  # type: ignore[attr-defined]
+        "psci-hook: refresh: test:///default is libvirt's TEST driver, not this host's QEMU: "
+        "/run/psci-hook was left as it was\n")
+    after = {p.name: p.stat().st_mtime_ns for p in cache.glob("*")} if cache.exists() else {}
+    assert after == before

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 from lxml import etree
 
 from psci_hook import cache
-from psci_hook.environment import Environment
+from psci_hook.environment import DEFAULT_RUN_DIR, Environment
 from psci_hook.libvirt_client import Client, LibvirtCallFailed, LibvirtUnavailable
 from psci_hook.profile import QEMU_VERSION_FILE
 from psci_hook.status import ExitStatus
@@ -84,6 +85,23 @@ def emulator_version(emulator: str) -> str | None:
     return match.group(1) if done.returncode == 0 and match else None
 
 
+def not_this_hosts_qemu(client: Client, uri: str | None, run_dir: Path) -> str:
+    """Why the connection must not fill the hook's cache of this host, or "": the hook takes
+    the QEMU generation and the host's identity from it, so only this host's QEMU driver may
+    write /run/psci-hook (another run directory, as tests use, takes anything)."""
+    if run_dir != DEFAULT_RUN_DIR:
+        return ""
+    driver = client.driver()
+    where = uri or "libvirt's default URI"
+    if driver != "QEMU":
+        return (f"{where} is libvirt's {driver} driver, not this host's QEMU: {run_dir} was "
+                "left as it was")
+    host = urllib.parse.urlsplit(uri or "").hostname
+    if host not in (None, "", "localhost", "127.0.0.1", "::1"):
+        return f"{where} is another host's libvirt: {run_dir} (this host's) was left as it was"
+    return ""
+
+
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     try:
         client = Client.open(args.uri)
@@ -91,6 +109,10 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         env.error(f"refresh: {exc}")
         return ExitStatus.LIBVIRT_UNAVAILABLE
     try:
+        refusal = not_this_hosts_qemu(client, args.uri, env.run_dir)
+        if refusal:
+            env.error(f"refresh: {refusal}")
+            return ExitStatus.BAD_INPUT
         caps_path, version_path, version = refresh_cache(client, env.run_dir)
     except (LibvirtUnavailable, LibvirtCallFailed) as exc:
         env.error(f"refresh: {exc}")

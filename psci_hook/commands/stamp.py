@@ -7,10 +7,17 @@ import socket
 import time
 from pathlib import Path
 
-from psci_hook.commands._common import InputError, features_arg, guest_from_profile, read_domain
-from psci_hook.domainxml import psci_version_override, requested_features
+from psci_hook.cache import write_atomic
+from psci_hook.commands._common import (
+    InputError,
+    features_arg,
+    guest_from_profile,
+    read_domain,
+    resolve_profile,
+)
+from psci_hook.domainxml import Domain, psci_version_override, requested_features
 from psci_hook.environment import Environment
-from psci_hook.profile import ProfileError, load_profile
+from psci_hook.profile import FEATURE_ORDER, FeatureSet, ProfileError, load_profile
 from psci_hook.record import GuestRecord, Origin, RecordError, read_record, record_xml
 from psci_hook.splice import SpliceError, splice_record
 from psci_hook.status import ExitStatus
@@ -20,21 +27,36 @@ HELP = ("print DOMAIN-XML with a psci-hook record of the guest state in GUEST-PR
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--guest-profile", type=Path, required=True, metavar="FILE",
-                        help="the guest's state: the profile of the host it booted on")
+    parser.add_argument("--guest-profile", required=True, metavar="FILE|NAME",
+                        help="the guest's state: the profile of the host it booted on (a file "
+                        "or a bundled profile name, `psci-hook profiles`)")
     parser.add_argument("--domain-xml", type=Path, required=True, metavar="FILE")
     parser.add_argument("--features", type=features_arg, metavar="SET",
                         help="vCPU features (default: from the domain XML and the profile)")
     parser.add_argument("--host", default=None, help="the origin host's name (default: this "
                         "host's name, or the profile's hostname)")
+    parser.add_argument("--in-place", action="store_true",
+                        help="rewrite DOMAIN-XML (atomically) instead of printing the result")
 
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     try:
-        profile = load_profile(args.guest_profile)
+        profile = load_profile(resolve_profile(args.guest_profile))
         data, domain = read_domain(args.domain_xml)
+        if not domain.is_aarch64:
+            raise InputError(f"{args.domain_xml}: the domain's architecture is "
+                             f"{domain.arch or 'not given'}, not aarch64: psci-hook records "
+                             "arm64 KVM guests only")
         features = args.features
         if features is None:
+            required = required_features(domain)
+            missing = required - profile.default_features()
+            if missing:
+                raise InputError(
+                    f"{args.domain_xml}: the domain requires vCPU feature(s) "
+                    f"{', '.join(sorted(missing))}, which {args.guest_profile} does not offer "
+                    f"(it has: {', '.join(sorted(profile.cpreg_lists or {})) or 'no lists'}): "
+                    "QEMU would not start it there; name them with --features to stamp anyway")
             features = requested_features(domain, profile.default_features())
         state = guest_from_profile(profile, features, str(args.guest_profile),
                                    psci_version_override(domain))
@@ -51,5 +73,20 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     except (ProfileError, InputError, SpliceError) as exc:
         env.error(str(exc))
         return ExitStatus.BAD_INPUT
+    if args.in_place:
+        try:
+            write_atomic(args.domain_xml, output, args.domain_xml.stat().st_mode & 0o7777)
+        except OSError as exc:
+            env.error(f"{args.domain_xml}: cannot write: {exc.strerror or exc}")
+            return ExitStatus.BAD_INPUT
+        return ExitStatus.OK
     env.stdout.write(output)
     return ExitStatus.OK
+
+
+def required_features(domain: Domain) -> FeatureSet:
+    """The vCPU features the domain XML requires by name (<cpu><feature policy='require'
+    name='sve'/>, or 'force'); QEMU refuses to start the guest on a host without them."""
+    return frozenset(
+        f.get("name", "") for f in domain.root.findall("cpu/feature")
+        if f.get("name") in FEATURE_ORDER and f.get("policy", "require") in ("require", "force"))
