@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "doctor": "doctor",
     "config": "config",
     "profiles": "profiles",
+    "completion": "completion",
 }
 
 

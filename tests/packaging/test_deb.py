@@ -279,6 +279,16 @@ def test_the_command_and_the_man_page(installed: dict[str, object]) -> None:
         done = run("env", "-i", "PATH=/usr/bin:/bin", "psci-hook", module.stem, "--help")
         assert done.stdout.startswith("usage: psci-hook"), module.stem
     assert run("man", "-w", "psci-hook").stdout.strip() == "/usr/share/man/man8/psci-hook.8.gz"
+    # Shell completion where bash-completion and zsh look, completing with the installed
+    # command's own words.
+    bash = Path("/usr/share/bash-completion/completions/psci-hook")
+    assert bash.read_bytes() == (REPO / "packaging/completion/psci-hook.bash").read_bytes()
+    assert Path("/usr/share/zsh/vendor-completions/_psci-hook").is_file()
+    done = run("env", "-i", "PATH=/usr/bin:/bin", "bash", "-c",
+               f"source {bash}; COMP_WORDS=(psci-hook con); COMP_CWORD=1; _psci_hook; "
+               'echo "${COMPREPLY[@]}"; COMP_WORDS=(psci-hook check --no); COMP_CWORD=2; '
+               '_psci_hook; echo "${COMPREPLY[@]}"')
+    assert done.stdout.splitlines() == ["conformance config", "--no-config"], done.stdout
     # On a packaged host "psci-hook install" has nothing to install, and says why.
     with tempfile.TemporaryDirectory() as root:
         done = run("psci-hook", "install", "--root", root, check=False)
