@@ -5,6 +5,7 @@ from __future__ import annotations
 from conftest import REPO
 
 from psci_hook.codes import CODES
+from psci_hook.policy import SETTINGS
 from psci_hook.status import ExitStatus
 
 README = (REPO / "README.md").read_text()
@@ -26,3 +27,15 @@ def test_readme_gives_the_commands_ci_runs() -> None:
     assert "scripts/test" in README and "scripts/setup --minimal && .venv/bin/psci-hook matrix" \
         in README
     assert "scripts/test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_one_settings_table_with_every_setting_of_the_shipped_file() -> None:
+    """The Policy table has one row per setting, in the order of psci_hook.policy.SETTINGS, with
+    its default and possible values; test_policy checks the shipped file against SETTINGS."""
+    policy = README[README.index("## Policy\n"):README.index("## Exit statuses\n")]
+    rows = [line for line in policy.splitlines() if line.startswith("| `[")]
+    assert len(rows) == len(SETTINGS)
+    for row, setting in zip(rows, SETTINGS):
+        default = f"`{setting.default}`" if setting.default else "(none)"
+        assert row.startswith(f"| `[{setting.section}]` | `{setting.key}` | {default} | "
+                              f"{setting.values} | "), row
