@@ -328,7 +328,7 @@ def test_stamp_refuses_a_feature_the_profile_lacks_and_writes_in_place(tmp_path:
 
 def test_refresh_from_the_test_driver_leaves_this_hosts_cache_alone() -> None:
     """`refresh --uri test:///default` once wrote "QEMU 0.0.2" into /run/psci-hook."""
-    pytest.importorskip("libvirt")  # python3-libvirt: scripts/deps installs it
+    import libvirt  # noqa: F401  (python3-libvirt, from scripts/deps: missing fails here)
     cache = Path("/run/psci-hook")
     before = {p.name: p.stat().st_mtime_ns for p in cache.glob("*")} if cache.exists() else {}
     env = Environment.for_test(["psci-hook", "refresh", "--uri", "test:///default"])
@@ -339,3 +339,20 @@ def test_refresh_from_the_test_driver_leaves_this_hosts_cache_alone() -> None:
         "/run/psci-hook was left as it was\n")
     after = {p.name: p.stat().st_mtime_ns for p in cache.glob("*")} if cache.exists() else {}
     assert after == before
+
+
+def test_refresh_json_and_quiet(tmp_path: Path) -> None:
+    import libvirt  # noqa: F401  (python3-libvirt, from scripts/deps: missing fails here)
+    for flag, expect in (("--json", "json"), ("--quiet", "")):
+        env = Environment.for_test(["psci-hook", "refresh", "--uri", "test:///default", flag],
+                                   run_dir=tmp_path / "run")
+        assert main(env=env) == ExitStatus.OK
+        out = env.stdout.getvalue().decode()  # type: ignore[attr-defined]
+        if expect:
+            assert json.loads(out)["capabilities"] == str(tmp_path / "run" / "capabilities.xml")
+        else:
+            assert out == ""
+    env = Environment.for_test(["psci-hook", "refresh", "--uri", "test:///default", "--json"])
+    assert main(env=env) == ExitStatus.BAD_INPUT
+    error = json.loads(env.stdout.getvalue())  # type: ignore[attr-defined]
+    assert error["exit_status"] == 2 and "TEST driver" in error["error"]

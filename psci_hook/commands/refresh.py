@@ -10,6 +10,7 @@ whenever the libvirt daemon starts; ``watch`` does the same each time it connect
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import urllib.parse
@@ -33,6 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uri", default=None,
                         help="libvirt connection URI (default: libvirt's default, "
                         "qemu:///system for root)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--quiet", action="store_true", help="print nothing on success")
 
 
 def refresh_cache(client: Client, run_dir: Path) -> tuple[Path, Path, str]:
@@ -103,25 +106,32 @@ def not_this_hosts_qemu(client: Client, uri: str | None, run_dir: Path) -> str:
 
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    def fail(message: str, status: ExitStatus) -> ExitStatus:
+        if args.json:
+            env.write_out(json.dumps({"error": message, "exit_status": int(status)}) + "\n")
+        env.error(f"refresh: {message}")
+        return status
+
     try:
         client = Client.open(args.uri)
     except LibvirtUnavailable as exc:
-        env.error(f"refresh: {exc}")
-        return ExitStatus.LIBVIRT_UNAVAILABLE
+        return fail(str(exc), ExitStatus.LIBVIRT_UNAVAILABLE)
     try:
         refusal = not_this_hosts_qemu(client, args.uri, env.run_dir)
         if refusal:
-            env.error(f"refresh: {refusal}")
-            return ExitStatus.BAD_INPUT
+            return fail(refusal, ExitStatus.BAD_INPUT)
         caps_path, version_path, version = refresh_cache(client, env.run_dir)
     except (LibvirtUnavailable, LibvirtCallFailed) as exc:
-        env.error(f"refresh: {exc}")
-        return ExitStatus.LIBVIRT_UNAVAILABLE
+        return fail(str(exc), ExitStatus.LIBVIRT_UNAVAILABLE)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        env.error(f"refresh: cannot write the cache: {where}{exc.strerror or exc}")
-        return ExitStatus.INTERNAL_ERROR
+        return fail(f"cannot write the cache: {where}{exc.strerror or exc}",
+                    ExitStatus.INTERNAL_ERROR)
     finally:
         client.close()
-    env.write_out(f"wrote {caps_path}\nwrote {version_path} (QEMU {version})\n")
+    if args.json:
+        env.write_out(json.dumps({"capabilities": str(caps_path), "qemu_version_file":
+                                  str(version_path), "qemu_version": version}) + "\n")
+    elif not args.quiet:
+        env.write_out(f"wrote {caps_path}\nwrote {version_path} (QEMU {version})\n")
     return ExitStatus.OK
