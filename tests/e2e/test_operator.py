@@ -73,6 +73,14 @@ def test_a_configuration_with_typos_still_vetoes_and_names_them(
     data = json.loads(hosts.run_in("b", psci_hook_command(), "config", "--json").stdout)
     assert data["settings"]["hook"]["domain_types"]["value"] == "kvm, qemu"
 
+    # `check` on the source, through libvirt, predicts the destination's hook: same status,
+    # same line (host a's configuration acts on qemu domains as b's does).
+    predicted = hosts.run_in("a", psci_hook_command(), "check", "--domain", guest_name,
+                             "--host-profile", str(profile("5.10__a57")))
+    assert predicted.rc == 1, predicted
+    assert f"psci-hook: VETO CPREG_COUNT domain {guest_name}: {reason}" in \
+        predicted.stdout.splitlines(), (reason, predicted.stdout)
+
     # A good guest still migrates to that host: the typos switched nothing off, nor on.
     hosts.clear_domains()
     configure(hosts, "a", "6.1__a57")
