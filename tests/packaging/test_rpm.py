@@ -123,6 +123,8 @@ def test_binary_rpm_files_modes_and_config_flags(built: dict[str, Path]) -> None
         assert files[f"/usr/lib/systemd/system/psci-hook-{unit}.service"][0] == "-rw-r--r--"
     assert "/usr/lib/systemd/system-preset/50-psci-hook.preset" in files
     assert any(name.startswith("/usr/share/man/man8/psci-hook.8") for name in files)
+    assert files["/usr/share/bash-completion/completions/psci-hook"][0] == "-rw-r--r--"
+    assert files["/usr/share/zsh/site-functions/_psci-hook"][0] == "-rw-r--r--"
     site = [n for n in files if n.endswith("/site-packages/psci_hook/__init__.py")]
     assert len(site) == 1
     package_dir = site[0].rsplit("/", 1)[0]
