@@ -17,8 +17,9 @@ SCRIPTS = {"bash": "psci-hook.bash", "zsh": "_psci-hook"}
 # An installed package: the scripts live in the source tree's packaging/completion, and the
 # distribution packages install them where the shells look.
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "packaging" / "completion"
-INSTALLED = {"bash": Path("/usr/share/bash-completion/completions/psci-hook"),
-             "zsh": Path("/usr/share/zsh/vendor-completions/_psci-hook")}
+INSTALLED = {"bash": (Path("/usr/share/bash-completion/completions/psci-hook"),),
+             "zsh": (Path("/usr/share/zsh/vendor-completions/_psci-hook"),  # Debian
+                     Path("/usr/share/zsh/site-functions/_psci-hook"))}  # Fedora
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -46,9 +47,9 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if args.what == "words":
         env.write_out("".join(f"{w}\n" for w in words(args.command)))
         return ExitStatus.OK
-    for path in (INSTALLED[args.what], SOURCE_DIR / SCRIPTS[args.what]):
+    for path in (*INSTALLED[args.what], SOURCE_DIR / SCRIPTS[args.what]):
         if path.is_file():
             env.write_out(path.read_text())
             return ExitStatus.OK
-    env.error(f"no {args.what} completion script installed ({INSTALLED[args.what]})")
+    env.error(f"no {args.what} completion script installed ({INSTALLED[args.what][0]})")
     return ExitStatus.BAD_INPUT
