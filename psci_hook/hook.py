@@ -12,6 +12,7 @@ libvirt, and the source it comes from: docs/design.md#hook-contract.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import re
@@ -269,10 +270,8 @@ def other_blocking(findings: list[Finding], first: Finding) -> str:
     others = [f.code for f in findings if f.blocking and f is not first]
     if not others:
         return ""
-    counts = dict.fromkeys(others, 0)
-    for code in others:
-        counts[code] += 1
-    listed = ", ".join(code if n == 1 else f"{code} x{n}" for code, n in counts.items())
+    listed = ", ".join(code if n == 1 else f"{code} x{n}"
+                       for code, n in collections.Counter(others).items())  # in order seen
     return f" (+{len(others)}: {listed})"
 
 
