@@ -227,3 +227,26 @@ def test_the_qemu_version_cached_by_refresh_sets_the_generation(
     sink = CollectingSink()
     assert main(env, sink) == ExitStatus.OK
     assert sink.events[0]["qemu_generation"] == generation
+
+
+@pytest.mark.parametrize(("op", "guest", "destination", "first", "others", "consequence"), [
+    ("migrate", "6.12__a57", "5.10__a57", "CPREG_COUNT", " (+19: REG_MISSING x18, "
+     "PSCI_UNSUPPORTED) ", "(the destination would refuse this only after copying all guest "
+     "memory)"),
+    ("restore", "6.12__a57", "5.10__a57", "CPREG_COUNT", " (+19: REG_MISSING x18, "
+     "PSCI_UNSUPPORTED) ", "(QEMU would refuse this only after reading all guest memory from "
+     "the saved image)"),
+    ("migrate", "6.1__max", "6.1__a57", "FEATURE_MISSING", " (+",
+     "(QEMU would fail to create the vCPU when it starts here, before any memory moves)"),
+])
+def test_the_veto_line_names_every_blocking_code_and_a_true_consequence(
+        hook: Path, tmp_path: Path, bundled: dict[str, HostProfile], op: str, guest: str,
+        destination: str, first: str, others: str, consequence: str) -> None:
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled[destination]),
+                          None, "rehearse = no")
+    xml = stamped(DOMAIN, GuestState.booted_on(bundled[guest]))
+    result = run_hook(hook, ["vm1", op, "begin", "-"], xml, config)
+    assert result.returncode == ExitStatus.VETO and result.stdout == b""
+    line = result.stderr
+    assert line.startswith(f"psci-hook: VETO {first} domain vm1: ") and line.count("\n") == 1
+    assert others in line and line.endswith(f"{consequence}\n"), line
