@@ -268,7 +268,9 @@ def parse_policy_text(data: bytes | str, origin: str = "configuration") -> Polic
         if header:
             section = header.group(1).lower()
             if section not in SECTIONS:
-                problems.append(Problem(number, f"unknown section [{header.group(1)}]"
+                name = header.group(1) if header.group(1).isprintable() else \
+                    repr(header.group(1))
+                problems.append(Problem(number, f"unknown section [{name}]"
                                         f"{did_you_mean(section, SECTIONS)}; its settings are "
                                         f"read by their names"))
             continue

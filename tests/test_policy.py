@@ -174,3 +174,10 @@ def test_the_summary_line_is_one_line() -> None:
     assert reading.summary_line() == (
         "f.conf:2: unknown setting 'mdoe' (did you mean 'mode'?); ignored (+1 more); other "
         "settings applied, defaults for the rest (psci-hook config --check)")
+
+
+def test_a_problem_is_one_printable_line_whatever_the_file_holds() -> None:
+    reading = parse_policy_text("[ho\x1bok]\nmo\x1bde = warn\n[hook]\nmode = w\x1barn\n", "c")
+    assert len(reading.problems) == 3
+    for message in reading.messages:
+        assert message.isprintable(), message
