@@ -40,10 +40,13 @@ from psci_hook.errors import first_line, with_type
 from psci_hook.policy import Policy, PolicyReading, read_policy
 from psci_hook.profile import HostProfile, feature_key, load_profile
 from psci_hook.record import (
+    PERSISTENT_COPY,
+    UNVERIFIED,
     GuestRecord,
     HistoryEntry,
     Origin,
     RecordError,
+    RecordVersionUnknown,
     read_record,
     record_xml,
 )
@@ -159,8 +162,11 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
         return Outcome(ExitStatus.OK, "allow", ["NOT_APPLICABLE"], event={
             **base, "reason": reason})
 
+    unvouched = ""  # why the domain's record does not count as the guest's register state
     try:
         record = read_record(domain.root)
+    except RecordVersionUnknown as exc:
+        record, unvouched = None, str(exc)
     except RecordError as exc:
         return _veto_or_warn(policy, op, domain,
                              [Finding("RECORD_INVALID", "invalid",
@@ -175,10 +181,16 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     identity = host_identity(env, profile)
     base["destination"] = identity
 
-    if record is None:
-        finding = Finding("NO_RECORD", "unknown",
-                          "the domain carries no psci-hook record, so the source's register "
-                          "values are unknown")
+    if record is not None and not record.vouched:
+        unvouched = _UNVOUCHED.get(record.status, f"its record's status is {record.status!r}")
+    if record is None or unvouched:
+        finding = Finding("NO_RECORD", "unknown", (
+            f"the domain's psci-hook record does not vouch for the guest's register state "
+            f"({unvouched})" if unvouched else
+            "the domain carries no psci-hook record, so the source's register values are "
+            "unknown"))
+        if unvouched:
+            base["record_not_used"] = unvouched
         if policy.unrecorded == "veto":
             return _veto_or_warn(policy, op, domain, [finding], base)
         return Outcome(ExitStatus.OK, "allow", ["NO_RECORD"], event={
@@ -192,6 +204,9 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
                       destination_features=features,
                       sve_lengths=requested_sve_lengths(domain))
     findings = list(decision.findings)
+    findings += [Finding("FW_UNVERIFIED", "unverified",
+                         f"the record names {name}, which this version of psci-hook does not "
+                         "know (a newer release wrote it): not judged") for name in record.unknown]
     rehearser = env.rehearser or (rehearsal.kvm_rehearser if rehearsal.available() else None)
     if rehearser is not None and policy.rehearse:
         try:
@@ -238,6 +253,18 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
             return _error_outcome(policy, "INTERNAL_ERROR", f"cannot annotate: {exc}",
                                   domain.name)
     return outcome
+
+
+# What a record's status says (psci_hook.record), for the NO_RECORD finding. libvirt passes the
+# same XML for `virsh migrate --offline` as for a live migration (qemu_migration.c,
+# qemuMigrationDstPrepareAny runs the hook before it looks at VIR_MIGRATE_OFFLINE), so a
+# shut-off guest's definition is told apart by its record only.
+_UNVOUCHED = {
+    PERSISTENT_COPY: "it is the persistent definition's copy from the guest's last run: an "
+                     "offline migration, or a guest started since without psci-hook recording "
+                     "it",
+    UNVERIFIED: "psci-hook could not tell whether the guest cold-booted after it was written",
+}
 
 
 # Why a veto matters, by code and operation. QEMU loads the vCPU's registers (and fails on them)

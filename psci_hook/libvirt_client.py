@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 from lxml import etree
@@ -27,6 +29,14 @@ EVENTS = {0: "defined", 1: "undefined", 2: "started", 3: "suspended", 4: "resume
 STARTED, DEFINED, RESUMED, STOPPED = "started", "defined", "resumed", "stopped"
 STARTED_DETAILS = {0: "booted", 1: "migrated", 2: "restored", 3: "from-snapshot", 4: "wakeup"}
 RESUMED_DETAILS = {0: "unpaused", 1: "migrated", 2: "from-snapshot", 3: "postcopy"}
+# virDomainState RUNNING (1) and its reasons (virDomainRunningReason), in the recorder's words.
+_RUNNING = 1
+RUNNING_REASONS = {1: "booted", 2: "migrated", 3: "restored", 4: "from-snapshot", 5: "unpaused",
+                   6: "migration-canceled", 7: "save-canceled", 8: "wakeup", 9: "crashed",
+                   10: "postcopy", 11: "postcopy-failed"}
+# Where the QEMU driver of a system daemon keeps each running domain's QEMU pid
+# (qemu_process.c: qemuProcessLaunch writes <stateDir>/<name>.pid; stateDir is /run/libvirt/qemu).
+QEMU_PID_DIR = Path("/run/libvirt/qemu")
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}")
 
 
@@ -244,6 +254,12 @@ class Client:
     def is_active(self, dom: Any) -> bool:
         return bool(self._call(f"{dom.name()}: state", dom.isActive))
 
+    def running_reason(self, dom: Any) -> str:
+        """libvirt's reason for a running domain's state ("booted", "migrated", ...); "" when
+        the domain is not running (paused: the reason says why it paused, not how it started)."""
+        state, reason = self._call(f"{dom.name()}: state", dom.state)
+        return RUNNING_REASONS.get(int(reason), "") if int(state) == _RUNNING else ""
+
     def is_persistent(self, dom: Any) -> bool:
         return bool(self._call(f"{dom.name()}: persistence", dom.isPersistent))
 
@@ -316,3 +332,20 @@ class Client:
         with contextlib.suppress(self._lv.libvirtError):
             self.conn.close()
 
+
+
+def process_start(name: str, pid_dir: Path = QEMU_PID_DIR, proc: Path = Path("/proc")
+                  ) -> float | None:
+    """When the QEMU process of the running domain ``name`` started (epoch seconds), from its
+    pid file and /proc; None where that cannot be read (another URI, no permission, gone)."""
+    try:
+        pid = int((pid_dir / f"{name}.pid").read_text().strip())
+        stat = (proc / str(pid) / "stat").read_text()
+        # Field 22, starttime, in clock ticks since boot; the command name (field 2) may hold
+        # spaces and parentheses, so count from its closing parenthesis.
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])
+        boot_time = next(int(line.split()[1]) for line in
+                         (proc / "stat").read_text().splitlines() if line.startswith("btime "))
+        return boot_time + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None

@@ -5,6 +5,23 @@ definition of the record: the hook, `stamp`, `check --domain-xml`, `record` and 
 read and write it here. Its content is untrusted input: every value is validated, and a
 malformed record raises RecordError with a one-line reason.
 
+Versioning (the `version` attribute, an integer). Within one version a record only grows by
+what older readers of that version may ignore: a reader skips elements and attributes it does
+not know (in any namespace), keeps history entries and origin events it does not know
+verbatim, and a firmware register a writer's catalogue names but the reader's does not is left
+out of the state and reported (``GuestRecord.unknown``: the engine's FW_UNVERIFIED, never a
+crash). Writers name a firmware register that is not in version 1's catalogue by its hex id, so
+that every version-1 reader judges it (FW_UNVERIFIED). Anything a reader must not ignore --
+anything that would make an old reader trust values it should not -- takes a new version; a
+record of a version the reader does not know raises RecordVersionUnknown (its values are not
+vouched for: the policy decides, as for a domain without a record).
+
+The optional `status` attribute says the record does not describe a running QEMU process:
+`persistent-copy` (the persistent definition's copy: what the guest ran with last, not live
+state; what a shut-off guest carries) or `unverified` (psci-hook could not tell whether the
+running guest cold-booted after the record was written). Readers treat any status as "no
+vouched-for register state".
+
     <psci:record xmlns:psci="https://psci-hook.org/xmlns/record/1" version="1">
       <psci:origin event="booted" host="host-a" host-uuid="..." kernel="6.1.0-26-arm64"
                    time="2026-11-30T10:00:00Z"/>
@@ -37,7 +54,7 @@ from psci_hook import registers as regs
 from psci_hook.codes import CODES
 from psci_hook.engine import GuestState
 from psci_hook.policy import split_list
-from psci_hook.profile import ProfileError, feature_key, parse_feature_key
+from psci_hook.profile import FEATURE_ORDER, ProfileError, feature_key, parse_feature_key
 
 NAMESPACE = "https://psci-hook.org/xmlns/record/1"
 PREFIX = "psci"
@@ -45,10 +62,14 @@ VERSION = "1"
 ORIGIN_EVENTS = ("booted", "migrated", "restored", "stamped")
 HISTORY_OPS = ("migrate", "restore", "record")
 VERDICTS = ("allow", "veto", "warn")
+PERSISTENT_COPY = "persistent-copy"  # status: the persistent definition's copy, not live state
+UNVERIFIED = "unverified"  # status: not known to describe the running QEMU process
+STATUSES = (PERSISTENT_COPY, UNVERIFIED)
 MAX_LIST = 4096  # far above any real kernel's migrated list (~370)
 MAX_TEXT = 256
 U64_MAX = (1 << 64) - 1
 _TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")  # a catalogue name (not a hex id)
 _Q = "{" + NAMESPACE + "}"
 
 
@@ -71,12 +92,16 @@ class RecordError(ValueError):
     """A record that cannot be trusted; the message is one line."""
 
 
+class RecordVersionUnknown(RecordError):
+    """A record of a version this release does not read (a newer psci-hook wrote it)."""
+
+
 # Every dataclass here has a docstring: without one, creating the class computes a signature
 # for it (inspect), a cost every hook run pays at import.
 class Origin(NamedTuple):
     """Where the guest's state came from."""
 
-    event: str  # booted, migrated, restored, stamped
+    event: str  # booted, migrated, restored, stamped (another release's word is kept as is)
     host: str
     kernel: str
     time: str
@@ -108,6 +133,17 @@ class GuestRecord:
     origin: Origin
     history: tuple[HistoryEntry, ...] = ()
     override: Override | None = None
+    status: str = ""  # "" (live state), PERSISTENT_COPY, UNVERIFIED, or a newer release's word
+    # Firmware register names this release does not know (a newer writer's); left out of state.
+    unknown: tuple[str, ...] = ()
+
+    @property
+    def vouched(self) -> bool:
+        """Whether the record claims to describe the running guest (no status)."""
+        return not self.status
+
+    def with_status(self, status: str) -> GuestRecord:
+        return dataclasses.replace(self, status=status)
 
     def with_check(self, entry: HistoryEntry, limit: int) -> GuestRecord:
         history = (*self.history, entry)
@@ -188,17 +224,6 @@ def _uint_attr(elem: Any, name: str) -> int:
     return value
 
 
-def _only_children(elem: Any, allowed: Iterable[str]) -> None:
-    names = set(allowed)
-    for child in elem:
-        if not isinstance(child.tag, str):
-            continue  # comments and processing instructions are harmless
-        qname = etree.QName(child)
-        if qname.namespace != NAMESPACE or qname.localname not in names:
-            raise RecordError(f"unexpected element <{qname.localname}> in "
-                              f"<{etree.QName(elem).localname}>")
-
-
 def _one(elem: Any, name: str, required: bool = True) -> Any:
     found = elem.findall(_Q + name)
     if len(found) > 1:
@@ -216,18 +241,24 @@ def _time(text: str, what: str) -> str:
     return text
 
 
-def _named_values(elem: Any, check_name: Any) -> dict[str, int]:
-    _only_children(elem, ["reg"])
+def _named_values(elem: Any, check_name: Any, unknown: list[str] | None = None
+                  ) -> dict[str, int]:
+    """The <reg name value> children; a name ``check_name`` refuses is an error, or, with
+    ``unknown``, a name of a newer catalogue: collected there and left out."""
     out: dict[str, int] = {}
     for reg in elem.findall(_Q + "reg"):
         name = _text_attr(reg, "name")
+        value = _uint_attr(reg, "value")
+        if name in out or (unknown is not None and name in unknown):
+            raise RecordError(f"register {name} appears twice")
         try:
             check_name(name)
         except (ValueError, KeyError) as exc:
-            raise RecordError(f"register {name[:40]!r}: {exc}") from None
-        if name in out:
-            raise RecordError(f"register {name} appears twice")
-        out[name] = _uint_attr(reg, "value")
+            if unknown is None or not _NAME_RE.fullmatch(name):
+                raise RecordError(f"register {name[:40]!r}: {exc}") from None
+            unknown.append(name)
+            continue
+        out[name] = value
     return out
 
 
@@ -236,16 +267,34 @@ def _check_id_register(name: str) -> None:
         raise ValueError("not an ID register")
 
 
+def _features(text: str, unknown: list[str]) -> frozenset[str]:
+    """The vCPU feature set; a feature of a newer catalogue goes to ``unknown`` (as
+    "feature <name>") and is left out."""
+    try:
+        return parse_feature_key(text)
+    except ProfileError as exc:
+        parts = text.split("+")
+        known = [p for p in parts if p in FEATURE_ORDER]
+        newer = [p for p in parts if p not in FEATURE_ORDER]
+        if not newer or not all(re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", p) for p in newer):
+            raise RecordError(str(exc)) from None
+        unknown.extend(f"feature {p}" for p in newer)
+        return frozenset(known)
+
+
 def parse_record(elem: Any) -> GuestRecord:
     """Validate one <psci:record> element and return its content."""
-    if elem.get("version") != VERSION:
-        raise RecordError(f"record version {elem.get('version')!r} is not {VERSION!r}")
-    _only_children(elem, ["origin", "vcpu", "firmware", "cpreg-list", "id-registers",
-                          "cache-geometry", "override", "history"])
+    version = elem.get("version")
+    if version != VERSION:
+        if version is not None and re.fullmatch(r"[1-9][0-9]{0,3}", version):
+            raise RecordVersionUnknown(f"record version {version} is newer than this psci-hook "
+                                       f"reads (version {VERSION})")
+        raise RecordError(f"record version {version!r} is not {VERSION!r}")
+    status = _text_attr(elem, "status", required=False)
     origin_elem = _one(elem, "origin")
     event = _text_attr(origin_elem, "event")
-    if event not in ORIGIN_EVENTS:
-        raise RecordError(f"origin event {event[:40]!r} is not one of {', '.join(ORIGIN_EVENTS)}")
+    if not event:
+        raise RecordError("the origin event is empty")
     origin = Origin(
         event=event,
         host=_text_attr(origin_elem, "host"),
@@ -254,12 +303,10 @@ def parse_record(elem: Any) -> GuestRecord:
         host_uuid=_text_attr(origin_elem, "host-uuid", required=False),
     )
     vcpu = _one(elem, "vcpu")
-    try:
-        features = parse_feature_key(_text_attr(vcpu, "features"))
-    except ProfileError as exc:
-        raise RecordError(str(exc)) from None
+    unknown: list[str] = []
+    features = _features(_text_attr(vcpu, "features"), unknown)
 
-    firmware = _named_values(_one(elem, "firmware"), regs.firmware_id_from_name)
+    firmware = _named_values(_one(elem, "firmware"), regs.firmware_id_from_name, unknown)
     fw_by_id = {regs.firmware_id_from_name(n): v for n, v in firmware.items()}
 
     cpreg_list = None
@@ -270,13 +317,16 @@ def parse_record(elem: Any) -> GuestRecord:
             raise RecordError(f"cpreg-list count {count} is implausible (max {MAX_LIST})")
         cpreg_list = decode_list(list_elem.text or "", count, _text_attr(list_elem, "digest"))
         listed_fw = {i for i in cpreg_list if regs.is_firmware(i)}
-        if listed_fw != set(fw_by_id):
+        # A register only a newer catalogue names is in the list without a known name.
+        if not set(fw_by_id) <= listed_fw or len(listed_fw - set(fw_by_id)) > len(unknown):
             raise RecordError("cpreg-list and <firmware> disagree on the firmware registers")
 
     id_elem = _one(elem, "id-registers", required=False)
-    id_registers = None if id_elem is None else _named_values(id_elem, _check_id_register)
+    id_registers = (None if id_elem is None
+                    else _named_values(id_elem, _check_id_register, unknown))
     cache_elem = _one(elem, "cache-geometry", required=False)
-    cache = None if cache_elem is None else _named_values(cache_elem, regs.cache_geometry_id)
+    cache = (None if cache_elem is None
+             else _named_values(cache_elem, regs.cache_geometry_id, unknown))
 
     override = None
     override_elem = _one(elem, "override", required=False)
@@ -290,19 +340,17 @@ def parse_record(elem: Any) -> GuestRecord:
     history: list[HistoryEntry] = []
     history_elem = _one(elem, "history", required=False)
     if history_elem is not None:
-        _only_children(history_elem, ["check"])
+        # Ops, verdicts and codes of another release are kept as they are: history is read by
+        # people and `audit`, never by a decision.
         for check in history_elem.findall(_Q + "check"):
             op, verdict = _text_attr(check, "op"), _text_attr(check, "verdict")
             codes_text = _text_attr(check, "codes", required=False).split()
-            if op not in HISTORY_OPS or verdict not in VERDICTS or any(
-                    c not in CODES for c in codes_text):
-                raise RecordError("a history entry has an unknown op, verdict or code")
             history.append(HistoryEntry(_time(_text_attr(check, "time"), "history"), op,
                                         _text_attr(check, "host"), verdict, tuple(codes_text)))
 
     state = GuestState(registers=dict(sorted(fw_by_id.items())), features=features,
                        cpreg_list=cpreg_list, id_registers=id_registers, cache_geometry=cache)
-    return GuestRecord(state, origin, tuple(history), override)
+    return GuestRecord(state, origin, tuple(history), override, status, tuple(unknown))
 
 
 def read_record(domain: Any) -> GuestRecord | None:
@@ -329,7 +377,10 @@ def _values(parent: Any, name: str, values: Mapping[str, int]) -> None:
 
 
 def record_element(record: GuestRecord) -> Any:
-    root = etree.Element(_Q + "record", {"version": VERSION}, nsmap={PREFIX: NAMESPACE})
+    attributes = {"version": VERSION}
+    if record.status:
+        attributes["status"] = record.status
+    root = etree.Element(_Q + "record", attributes, nsmap={PREFIX: NAMESPACE})
     o = record.origin
     attrs = {"event": o.event, "host": o.host}
     if o.host_uuid:

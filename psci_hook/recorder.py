@@ -13,15 +13,31 @@ The rules (docs/design.md#state-after-a-migration):
   (annotation off, hook absent), the live record is brought to that state (engine.decide's
   guest_after). Either way the persistent definition gets the live record (the hook's
   annotation never reaches it).
-- reconcile (`record`, and `watch` at start-up and after every reconnection): a domain without
-  a record gets this host's boot values; a record written on this host is kept (and copied
-  into the persistent definition); a record from elsewhere (it came with a migration or a
-  restore, or survived a cold boot: nothing tells which) is left alone unless forced.
+- reconcile (`record`, and `watch` at start-up, after every reconnection and periodically):
+  what happened is read from facts libvirt and the host keep, not from events, so a boot nobody
+  watched (autostart before the watcher connects, a watcher stopped or restarting) is found:
+  libvirt's state reason of the running domain (virDomainGetState: RUNNING_BOOTED for a QEMU
+  process that cold-booted the guest, MIGRATED, RESTORED or FROM_SNAPSHOT for one that loaded
+  state; qemu_process.c qemuProcessStart sets it and keeps it across daemon restarts in the
+  domain's status XML) and, when a pause/resume replaced that reason (UNPAUSED and the like),
+  the QEMU process's start time against the time the record was written here.
+  * cold-booted here: the guest has this host's values; a record that is not this host's boot
+    record with exactly those values is stale and replaced;
+  * loaded state here (migration, restore, snapshot revert): the record came with the state;
+    it is brought to the guest's state on this host as after an arrival;
+  * cannot tell (no reason, and no record written here for this very QEMU process): the live
+    record is marked `unverified` -- the hook then treats the domain as unrecorded and the
+    policy decides -- never trusted, never silently replaced.
+- the persistent definition always gets the record marked `persistent-copy`: it is what the
+  guest ran with last, not live state (a shut-off guest's record; what `virsh migrate
+  --offline` sends).
 """
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
+import time
 from collections.abc import Sequence
 
 from psci_hook.domainxml import (
@@ -35,6 +51,8 @@ from psci_hook.engine import GuestState, decide
 from psci_hook.policy import Policy
 from psci_hook.profile import HostProfile
 from psci_hook.record import (
+    PERSISTENT_COPY,
+    UNVERIFIED,
     GuestRecord,
     HistoryEntry,
     Origin,
@@ -50,15 +68,26 @@ REPLACED = "replaced"  # a record was replaced by this host's boot values
 UPDATED = "updated"  # the live record was brought to the guest's state on this host
 SYNCED = "synced"  # only the persistent definition got the live record
 UNCHANGED = "unchanged"  # nothing to write: the record is current
+MARKED = "unverified"  # the live record marked unverified: nothing tells whether it is current
 SKIPPED = "skipped"  # left alone on purpose (reason says why)
 FAILED = "failed"  # could not be done (set by the caller: libvirt, profile, XML)
-ACTIONS = (RECORDED, REPLACED, UPDATED, SYNCED, UNCHANGED, SKIPPED, FAILED)
+ACTIONS = (RECORDED, REPLACED, UPDATED, SYNCED, UNCHANGED, MARKED, SKIPPED, FAILED)
 
 # What triggered a plan.
 BOOTED = "booted"
 MIGRATED = "migrated"
 RESTORED = "restored"
+FROM_SNAPSHOT = "from-snapshot"
 RECONCILE = "reconcile"
+
+# libvirt's reasons for a running domain (virDomainRunningReason) that say how its QEMU process
+# got its vCPU state; any other reason (unpaused, wakeup, migration-canceled ...) replaced it.
+LOADED_STATE = (MIGRATED, RESTORED, FROM_SNAPSHOT)
+# The hook writes an arrival's record at `migrate begin`/`restore begin`, just before libvirt
+# starts the QEMU process (qemuMigrationDstPrepareAny, qemuSaveImageStartVM): a record this
+# host wrote that long before the process started came with it.
+ARRIVAL_WINDOW = 120.0
+CLOCK_SLACK = 2.0  # records carry whole seconds; the process start time is to the tick
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +111,14 @@ class ThisHost:
 
 
 @dataclasses.dataclass(frozen=True)
+class Started:
+    """How the running QEMU process came to be, as libvirt and the host know it."""
+
+    reason: str = ""  # libvirt's running reason: booted, migrated, ... ("" unknown)
+    process_start: float | None = None  # the QEMU process's start (epoch seconds), if known
+
+
+@dataclasses.dataclass(frozen=True)
 class Observed:
     """A running domain as libvirt shows it."""
 
@@ -90,6 +127,7 @@ class Observed:
     # The running QEMU's command line (/proc/<pid>/cmdline), when readable: what its vCPU
     # really is where the XML's <qemu:commandline> and the process could differ.
     qemu_argv: tuple[str, ...] | None = None
+    started: Started = Started()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +166,10 @@ def origin_text(origin: Origin) -> str:
     return f"{origin.event} on {origin.host} at {origin.time}"
 
 
+def _status_text(record: GuestRecord) -> str:
+    return f", {record.status}" if record.status else ""
+
+
 def applicable(domain: Domain, policy: Policy) -> str | None:
     """Why psci-hook does not record this domain, or None if it does (the hook's rule)."""
     if domain.type not in policy.domain_types or not domain.is_aarch64:
@@ -159,12 +201,20 @@ def _same(a: GuestRecord | None, b: GuestRecord | None) -> bool:
     return record_xml(a) == record_xml(b)
 
 
+def persistent_copy(record: GuestRecord) -> GuestRecord:
+    """What the persistent definition carries: the record, marked as not live state."""
+    return record.with_status(PERSISTENT_COPY)
+
+
 def _with_config(plan: Plan, persistent: Domain | None, has_persistent: bool) -> Plan:
     """The plan, also writing the persistent definition where it lacks the resulting record."""
-    record = plan.record
-    if record is None or not has_persistent or _same(_config_record(persistent), record):
+    record = plan.live
+    if record is None or not has_persistent:
         return plan
-    return dataclasses.replace(plan, config=record)
+    copy = persistent_copy(record)
+    if _same(_config_record(persistent), copy):
+        return plan
+    return dataclasses.replace(plan, config=copy)
 
 
 def booted_record(domain: Domain, host: ThisHost, now: str, old: GuestRecord | None,
@@ -179,7 +229,8 @@ def booted_record(domain: Domain, host: ThisHost, now: str, old: GuestRecord | N
                        override=old.override if old else None)
 
 
-def plan_boot(observed: Observed, host: ThisHost, now: str, trigger: str = BOOTED) -> Plan:
+def plan_boot(observed: Observed, host: ThisHost, now: str, trigger: str = BOOTED,
+              why_boot: str = "cold boot on this host") -> Plan:
     """A cold boot on this host: record this host's values, replacing any record."""
     live, persistent = parse(observed)
     why = applicable(live, host.policy)
@@ -193,17 +244,25 @@ def plan_boot(observed: Observed, host: ThisHost, now: str, trigger: str = BOOTE
     record = booted_record(live, host, now, old, observed.qemu_argv)
     summary = guest_summary(record.state)
     if old is not None:
-        action, reason = REPLACED, (f"cold boot on this host: the record "
-                                    f"({origin_text(old.origin)}) replaced by this host's "
-                                    f"values: {summary}")
+        action, reason = REPLACED, (f"{why_boot}: the record "
+                                    f"({origin_text(old.origin)}{_status_text(old)}) replaced "
+                                    f"by this host's values: {summary}")
     elif broken:
-        action, reason = REPLACED, (f"cold boot on this host: an invalid record ({broken}) "
+        action, reason = REPLACED, (f"{why_boot}: an invalid record ({broken}) "
                                     f"replaced by this host's values: {summary}")
     else:
-        action, reason = RECORDED, f"this host's values: {summary}"
+        action, reason = RECORDED, f"this host's values: {summary}" + (
+            "" if trigger == BOOTED else f" ({why_boot})")
     plan = Plan(live.name, live.uuid, trigger, action, reason, live=record,
                 previous=old.origin if old else None)
     return _with_config(plan, persistent, observed.persistent is not None)
+
+
+_NOT_ANNOTATED = {
+    MIGRATED: "the hook did not annotate this migrate (annotation off or no hook)",
+    RESTORED: "the hook did not annotate this restore (annotation off or no hook)",
+    FROM_SNAPSHOT: "a snapshot revert loads state without a hook call (qemu_snapshot.c)",
+}
 
 
 def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: str) -> Plan:
@@ -212,13 +271,17 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: str) -> 
     why = applicable(live, host.policy)
     if why:
         return _skip(live, trigger, why)
-    op = "migrate" if trigger == MIGRATED else "restore"
+    # A snapshot revert is recorded as a restore (the state was loaded from a file) by the
+    # recorder's own check: version-1 readers know no other word for it.
+    op = {MIGRATED: "migrate", RESTORED: "restore"}.get(trigger, "record")
     event = MIGRATED if trigger == MIGRATED else RESTORED
     try:
         old = read_record(live.root)
     except RecordError as exc:
         return _skip(live, trigger, f"the live record is invalid ({exc}): left alone "
                      "(the source's register values are unknown)")
+    if old is not None and not old.vouched:
+        old = None  # a persistent copy or an unverified record: its values are not the state
     if old is None:
         # The source sent no record: its values are unknown. This host accepted the guest, so
         # its PSCI version and bitmaps are at most this host's, and its WORKAROUND levels are
@@ -240,7 +303,7 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: str) -> 
                                          observed.qemu_argv))
     after = decision.guest_after
     codes = tuple(decision.codes)
-    if after == old.state:
+    if after == old.state and not old.unknown:
         plan = Plan(live.name, live.uuid, trigger, UNCHANGED,
                     f"the live record is current for this host ({origin_text(old.origin)})",
                     previous=old.origin)
@@ -249,15 +312,53 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: str) -> 
     record = GuestRecord(after, host.origin(event, now), old.history, old.override).with_check(
         HistoryEntry(now, op, host.hostname, verdict, codes), policy.history_limit)
     plan = Plan(live.name, live.uuid, trigger, UPDATED,
-                f"the hook did not annotate this {op} (annotation off or no hook): the record "
+                f"{_NOT_ANNOTATED[trigger]}: the record "
                 f"({origin_text(old.origin)}) brought to the guest's state on this host: "
                 f"{guest_summary(after)}", live=record, previous=old.origin, codes=codes)
     return _with_config(plan, persistent, observed.persistent is not None)
 
 
+def how_started(started: Started, record: GuestRecord | None, host: ThisHost) -> str:
+    """How the running QEMU process got its vCPU state: BOOTED (cold boot here), one of
+    LOADED_STATE, or "" when nothing tells. The state reason decides; when a pause/resume
+    replaced it, a record this host wrote for this very process (after it started for a boot,
+    just before it for an arrival) still tells."""
+    if started.reason == BOOTED or started.reason in LOADED_STATE:
+        return started.reason
+    if record is None or not record.vouched or not host.wrote(record.origin):
+        return ""
+    begun, written = started.process_start, _epoch(record.origin.time)
+    if begun is None or written is None:
+        return ""
+    if record.origin.event == "booted" and written >= begun - CLOCK_SLACK:
+        return BOOTED
+    if (record.origin.event in (MIGRATED, RESTORED)
+            and begun - ARRIVAL_WINDOW <= written <= begun + CLOCK_SLACK):
+        return record.origin.event
+    return ""
+
+
+def _epoch(text: str) -> float | None:
+    try:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None
+
+
+def _facts(started: Started) -> str:
+    reason = f"libvirt's state reason: {started.reason}" if started.reason else \
+        "no state reason from libvirt"
+    if started.process_start is None:
+        return reason + ", QEMU process start unknown"
+    begun = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started.process_start))
+    return f"{reason}, QEMU process started {begun}"
+
+
 def plan_reconcile(observed: Observed, host: ThisHost, now: str, force: bool = False,
                    trigger: str = RECONCILE) -> Plan:
-    """A running domain, with nothing known of how it got here (`record`, watch start-up)."""
+    """A running domain, with no event saying how it got here (`record`, the watcher's
+    start-up, reconnections and periodic passes): how its QEMU process started is read from
+    libvirt's state reason and the process start time (how_started)."""
     live, persistent = parse(observed)
     why = applicable(live, host.policy)
     if why:
@@ -269,26 +370,52 @@ def plan_reconcile(observed: Observed, host: ThisHost, now: str, force: bool = F
             return plan_boot(observed, host, now, trigger)
         return _skip(live, trigger, f"its record is invalid ({exc}); --force replaces it with "
                      "this host's values")
-    if old is None or force:
-        return plan_boot(observed, host, now, trigger)
-    if not host.wrote(old.origin):
-        return _skip(live, trigger,
-                     f"its record is from another host ({origin_text(old.origin)}): it came "
-                     "with a migration or restore, or survived a cold boot, which psci-hook "
-                     "cannot tell apart; if the guest cold-booted here, --force replaces it "
-                     "with this host's values", previous=old.origin)
-    plan = Plan(live.name, live.uuid, trigger, UNCHANGED,
-                f"its record is current ({origin_text(old.origin)})", previous=old.origin)
-    return _synced_if_needed(plan, observed, persistent, old)
+    if force:
+        return plan_boot(observed, host, now, trigger, "replaced on request (--force)")
+    how = how_started(observed.started, old, host)
+    facts = _facts(observed.started)
+    if how == BOOTED:
+        booted = booted_record(live, host, now, old)
+        if (old is not None and old.vouched and host.wrote(old.origin)
+                and old.origin.event == "booted" and old.state == booted.state):
+            plan = Plan(live.name, live.uuid, trigger, UNCHANGED,
+                        f"its record is current ({origin_text(old.origin)}; {facts})",
+                        previous=old.origin)
+            return _synced_if_needed(plan, observed, persistent, old)
+        return plan_boot(observed, host, now, trigger,
+                         f"cold-booted on this host after its record was written ({facts})"
+                         if old is not None else f"cold-booted on this host ({facts})")
+    if how in LOADED_STATE:
+        plan = plan_arrival(observed, host, now, how)
+        return dataclasses.replace(plan, trigger=trigger,
+                                   reason=f"{plan.reason} ({facts})")
+    # Nothing tells how this process started.
+    if old is None:
+        return plan_boot(observed, host, now, trigger,
+                         f"no record; how the guest started is unknown ({facts}): this host's "
+                         "values are an upper bound for any guest running here")
+    if not old.vouched:
+        return Plan(live.name, live.uuid, trigger, UNCHANGED,
+                    f"its record is {old.status} ({origin_text(old.origin)}) and nothing tells "
+                    f"how the guest started ({facts}): the policy's 'unrecorded' setting "
+                    "decides at a migration; --force records this host's values",
+                    previous=old.origin)
+    marked = old.with_status(UNVERIFIED)
+    return Plan(live.name, live.uuid, trigger, MARKED,
+                f"cannot tell whether the guest cold-booted after its record "
+                f"({origin_text(old.origin)}) was written ({facts}): marked unverified, so "
+                "the policy's 'unrecorded' setting decides at a migration; if it cold-booted "
+                "here, --force records this host's values", live=marked, previous=old.origin)
 
 
 def _synced_if_needed(plan: Plan, observed: Observed, persistent: Domain | None,
                       old: GuestRecord) -> Plan:
     """``plan``, or a copy of the live record into a persistent definition that lacks it."""
-    if observed.persistent is None or _same(_config_record(persistent), old):
+    copy = persistent_copy(old)
+    if observed.persistent is None or _same(_config_record(persistent), copy):
         return plan
     return dataclasses.replace(
-        plan, action=SYNCED, config=old,
+        plan, action=SYNCED, config=copy,
         reason=f"the persistent definition now carries the live record "
                f"({origin_text(old.origin)})")
 
@@ -303,7 +430,7 @@ def plan_for(trigger: str, observed: Observed, host: ThisHost, now: str, force: 
     try:
         if trigger == BOOTED:
             return plan_boot(observed, host, now)
-        if trigger in (MIGRATED, RESTORED):
+        if trigger in LOADED_STATE:
             return plan_arrival(observed, host, now, trigger)
         return plan_reconcile(observed, host, now, force)
     except DomainXMLError as exc:

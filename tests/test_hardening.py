@@ -325,7 +325,6 @@ RECORD_CASES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "two records in two <metadata>": (
         lambda x: x.replace(b"</domain>", b"<metadata>" + _record(x) + b"</metadata></domain>"),
         "carries 2 psci-hook records"),
-    "record version 2": (lambda x: x.replace(b'version="1"', b'version="2"'), "version"),
     "value over 64 bits (hex)": (
         lambda x: x.replace(PSCI, PSCI.replace(b"0x10001", b"0x10000000000000000")),
         "not a non-negative integer"),
@@ -342,19 +341,12 @@ RECORD_CASES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
                          "not a non-negative integer"),
     "value with spaces": (lambda x: x.replace(PSCI, PSCI.replace(b"0x10001", b" 1")),
                           "not a non-negative integer"),
-    "unknown register": (lambda x: x.replace(PSCI, PSCI.replace(b"PSCI_VERSION", b"PSCI_NOPE")),
-                         "PSCI_NOPE"),
     "register twice": (lambda x: x.replace(PSCI, PSCI + PSCI), "appears twice"),
     "value missing": (lambda x: x.replace(PSCI, b'<psci:reg name="PSCI_VERSION"/>'),
                       "lacks the attribute 'value'"),
-    "unknown vCPU feature": (
-        lambda x: x.replace(b'features="pmu"', b'features="pmu+avx512"'), "avx512"),
-    "unknown origin event": (
-        lambda x: x.replace(b'event="booted"', b'event="teleported"'), "teleported"),
     "bad origin time": (
         lambda x: x.replace(b'time="2026-11-30T00:00:00Z"', b'time="yesterday"'), "yesterday"),
     "no <origin>": (lambda x: re.sub(rb"<psci:origin [^>]*/>", b"", x), "no <origin>"),
-    "unknown element": (lambda x: x.replace(PSCI, PSCI + b"<psci:evil/>"), "<evil>"),
     "cpreg-list count mismatch": (
         lambda x: x.replace(b'count="241"', b'count="240"'), "its count says 240"),
     "cpreg-list count implausible": (
@@ -370,11 +362,43 @@ RECORD_CASES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
         lambda x: x.replace(b'host="host-a"', b'host="host&#10;a"'), "not plain text"),
     "attribute of 1000 characters": (
         lambda x: x.replace(b'host="host-a"', b'host="' + b"h" * 1000 + b'"'), "not plain text"),
+}
+
+
+NEWER_RELEASE_CASES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+    "record version 2": (lambda x: x.replace(b'version="1"', b'version="2"'), "version"),
+    "unknown register": (lambda x: x.replace(PSCI, PSCI.replace(b"PSCI_VERSION", b"PSCI_NOPE")),
+                         "PSCI_NOPE"),
+    "unknown vCPU feature": (
+        lambda x: x.replace(b'features="pmu"', b'features="pmu+avx512"'), "avx512"),
+    "unknown origin event": (
+        lambda x: x.replace(b'event="booted"', b'event="teleported"'), "teleported"),
+    "unknown element": (lambda x: x.replace(PSCI, PSCI + b"<psci:evil/>"), "<evil>"),
     "history with an unknown code": (
         lambda x: x.replace(b"</psci:record>", b'<psci:history><psci:check time="2026-11-30T00:'
                             b'00:00Z" op="migrate" host="b" verdict="allow" codes="NOPE"/>'
                             b"</psci:history></psci:record>"), "unknown op, verdict or code"),
 }
+
+
+@pytest.mark.parametrize("case", list(NEWER_RELEASE_CASES))
+def test_a_newer_releases_record_is_never_record_invalid(setup: Setup, case: str) -> None:
+    """What a newer psci-hook may write (psci_hook.record's versioning rule) is ignored, judged
+    unverified, or (a newer version) not used, as for a domain without a record: the policy
+    decides; never RECORD_INVALID (a rolling upgrade must not block migrations back)."""
+    mutate, _phrase = NEWER_RELEASE_CASES[case]
+    stdin = mutate(setup.allow_xml)
+    assert stdin != setup.allow_xml
+    result = run(setup.hook, ARGS, stdin, setup.config("allow"))
+    sane(result)
+    assert "RECORD_INVALID" not in result.stderr
+    assert result.returncode == ExitStatus.OK, result.stderr
+    vetoing = run(setup.hook, ARGS, stdin, setup.config("allow", hook="unrecorded = veto"))
+    sane(vetoing)
+    if case == "record version 2":
+        expect_veto(vetoing, "NO_RECORD", "version 2 is newer")
+    else:
+        assert vetoing.returncode == ExitStatus.OK, vetoing.stderr
 
 
 # Run under both on_error settings for a few cases (it is a finding, not an error: on_error

@@ -1,11 +1,12 @@
 """``psci-hook record``: write the guest record of running domains through libvirt.
 
 For each domain (named, or every running one with ``--all``) the plan of psci_hook.recorder
-(reconcile) is applied with virDomainSetMetadata: a domain without a record gets this host's
-boot values, a record written on this host is copied into the persistent definition where it
-is missing, and a record from elsewhere -- it came with a migration or restore, or survived a
-cold boot -- is left alone unless ``--force`` replaces it with this host's values. One line per
-domain on stdout says what was done or why not, and one event per domain goes to the log.
+(reconcile) is applied with virDomainSetMetadata: how the domain's QEMU process started is
+read from libvirt's state reason and the process start time; a guest that cold-booted here
+gets this host's values (replacing a stale record), one that loaded its state here (migration,
+restore, snapshot revert) keeps the record that came with it, brought to its state here, and
+one nobody can tell has its record marked unverified (``--force``: this host's values). One
+line per domain on stdout says what was done and why, and one event per domain goes to the log.
 
 The per-domain procedure here (observe, plan, write, log) is also what ``watch`` runs.
 """
@@ -20,7 +21,12 @@ from psci_hook import __version__, auditlog
 from psci_hook import hook as hook_mod
 from psci_hook.environment import Environment
 from psci_hook.errors import first_line
-from psci_hook.libvirt_client import Client, LibvirtCallFailed, LibvirtUnavailable
+from psci_hook.libvirt_client import (
+    Client,
+    LibvirtCallFailed,
+    LibvirtUnavailable,
+    process_start,
+)
 from psci_hook.policy import Policy, PolicyError, load_policy
 from psci_hook.qemuproc import running_qemu_argv
 from psci_hook.recorder import (
@@ -30,6 +36,7 @@ from psci_hook.recorder import (
     SKIPPED,
     Observed,
     Plan,
+    Started,
     ThisHost,
     plan_failed,
     plan_for,
@@ -38,7 +45,7 @@ from psci_hook.report import guest_summary
 from psci_hook.status import ExitStatus
 
 HELP = ("write the psci-hook guest record of running domains through libvirt (this host's "
-        "values for guests without one; a record that came with a migration is kept)")
+        "values for guests that cold-booted here; a record that came with a migration is kept)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -100,20 +107,22 @@ def sink_for(policy: Policy) -> auditlog.Sink:
 
 
 def observe(client: Client, dom: Any) -> Observed:
+    """The live and persistent XML, and how the QEMU process started (state reason, start
+    time). The reason is read before the XML: a reason from after a restart of the guest would
+    be taken for the record's."""
+    started = Started(client.running_reason(dom), process_start(client.name(dom)))
     live = client.live_xml(dom)
     persistent = client.persistent_xml(dom) if client.is_persistent(dom) else None
-    return Observed(live, persistent, running_qemu_argv(client.name(dom)))
+    return Observed(live, persistent, running_qemu_argv(client.name(dom)), started)
 
 
 def apply(client: Client, dom: Any, plan: Plan) -> None:
-    """Write the plan's records: one call when both definitions get the same record."""
-    if plan.live is not None and plan.config is not None and plan.live is plan.config:
-        client.set_record(dom, plan.live, live=True, config=True)
-        return
-    if plan.live is not None:
-        client.set_record(dom, plan.live, live=True, config=False)
+    """Write the plan's records, the persistent definition's copy first: once the live record
+    shows, the whole plan is written."""
     if plan.config is not None:
         client.set_record(dom, plan.config, live=False, config=True)
+    if plan.live is not None:
+        client.set_record(dom, plan.live, live=True, config=False)
 
 
 def record_domain(client: Client, dom: Any, trigger: str, ctx: Context, force: bool = False

@@ -6,8 +6,14 @@
   follows; STARTED_MIGRATED itself comes before any memory is copied): give the persistent
   definition the live record (the hook's annotation reaches the live one only) and, where the
   hook did not annotate, bring the live record to the guest's state on this host first.
-- At start-up and after every reconnection: reconcile every running domain as ``psci-hook
-  record --all`` does, after refreshing the capabilities and QEMU version cache.
+- STARTED_FROM_SNAPSHOT (a snapshot revert loaded saved vCPU state in a new QEMU process, with
+  no hook call: qemu_snapshot.c): the record that came with the snapshot's definition is
+  brought to the guest's state on this host, as after a restore.
+- At start-up, after every reconnection and every ``--reconcile-interval`` seconds: reconcile
+  every running domain as ``psci-hook record --all`` does (from facts, not events: a boot the
+  watcher missed is found), after refreshing the capabilities and QEMU version cache. After the
+  first one the service tells systemd it is ready (Type=notify), so that units ordered after it
+  (libvirt-guests, an orchestrator's agent) start once every running guest's record is right.
 - When the daemon goes away (restart, crash, keepalive timeout) reconnect with backoff.
 - SIGTERM or SIGINT: stop cleanly, exit 0.
 
@@ -22,7 +28,9 @@ import contextlib
 import dataclasses
 import queue
 import signal
+import socket
 import threading
+from collections.abc import Mapping
 from types import FrameType
 from typing import Any, Union
 
@@ -52,12 +60,22 @@ from psci_hook.libvirt_client import (
     load,
 )
 from psci_hook.policy import PolicyError, load_policy
-from psci_hook.recorder import BOOTED, MIGRATED, RECONCILE, RESTORED, SKIPPED, Plan, plan_failed
+from psci_hook.recorder import (
+    BOOTED,
+    FROM_SNAPSHOT,
+    MIGRATED,
+    RECONCILE,
+    RESTORED,
+    SKIPPED,
+    Plan,
+    plan_failed,
+)
 from psci_hook.status import ExitStatus
 
 HELP = ("service: record freshly booted guests and keep persistent definitions in step with "
         "the live record, from libvirt lifecycle events (psci-hook-watch.service)")
 POLL_SECONDS = 0.5  # how often the main loop looks at the stop flag and the connection
+RECONCILE_SECONDS = 300.0  # the periodic reconcile's default interval
 RECONNECT_PAUSE = 0.5  # after losing a connection, before the first reconnection attempt
 
 
@@ -65,6 +83,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uri", default=None,
                         help="libvirt connection URI (default: libvirt's default, "
                         "qemu:///system for root)")
+    parser.add_argument("--reconcile-interval", type=float, default=RECONCILE_SECONDS,
+                        metavar="SECONDS",
+                        help="reconcile every running domain this often, besides at start-up "
+                        f"and reconnections (default {RECONCILE_SECONDS:g}; 0: never)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +102,12 @@ Item = Union[Lifecycle, Closed]
 
 class Watcher:
     def __init__(self, env: Environment, uri: str | None,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None,
+                 reconcile_interval: float = RECONCILE_SECONDS) -> None:
         self.env = env
         self.uri = uri
+        self.reconcile_interval = reconcile_interval
+        self.ready = False  # systemd told (after the first reconcile)
         self.backoff = backoff or Backoff()
         self.stop = threading.Event()
         self.items: queue.Queue[Item] = queue.Queue()
@@ -136,6 +161,9 @@ class Watcher:
         self.service_event("connected", f"connected to libvirt on {client.hostname()}")
         self._refresh(client)
         self._reconcile(client)
+        if not self.ready:
+            self.ready = notify_ready(self.env.environ)
+        next_pass = self.env.monotonic() + self.reconcile_interval
         while not self.stop.is_set():
             try:
                 item = self.items.get(timeout=POLL_SECONDS)
@@ -144,6 +172,9 @@ class Watcher:
                 if not alive:
                     raise LibvirtUnavailable(
                         "the libvirt connection is no longer alive") from None
+                if self.reconcile_interval > 0 and self.env.monotonic() >= next_pass:
+                    self._reconcile(client)
+                    next_pass = self.env.monotonic() + self.reconcile_interval
                 continue
             if isinstance(item, Closed):
                 if item.generation == generation:
@@ -198,7 +229,7 @@ class Watcher:
         if item.event == STARTED:
             if item.detail == MIGRATED:
                 self.arriving[item.uuid] = MIGRATED
-            elif item.detail in (BOOTED, RESTORED):
+            elif item.detail in (BOOTED, RESTORED, FROM_SNAPSHOT):
                 self.arriving.pop(item.uuid, None)
                 self._act(client, item, item.detail)
             return
@@ -231,7 +262,10 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     except LibvirtUnavailable as exc:
         env.error(f"watch: {exc}")
         return ExitStatus.LIBVIRT_UNAVAILABLE
-    watcher = Watcher(env, args.uri)
+    if args.reconcile_interval < 0:
+        env.error("watch: --reconcile-interval must be 0 or more seconds")
+        return ExitStatus.BAD_INPUT
+    watcher = Watcher(env, args.uri, reconcile_interval=args.reconcile_interval)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         watcher.stop.set()
@@ -242,3 +276,18 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def notify_ready(environ: Mapping[str, str]) -> bool:
+    """Tell systemd the service is ready (sd_notify READY=1 on $NOTIFY_SOCKET; Type=notify).
+    Without a socket (not under systemd) or when sending fails, nothing happens."""
+    address = environ.get("NOTIFY_SOCKET", "")
+    if not address or address[0] not in "/@":
+        return False
+    target = "\0" + address[1:] if address[0] == "@" else address
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"READY=1\nSTATUS=every running guest reconciled", target)
+    except OSError:
+        return False
+    return True

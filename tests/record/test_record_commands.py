@@ -129,26 +129,30 @@ def test_without_libvirt_python_status_20(env_for: Any, monkeypatch: pytest.Monk
 
 def test_record_all_records_unrecorded_guests_and_says_what_it_skipped(conn: Any,
                                                                        env_for: Any) -> None:
+    """The test driver, like QEMU's, says its domains cold-booted (RUNNING_BOOTED): a record
+    from elsewhere did not come with the state, it survived a cold boot, and is replaced."""
     fresh = conn.defineXML(domain_xml("rec-fresh"))
     fresh.create()
     foreign = conn.defineXML(domain_xml("rec-foreign", record=booted("5.10__a57", "host-a")))
     foreign.create()
+    assert foreign.state() == [1, 1]  # running, booted
     conn.defineXML(domain_xml("rec-off"))  # not running: not listed by --all
     status, out, err = run(env_for("record", "--all", "--uri", URI))
     assert (status, err) == (ExitStatus.OK, "")
     lines = dict(line.split(": ", 1) for line in out.splitlines()[:-1])
     assert lines["rec-fresh"].startswith("recorded: this host's values: PSCI_VERSION=1.1")
     assert lines["rec-fresh"].endswith("[wrote the live and persistent definitions]")
-    assert lines["rec-foreign"].startswith("skipped: its record is from another host (booted "
-                                           "on host-a")
+    assert lines["rec-foreign"].startswith(
+        "replaced: cold-booted on this host after its record was written (libvirt's state "
+        "reason: booted, QEMU process start unknown): the record (booted on host-a")
     assert lines["test"].startswith("skipped: not an aarch64 domain")  # the driver's own
     assert "rec-off" not in lines
-    assert out.splitlines()[-1] == "3 domains: 1 recorded, 2 skipped"
-    for inactive in (False, True):
-        record = record_of(fresh, inactive)
-        assert record is not None and record.origin.event == "booted"
-        assert record.state.registers == profile("6.1__a76").registers
-    assert record_of(foreign) == booted("5.10__a57", "host-a")
+    assert out.splitlines()[-1] == "3 domains: 1 recorded, 1 replaced, 1 skipped"
+    for dom in (fresh, foreign):
+        live, config = record_of(dom), record_of(dom, True)
+        assert live is not None and live.origin.event == "booted" and live.vouched
+        assert live.state.registers == profile("6.1__a76").registers
+        assert config == live.with_status("persistent-copy")
 
 
 def test_record_force_replaces_a_record_from_elsewhere(conn: Any, env_for: Any) -> None:
@@ -238,7 +242,8 @@ def test_incoming_migrations_are_acted_on_when_they_end(env_for: Any) -> None:
             ("r1", "started", "restored"), ("s1", "started", "from-snapshot")]:
         watcher._handle(None, Lifecycle(f"uuid-{name}", name, event, detail))  # type: ignore[arg-type]
     assert acted == [("m1", "defined", "migrated"), ("m2", "resumed", "migrated"),
-                     ("b1", "started", "booted"), ("r1", "started", "restored")]
+                     ("b1", "started", "booted"), ("r1", "started", "restored"),
+                     ("s1", "started", "from-snapshot")]
     assert watcher.arriving == {}
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
+import time
 
 import pytest
 from recordtools import EARLIER, NOW, UUID_A, UUID_B, booted, domain_xml, profile
@@ -11,10 +13,11 @@ from psci_hook import registers as regs
 from psci_hook.domainxml import parse_domain
 from psci_hook.engine import GuestState, decide
 from psci_hook.policy import Policy
-from psci_hook.record import HistoryEntry, Override, read_record, record_xml
+from psci_hook.record import GuestRecord, HistoryEntry, Override, read_record, record_xml
 from psci_hook.recorder import (
     BOOTED,
     FAILED,
+    MARKED,
     MIGRATED,
     RECONCILE,
     RECORDED,
@@ -25,7 +28,9 @@ from psci_hook.recorder import (
     UNCHANGED,
     UPDATED,
     Observed,
+    Started,
     ThisHost,
+    persistent_copy,
     plan_arrival,
     plan_boot,
     plan_for,
@@ -52,7 +57,8 @@ def persistent(live: bytes) -> Observed:
 def test_boot_without_record_records_this_hosts_values() -> None:
     plan = plan_boot(persistent(domain_xml()), host_b, NOW)
     assert (plan.action, plan.trigger, plan.domain) == (RECORDED, BOOTED, "vm1")
-    assert plan.live is plan.config is not None
+    assert plan.live is not None and plan.config == persistent_copy(plan.live)
+    assert plan.config.status == "persistent-copy" and plan.live.vouched
     record = plan.live
     assert record.state == GuestState.booted_on(host_b.profile, frozenset({"pmu"}))
     assert (record.origin.event, record.origin.host, record.origin.host_uuid,
@@ -122,9 +128,10 @@ def test_arrival_annotated_by_the_hook_only_syncs_the_persistent_definition() ->
     stale_config = domain_xml(incoming)
     plan = plan_arrival(Observed(domain_xml(annotated), stale_config), host_b, NOW, MIGRATED)
     assert plan.action == SYNCED
-    assert plan.live is None and plan.config == annotated
+    assert plan.live is None and plan.config == persistent_copy(annotated)
     # Already in step: nothing to write.
-    plan = plan_arrival(persistent(domain_xml(annotated)), host_b, NOW, MIGRATED)
+    plan = plan_arrival(Observed(domain_xml(annotated), domain_xml(persistent_copy(annotated))),
+                        host_b, NOW, MIGRATED)
     assert (plan.action, plan.writes) == (UNCHANGED, False)
 
 
@@ -135,7 +142,7 @@ def test_arrival_without_annotation_brings_the_record_to_this_host(
     incoming = booted("5.10__a57", "host-a", UUID_A)  # PSCI 1.0, no bitmaps, WA levels 0
     plan = plan_arrival(persistent(domain_xml(incoming)), host_b, NOW, trigger)
     assert plan.action == UPDATED
-    assert plan.live is plan.config is not None
+    assert plan.live is not None and plan.config == persistent_copy(plan.live)
     state = plan.live.state
     assert state == decide(incoming.state, host_b.profile).guest_after
     assert state.registers[PSCI] == incoming.state.registers[PSCI]  # kept for life
@@ -145,7 +152,8 @@ def test_arrival_without_annotation_brings_the_record_to_this_host(
     assert plan.live.history[-1] == HistoryEntry(NOW, op, "host-b", "allow", plan.codes)
     assert "WA_RATCHET" in plan.codes
     # Applying the plan again changes nothing: the record is now current.
-    again = plan_arrival(persistent(domain_xml(plan.live)), host_b, NOW, trigger)
+    again = plan_arrival(Observed(domain_xml(plan.live), domain_xml(plan.config)), host_b, NOW,
+                         trigger)
     assert (again.action, again.writes) == (UNCHANGED, False)
 
 
@@ -160,10 +168,10 @@ def test_arrival_without_a_record_records_an_upper_bound() -> None:
 
 def test_arrival_with_an_invalid_record_leaves_it_alone() -> None:
     good = domain_xml(booted("6.1__a76", "host-a")).decode()
-    broken = good.replace('event="booted"', 'event="teleported"').encode()
+    broken = good.replace('value="0x10001"', 'value="-1"').encode()
     plan = plan_arrival(persistent(broken), host_b, NOW, MIGRATED)
     assert plan.action == SKIPPED and not plan.writes
-    assert "teleported" in plan.reason
+    assert "not a non-negative integer" in plan.reason
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,47 +179,126 @@ def test_arrival_with_an_invalid_record_leaves_it_alone() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+BOOTED_HERE = Started("booted", 1_000_000.0)
+MIGRATED_HERE = Started("migrated", 1_000_000.0)
+# The process started at NOW - 1 h; a pause and a resume replaced libvirt's reason.
+PROCESS_START = float(calendar.timegm(time.strptime(NOW, "%Y-%m-%dT%H:%M:%SZ"))) - 3600
+RESUMED_LATER = Started("unpaused", PROCESS_START)
+
+
+def at(seconds_after_start: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(PROCESS_START + seconds_after_start))
+
+
+def running(record: GuestRecord | None, started: Started, transient: bool = False
+            ) -> Observed:
+    live = domain_xml(record)
+    return Observed(live, None if transient else live, started)
+
+
 def test_reconcile_records_an_unrecorded_domain() -> None:
-    plan = plan_reconcile(persistent(domain_xml()), host_b, NOW)
+    plan = plan_reconcile(running(None, BOOTED_HERE), host_b, NOW)
     assert (plan.action, plan.trigger) == (RECORDED, RECONCILE)
-    assert plan.live is plan.config is not None
+    assert plan.live is not None and plan.config == persistent_copy(plan.live)
+    assert "libvirt's state reason: booted" in plan.reason
 
 
 @pytest.mark.parametrize("event", ["migrated", "restored", "booted", "stamped"])
-def test_reconcile_keeps_a_record_from_another_host_unless_forced(
-        event: str) -> None:
+def test_a_guest_that_cold_booted_here_gets_this_hosts_values(event: str) -> None:
+    """libvirt says the QEMU process cold-booted the guest (RUNNING_BOOTED): any record that
+    is not this host's boot record is stale, whatever it claims (issue 12, point 1)."""
     foreign = booted("5.10__a57", "host-a", UUID_A, event=event)
-    observed = persistent(domain_xml(foreign))
-    plan = plan_reconcile(observed, host_b, NOW)
-    assert plan.action == SKIPPED and not plan.writes
-    assert f"{event} on host-a" in plan.reason and "--force" in plan.reason
-    forced = plan_reconcile(observed, host_b, NOW, force=True)
+    plan = plan_reconcile(running(foreign, BOOTED_HERE), host_b, NOW)
+    assert plan.action == REPLACED and plan.live is not None
+    assert plan.live.state == GuestState.booted_on(host_b.profile, frozenset({"pmu"}))
+    assert f"{event} on host-a" in plan.reason and "cold-booted on this host" in plan.reason
+    # A record this host wrote at an earlier migration is just as stale after a cold boot.
+    own_migration = booted("5.10__a57", "host-b", UUID_B, event="migrated")
+    assert plan_reconcile(running(own_migration, BOOTED_HERE), host_b, NOW).action == REPLACED
+
+
+def test_a_cold_booted_guest_with_its_boot_record_is_current() -> None:
+    record = plan_boot(Observed(domain_xml()), host_b, EARLIER).live
+    assert record is not None
+    plan = plan_reconcile(Observed(domain_xml(record), domain_xml(persistent_copy(record)),
+                                   BOOTED_HERE), host_b, NOW)
+    assert (plan.action, plan.writes) == (UNCHANGED, False)
+    plan = plan_reconcile(Observed(domain_xml(record), domain_xml(), BOOTED_HERE), host_b, NOW)
+    assert (plan.action, plan.live, plan.config) == (SYNCED, None, persistent_copy(record))
+
+
+@pytest.mark.parametrize("reason", ["migrated", "restored", "from-snapshot"])
+def test_a_guest_that_loaded_its_state_keeps_the_record_that_came_with_it(reason: str) -> None:
+    incoming = booted("5.10__a57", "host-a", UUID_A)
+    plan = plan_reconcile(running(incoming, Started(reason, None)), host_b, NOW)
+    assert plan.action == UPDATED and plan.trigger == RECONCILE
+    assert plan.live is not None
+    assert plan.live.state == decide(incoming.state, host_b.profile).guest_after
+    assert plan.live.state.registers[PSCI] == incoming.state.registers[PSCI]
+
+
+def test_a_resumed_guest_is_judged_by_its_process_start_time() -> None:
+    """A pause/resume replaced libvirt's reason: a record this host wrote for this very QEMU
+    process (after it started, for a boot; just before, for an arrival) is current."""
+    boot_record = booted("6.1__a76", "host-b", UUID_B, time=at(1))
+    assert plan_reconcile(running(boot_record, RESUMED_LATER), host_b, NOW,
+                          ).action in (UNCHANGED, SYNCED)
+    arrival = booted("6.1__a76", "host-b", UUID_B, event="migrated", time=at(-1))
+    assert plan_reconcile(running(arrival, RESUMED_LATER), host_b, NOW).action in (
+        UNCHANGED, SYNCED)
+
+
+@pytest.mark.parametrize(("record", "why"), [
+    (booted("6.1__a76", "host-b", UUID_B, time=at(-600)), "written before the process"),
+    (booted("6.1__a76", "host-b", UUID_B, event="migrated", time=at(-3600)), "old arrival"),
+    (booted("5.10__a57", "host-a", UUID_A, event="migrated", time=at(-1)), "another host's"),
+])
+def test_a_record_nothing_vouches_for_is_marked_unverified(record: GuestRecord,
+                                                           why: str) -> None:
+    plan = plan_reconcile(running(record, RESUMED_LATER), host_b, NOW)
+    assert plan.action == MARKED, why
+    assert plan.live == record.with_status("unverified") and plan.config is None
+    assert "cannot tell" in plan.reason and "unpaused" in plan.reason
+    # Marked, it stays so until the guest's start is known, or --force.
+    again = plan_reconcile(running(plan.live, RESUMED_LATER), host_b, NOW)
+    assert (again.action, again.writes) == (UNCHANGED, False)
+    forced = plan_reconcile(running(plan.live, RESUMED_LATER), host_b, NOW, force=True)
+    assert forced.action == REPLACED and forced.live is not None and forced.live.vouched
+
+
+def test_without_any_fact_a_record_is_not_trusted() -> None:
+    own = booted("6.1__a76", "host-b", UUID_B, event="migrated")
+    assert plan_reconcile(running(own, Started()), host_b, NOW).action == MARKED
+
+
+def test_reconcile_keeps_a_record_from_another_host_unless_forced() -> None:
+    foreign = booted("5.10__a57", "host-a", UUID_A)
+    forced = plan_reconcile(running(foreign, MIGRATED_HERE), host_b, NOW, force=True)
     assert forced.action == REPLACED
     assert forced.live is not None
-    assert forced.live.state == GuestState.booted_on(host_b.profile)
+    assert forced.live.state == GuestState.booted_on(host_b.profile, frozenset({"pmu"}))
 
 
 def test_reconcile_keeps_this_hosts_record_and_copies_it_to_the_persistent_definition() -> None:
     own = booted("6.1__a76", "host-b", UUID_B, event="migrated")
-    plan = plan_reconcile(Observed(domain_xml(own), domain_xml()), host_b, NOW)
-    assert (plan.action, plan.live, plan.config) == (SYNCED, None, own)
-    plan = plan_reconcile(persistent(domain_xml(own)), host_b, NOW)
-    assert (plan.action, plan.writes) == (UNCHANGED, False)
-    plan = plan_reconcile(Observed(domain_xml(own)), host_b, NOW)  # transient
+    plan = plan_reconcile(Observed(domain_xml(own), domain_xml(), MIGRATED_HERE), host_b, NOW)
+    assert (plan.action, plan.live, plan.config) == (SYNCED, None, persistent_copy(own))
+    plan = plan_reconcile(Observed(domain_xml(own), None, MIGRATED_HERE), host_b, NOW)
     assert (plan.action, plan.writes) == (UNCHANGED, False)
 
 
 def test_this_host_is_known_by_uuid_before_hostname() -> None:
-    same_name_other_uuid = booted("6.1__a76", "host-b", UUID_A)
-    assert plan_reconcile(Observed(domain_xml(same_name_other_uuid)), host_b,
-                          NOW).action == SKIPPED
-    no_uuid = booted("6.1__a76", "host-b")
-    assert plan_reconcile(Observed(domain_xml(no_uuid)), host_b, NOW).action == UNCHANGED
+    same_name_other_uuid = booted("6.1__a76", "host-b", UUID_A, event="migrated", time=at(-1))
+    assert plan_reconcile(running(same_name_other_uuid, RESUMED_LATER, True), host_b,
+                          NOW).action == MARKED
+    no_uuid = booted("6.1__a76", "host-b", event="migrated", time=at(-1))
+    assert plan_reconcile(running(no_uuid, RESUMED_LATER, True), host_b,
+                          NOW).action == UNCHANGED
 
 
 def test_reconcile_leaves_an_invalid_record_unless_forced() -> None:
     good = domain_xml(booted("6.1__a76", "host-b")).decode()
-    broken = Observed(good.replace('version="1"', 'version="2"', 1).encode())
+    broken = Observed(good.replace('version="1"', 'version="one"', 1).encode())
     assert plan_reconcile(broken, host_b, NOW).action == SKIPPED
     assert plan_reconcile(broken, host_b, NOW, force=True).action == REPLACED
 
