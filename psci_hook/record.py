@@ -332,9 +332,9 @@ def parse_record(elem: Any) -> GuestRecord:
     override_elem = _one(elem, "override", required=False)
     if override_elem is not None:
         codes = frozenset(split_list(_text_attr(override_elem, "codes")))
-        unknown = sorted(c for c in codes if c not in CODES)
-        if not codes or unknown:
-            raise RecordError(f"override names unknown codes: {' '.join(unknown) or '(none)'}")
+        strange = sorted(c for c in codes if c not in CODES)
+        if not codes or strange:
+            raise RecordError(f"override names strange codes: {' '.join(strange) or '(none)'}")
         override = Override(codes, _text_attr(override_elem, "reason"))
 
     history: list[HistoryEntry] = []

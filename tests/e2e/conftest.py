@@ -9,16 +9,21 @@ each host's psci-hook.conf as installed and no host profile.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from . import product
 from .harness import HarnessError, HostSpec, TwoHosts
+from .product import Record, psci_hook_command, record_of
 
 HERE = Path(__file__).resolve().parent
 PROBE_HOOK = HERE / "hooks" / "10-e2e-probe"
@@ -102,3 +107,126 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
             f" (after waiting {waited:.0f} s for another e2e run)" if waited >= 1 else "",
         )
     )
+
+
+# ---------------------------------------------------------------- psci-hook services in a host
+
+
+@pytest.fixture(autouse=True)
+def no_cache_left(hosts: TwoHosts) -> Iterator[None]:
+    """refresh and watch cache the capabilities and QEMU version in a host's /run/psci-hook;
+    other e2e tests expect hosts without them."""
+    yield
+    for spec in hosts.specs.values():
+        for name in ("capabilities.xml", "qemu-version"):
+            with contextlib.suppress(FileNotFoundError):
+                hosts.path(spec, f"/run/psci-hook/{name}").unlink()
+
+
+class Watch:
+    """`psci-hook watch` running inside one host, its stderr in a file beside the host."""
+
+    def __init__(self, hosts: TwoHosts, host: str) -> None:
+        self.hosts, self.host = hosts, host
+        self.err_path = hosts.hostdir(host) / "watch.err"
+        self.log_start = hosts.log_mark(host)
+        argv = hosts._ns(host, psci_hook_command(), "watch")  # clean env, host's mounts
+        with self.err_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+            )
+        self.wait_event(lambda e: e["action"] == "connected", 30, "the watcher to connect")
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.hosts.read_log(self.host, self.log_start).splitlines():
+            if '"psci-hook.record"' in line:
+                out.append(json.loads(line[line.index("{") :]))
+        return out
+
+    def wait_event(self, match: Any, timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events() if match(e)]
+            if found:
+                return found[-1]
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"the watcher exited ({self.proc.returncode}): {self.err_path.read_text()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; events: {self.events()}")
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd stops it; its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+
+@pytest.fixture
+def watch(hosts: TwoHosts) -> Iterator[Any]:
+    """Start `psci-hook watch` in a host (after configuring it); stopped after the test."""
+    started: list[Watch] = []
+
+    def start(host: str) -> Watch:
+        w = Watch(hosts, host)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+class Live:
+    """The test's own libvirt connection to a host, for polling the domain XML cheaply."""
+
+    def __init__(self, hosts: TwoHosts, host: str) -> None:
+        import libvirt
+
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        self.lv = libvirt
+        self.conn = libvirt.open(hosts.uri(host))
+
+    def xml(self, name: str, inactive: bool = False) -> str:
+        flags = self.lv.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        return str(self.conn.lookupByName(name).XMLDesc(flags))
+
+    def record(self, name: str, inactive: bool = False) -> Record | None:
+        return record_of(self.xml(name, inactive))
+
+    def wait_record(self, name: str, match: Any, timeout: float, since: float | None = None
+                    ) -> tuple[Record, float]:
+        """The first record that matches, and the seconds since ``since`` (default: now)."""
+        started = time.monotonic() if since is None else since
+        while True:
+            record = self.record(name)
+            if record is not None and match(record):
+                return record, time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"{name}: no matching record within {timeout} s: {record}")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        with contextlib.suppress(self.lv.libvirtError):
+            self.conn.close()
+
+
+@pytest.fixture
+def live(hosts: TwoHosts) -> Iterator[Any]:
+    opened: list[Live] = []
+
+    def connect(host: str) -> Live:
+        opened.append(Live(hosts, host))
+        return opened[-1]
+
+    yield connect
+    for c in opened:
+        c.close()

@@ -3,6 +3,7 @@ read the record back from a live domain XML, audit the host's syslog."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -144,6 +145,11 @@ class Record:
     features: str
     cpreg_count: int | None
     history: list[dict[str, str]] = field(default_factory=list)
+    status: str = ""  # "" (live state), persistent-copy, unverified
+
+    def as_copy(self) -> Record:
+        """This record as the persistent definition carries it."""
+        return dataclasses.replace(self, status="persistent-copy")
 
 
 def record_of(domain_xml: str) -> Record | None:
@@ -166,6 +172,7 @@ def record_of(domain_xml: str) -> Record | None:
         features=vcpu.attrib.get("features", "") if vcpu is not None else "",
         cpreg_count=int(cpreg.attrib["count"]) if cpreg is not None else None,
         history=[dict(c.attrib) for c in rec.findall(f"{Q}history/{Q}check")],
+        status=rec.attrib.get("status", ""),
     )
 
 

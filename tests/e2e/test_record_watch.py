@@ -10,145 +10,22 @@ inside a host like an operator's command. Records are read back from libvirt's o
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .harness import TwoHosts, guest_xml
-from .product import Record, configure, profile_data, psci_hook_command, record_of, stamped_xml
+from .product import Record, configure, profile_data, psci_hook_command, stamped_xml
 
 pytestmark = pytest.mark.e2e
 
 RECORD_NS = "https://psci-hook.org/xmlns/record/1"
 HOST_A_UUID = "0e2e0000-0000-4000-8000-00000000000a"
-
-
-@pytest.fixture(autouse=True)
-def no_cache_left(hosts: TwoHosts) -> Iterator[None]:
-    """refresh and watch cache the capabilities and QEMU version in a host's /run/psci-hook;
-    other e2e tests expect hosts without them."""
-    yield
-    for spec in hosts.specs.values():
-        for name in ("capabilities.xml", "qemu-version"):
-            with contextlib.suppress(FileNotFoundError):
-                hosts.path(spec, f"/run/psci-hook/{name}").unlink()
-
-
-class Watch:
-    """`psci-hook watch` running inside one host, its stderr in a file beside the host."""
-
-    def __init__(self, hosts: TwoHosts, host: str) -> None:
-        self.hosts, self.host = hosts, host
-        self.err_path = hosts.hostdir(host) / "watch.err"
-        self.log_start = hosts.log_mark(host)
-        argv = hosts._ns(host, psci_hook_command(), "watch")  # clean env, host's mounts
-        with self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
-            )
-        self.wait_event(lambda e: e["action"] == "connected", 30, "the watcher to connect")
-
-    def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.hosts.read_log(self.host, self.log_start).splitlines():
-            if '"psci-hook.record"' in line:
-                out.append(json.loads(line[line.index("{") :]))
-        return out
-
-    def wait_event(self, match: Any, timeout: float, what: str) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [e for e in self.events() if match(e)]
-            if found:
-                return found[-1]
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"the watcher exited ({self.proc.returncode}): {self.err_path.read_text()}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; events: {self.events()}")
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        """SIGTERM, as systemd stops it; its exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return int(self.proc.returncode)
-
-
-@pytest.fixture
-def watch(hosts: TwoHosts) -> Iterator[Any]:
-    """Start `psci-hook watch` in a host (after configuring it); stopped after the test."""
-    started: list[Watch] = []
-
-    def start(host: str) -> Watch:
-        w = Watch(hosts, host)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
-
-
-class Live:
-    """The test's own libvirt connection to a host, for polling the domain XML cheaply."""
-
-    def __init__(self, hosts: TwoHosts, host: str) -> None:
-        import libvirt
-
-        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-        self.lv = libvirt
-        self.conn = libvirt.open(hosts.uri(host))
-
-    def xml(self, name: str, inactive: bool = False) -> str:
-        flags = self.lv.VIR_DOMAIN_XML_INACTIVE if inactive else 0
-        return str(self.conn.lookupByName(name).XMLDesc(flags))
-
-    def record(self, name: str, inactive: bool = False) -> Record | None:
-        return record_of(self.xml(name, inactive))
-
-    def wait_record(self, name: str, match: Any, timeout: float, since: float | None = None
-                    ) -> tuple[Record, float]:
-        """The first record that matches, and the seconds since ``since`` (default: now)."""
-        started = time.monotonic() if since is None else since
-        while True:
-            record = self.record(name)
-            if record is not None and match(record):
-                return record, time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                raise AssertionError(f"{name}: no matching record within {timeout} s: {record}")
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        with contextlib.suppress(self.lv.libvirtError):
-            self.conn.close()
-
-
-@pytest.fixture
-def live(hosts: TwoHosts) -> Iterator[Any]:
-    opened: list[Live] = []
-
-    def connect(host: str) -> Live:
-        opened.append(Live(hosts, host))
-        return opened[-1]
-
-    yield connect
-    for c in opened:
-        c.close()
 
 
 def firmware(profile_name: str) -> dict[str, int]:
@@ -198,7 +75,7 @@ def test_watch_records_a_fresh_guest_within_two_seconds(
     assert booted_here(record, "host-a", "6.1__a76")
     assert record.origin["host-uuid"] == HOST_A_UUID  # from the capabilities it cached
     assert record.features == "pmu"
-    assert conn.record(guest_name, inactive=True) == record  # the persistent definition too
+    assert conn.record(guest_name, inactive=True) == record.as_copy()  # persistent, marked
     event = w.wait_event(lambda e: e["domain"] == guest_name, 5, "the record event")
     assert (event["action"], event["trigger"], event["written"]) == (
         "recorded",
@@ -226,7 +103,7 @@ def test_cold_boot_replaces_a_stale_record_from_another_host(
                                       since=before_start)
     assert booted_here(record, "host-a", "6.1__a76"), record
     assert record.firmware["PSCI_VERSION"] == 0x10001 != stale.firmware["PSCI_VERSION"]
-    assert conn.record(guest_name, inactive=True) == record
+    assert conn.record(guest_name, inactive=True) == record.as_copy()
     event = w.wait_event(lambda e: e["domain"] == guest_name, 5, "the replace event")
     assert event["action"] == "replaced"
     assert event["previous_origin"]["host"] == "host-b"
@@ -260,7 +137,7 @@ def test_the_watcher_survives_a_killed_daemon_and_reconciles(
     )
     conn = live("a")
     assert booted_here(conn.record(guest_name), "host-a", "6.1__a76")
-    assert conn.record(guest_name, inactive=True) == conn.record(guest_name)
+    assert conn.record(guest_name, inactive=True) == conn.record(guest_name).as_copy()
     failed = [e for e in w.events() if e["action"] == "connect-failed"]
     assert failed and "next attempt in" in failed[0]["reason"]
     # And it keeps recording fresh boots.
@@ -288,7 +165,7 @@ def test_record_all_records_running_unrecorded_guests(
     assert res.stdout.startswith(f"{guest_name}: recorded: this host's values: ")
     assert res.stdout.splitlines()[-1] == "1 domain: 1 recorded"
     assert booted_here(conn.record(guest_name), "host-a", "6.1__a76")
-    assert conn.record(guest_name, inactive=True) == conn.record(guest_name)
+    assert conn.record(guest_name, inactive=True) == conn.record(guest_name).as_copy()
     again = hosts.run_in("a", psci_hook_command(), "record", guest_name)
     assert (again.rc, again.stdout.splitlines()[-1]) == (0, "1 domain: 1 unchanged")
 
@@ -317,7 +194,7 @@ def test_migration_in_gives_the_persistent_definition_the_guests_state(
     assert (record.origin["event"], record.origin["host"]) == ("migrated", "host-b")
     assert record.firmware["SMCCC_ARCH_WORKAROUND_1"] == 2  # b's level
     assert record.history[-1]["host"] == "host-b"
-    assert conn.record(guest_name, inactive=True) == record
+    assert conn.record(guest_name, inactive=True) == record.as_copy()
     if annotate:  # the hook wrote the live record; the watcher copied it
         assert (event["action"], event["written"]) == ("synced", ["persistent"])
     else:  # the watcher computed the guest's state here and wrote both
@@ -341,7 +218,7 @@ def test_restore_gives_the_persistent_definition_the_restored_record(
     )
     record = conn.record(guest_name)
     assert record is not None and record.origin["event"] == "restored"  # the hook's
-    assert conn.record(guest_name, inactive=True) == record
+    assert conn.record(guest_name, inactive=True) == record.as_copy()
     assert (event["action"], event["written"]) == ("synced", ["persistent"])
 
 
