@@ -153,6 +153,31 @@ def test_unrecorded_guest_follows_the_policy(hook: Path, tmp_path: Path,
     assert event["codes"] == ["NO_RECORD"]
 
 
+@pytest.mark.parametrize(("status", "why"), [
+    ("persistent-copy", "persistent definition's copy from the guest's last run"),
+    ("unverified", "could not tell whether the guest cold-booted after it was written"),
+])
+@pytest.mark.parametrize("setting", ["allow", "veto"])
+def test_a_record_that_does_not_vouch_for_live_state_is_not_judged(
+        hook: Path, tmp_path: Path, bundled: dict[str, HostProfile],
+        listener: SyslogListener, status: str, why: str, setting: str) -> None:
+    """A shut-off guest's record (what `virsh migrate --offline` sends) or one the reconcile
+    could not vouch for: values that would be vetoed (6.12 -> 5.10) are not judged; the policy
+    decides as for a guest without a record, and says why."""
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.12__a57"])).replace(
+        b' version="1"', f' version="1" status="{status}"'.encode(), 1)
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["5.10__a57"]),
+                          listener.path, extra_hook=f"unrecorded = {setting}")
+    result = run_hook(hook, ["vm1", "migrate", "begin", "-"], domain, config)
+    assert result.stdout == b""
+    assert result.returncode == (ExitStatus.VETO if setting == "veto" else ExitStatus.OK)
+    if setting == "veto":
+        assert result.stderr.startswith("psci-hook: VETO NO_RECORD domain vm1: ")
+        assert why in result.stderr
+    (event,) = events(listener)
+    assert event["codes"] == ["NO_RECORD"] and why in event["record_not_used"]
+
+
 @pytest.mark.parametrize("domain", [
     DOMAIN.replace(b"type='kvm'", b"type='qemu'"),
     DOMAIN.replace(b"arch='aarch64'", b"arch='x86_64'"),

@@ -159,3 +159,34 @@ def test_record_events_have_their_own_fields_priority_and_message_id() -> None:
     # Decision events are unchanged.
     auditlog.emit_decision(sink, decision="veto", domain="vm1", op="migrate", codes=["X"])
     assert sink.sent[1][2]["PSCI_DECISION"] == "veto" and sink.sent[1][3] is None
+
+
+def test_process_start_reads_the_qemu_pid_file_and_proc(tmp_path: Path) -> None:
+    """This test's own process stands in for QEMU: its pid file as libvirt writes it."""
+    import os
+    import time
+
+    from psci_hook.libvirt_client import process_start
+
+    (tmp_path / "vm1.pid").write_text(f"{os.getpid()}\n")
+    started = process_start("vm1", pid_dir=tmp_path)
+    assert started is not None
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    assert time.time() - uptime - 2 <= started <= time.time()
+    assert process_start("nosuch", pid_dir=tmp_path) is None
+    (tmp_path / "gone.pid").write_text("999999999\n")
+    assert process_start("gone", pid_dir=tmp_path) is None
+
+
+def test_the_watcher_tells_systemd_it_is_ready(tmp_path: Path) -> None:
+    import socket
+
+    from psci_hook.commands.watch import notify_ready
+
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        assert notify_ready({"NOTIFY_SOCKET": str(path)})
+        assert sock.recv(256).split(b"\n")[0] == b"READY=1"
+    assert not notify_ready({})  # not under systemd
+    assert not notify_ready({"NOTIFY_SOCKET": str(tmp_path / "gone")})
