@@ -22,6 +22,7 @@ from lxml import etree
 
 from psci_hook.errors import first_line
 from psci_hook.record import NAMESPACE, PREFIX, GuestRecord, record_element
+from psci_hook.recorder import MIGRATING
 
 # Lifecycle events by name (virDomainEventType), and the details of the ones the watcher uses.
 EVENTS = {0: "defined", 1: "undefined", 2: "started", 3: "suspended", 4: "resumed",
@@ -34,6 +35,8 @@ _RUNNING = 1
 RUNNING_REASONS = {1: "booted", 2: "migrated", 3: "restored", 4: "from-snapshot", 5: "unpaused",
                    6: "migration-canceled", 7: "save-canceled", 8: "wakeup", 9: "crashed",
                    10: "postcopy", 11: "postcopy-failed"}
+# PAUSED (3) for a migration (virDomainPausedReason MIGRATION, 2): an incoming one not yet ended.
+_PAUSED, _PAUSED_MIGRATION = 3, 2
 # Where the QEMU driver of a system daemon keeps each running domain's QEMU pid
 # (qemu_process.c: qemuProcessLaunch writes <stateDir>/<name>.pid; stateDir is /run/libvirt/qemu).
 QEMU_PID_DIR = Path("/run/libvirt/qemu")
@@ -255,9 +258,12 @@ class Client:
         return bool(self._call(f"{dom.name()}: state", dom.isActive))
 
     def running_reason(self, dom: Any) -> str:
-        """libvirt's reason for a running domain's state ("booted", "migrated", ...); "" when
-        the domain is not running (paused: the reason says why it paused, not how it started)."""
+        """libvirt's reason for a running domain's state ("booted", "migrated", ...);
+        MIGRATING while paused for a migration; "" otherwise (a paused domain's reason says why
+        it paused, not how it started)."""
         state, reason = self._call(f"{dom.name()}: state", dom.state)
+        if int(state) == _PAUSED and int(reason) == _PAUSED_MIGRATION:
+            return MIGRATING
         return RUNNING_REASONS.get(int(reason), "") if int(state) == _RUNNING else ""
 
     def is_persistent(self, dom: Any) -> bool:

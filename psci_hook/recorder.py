@@ -79,6 +79,7 @@ MIGRATED = "migrated"
 RESTORED = "restored"
 FROM_SNAPSHOT = "from-snapshot"
 RECONCILE = "reconcile"
+MIGRATING = "migrating"  # Started.reason of a domain paused for a migration under way
 
 # libvirt's reasons for a running domain (virDomainRunningReason) that say how its QEMU process
 # got its vCPU state; any other reason (unpaused, wakeup, migration-canceled ...) replaced it.
@@ -370,6 +371,9 @@ def plan_reconcile(observed: Observed, host: ThisHost, now: str, force: bool = F
             return plan_boot(observed, host, now, trigger)
         return _skip(live, trigger, f"its record is invalid ({exc}); --force replaces it with "
                      "this host's values")
+    if observed.started.reason == MIGRATING:
+        return _skip(live, trigger, "paused for a migration under way: recorded when it ends",
+                     previous=old.origin if old else None)
     if force:
         return plan_boot(observed, host, now, trigger, "replaced on request (--force)")
     how = how_started(observed.started, old, host)

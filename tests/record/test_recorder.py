@@ -266,6 +266,13 @@ def test_a_record_nothing_vouches_for_is_marked_unverified(record: GuestRecord,
     assert forced.action == REPLACED and forced.live is not None and forced.live.vouched
 
 
+def test_a_migration_under_way_is_left_to_its_end() -> None:
+    incoming = booted("5.10__a57", "host-a", UUID_A)
+    plan = plan_reconcile(running(incoming, Started("migrating", None), True), host_b, NOW,
+                          force=True)
+    assert (plan.action, plan.writes) == (SKIPPED, False)
+
+
 def test_without_any_fact_a_record_is_not_trusted() -> None:
     own = booted("6.1__a76", "host-b", UUID_B, event="migrated")
     assert plan_reconcile(running(own, Started()), host_b, NOW).action == MARKED
