@@ -23,6 +23,9 @@ from psci_hook.profile import HostProfile, ProfileError, loads_profile
 from psci_hook.status import ExitStatus
 
 HOST_PROFILE_NAME = "host.json"
+# `psci-hook refresh` writes the QEMU generation it read from the QEMU build itself here:
+# "tolerant" or "legacy", a space, and how it knows (one line).
+QEMU_GENERATION_FILE = "qemu-generation"
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 
@@ -191,3 +194,12 @@ def load_host_profile(
         raise HostProfileUnavailable(
             f"the inline probe produced an invalid profile: {exc}", cache_problem.reason
         ) from None
+
+
+def read_qemu_generation(run_dir: Path) -> str | None:
+    """The QEMU generation `psci-hook refresh` detected from the build, if cached."""
+    try:
+        word = (run_dir / QEMU_GENERATION_FILE).read_text(encoding="utf-8").split(maxsplit=1)
+    except (OSError, UnicodeDecodeError):
+        return None
+    return word[0] if word and word[0] in ("legacy", "tolerant") else None

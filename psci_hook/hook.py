@@ -104,7 +104,8 @@ def _error_outcome(policy: Policy, code: str, detail: str, domain: str) -> Outco
 
 def load_host_profile(policy: Policy, env: Environment) -> HostProfile:
     """This host's profile: the policy's file, else the boot-time cache (probing if stale);
-    with the QEMU version `psci-hook refresh` cached when the profile does not state one."""
+    with the QEMU version and generation `psci-hook refresh` cached when the profile does not
+    state them."""
     if policy.host_profile is not None:
         profile = load_profile(policy.host_profile)
     else:
@@ -117,6 +118,12 @@ def load_host_profile(policy: Policy, env: Environment) -> HostProfile:
         version = read_qemu_version(env.run_dir)
         if version is not None:
             profile = dataclasses.replace(profile, qemu_version=version)
+    if profile.qemu_generation is None:  # what the QEMU build says beats its version number
+        from psci_hook.cache import read_qemu_generation
+
+        generation = read_qemu_generation(env.run_dir)
+        if generation is not None:
+            profile = dataclasses.replace(profile, qemu_generation=generation)
     return profile
 
 

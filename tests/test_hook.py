@@ -275,3 +275,24 @@ def test_the_veto_line_names_every_blocking_code_and_a_true_consequence(
     line = result.stderr
     assert line.startswith(f"psci-hook: VETO {first} domain vm1: ") and line.count("\n") == 1
     assert others in line and line.endswith(f"{consequence}\n"), line
+
+
+@pytest.mark.parametrize(("version", "build", "generation"), [
+    ("7.2.22", "tolerant", "tolerant"),  # a distribution backport (RHEL-174858)
+    ("11.1.3", "legacy", "legacy"),
+    ("7.2.22", None, "legacy"),
+])
+def test_the_generation_read_from_the_qemu_build_beats_the_version_number(
+        tmp_path: Path, bundled: dict[str, HostProfile], version: str, build: str | None,
+        generation: str) -> None:
+    (tmp_path / "qemu-version").write_text(version + "\n")
+    if build is not None:
+        (tmp_path / "qemu-generation").write_text(f"{build} (how refresh knows)\n")
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["6.12__a57"]),
+                          None)
+    env = Environment.for_test(["hook", "vm1", "migrate", "begin", "-"], domain,
+                               {"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert sink.events[0]["qemu_generation"] == generation

@@ -2,14 +2,17 @@
 
 The hook never asks libvirt (the daemon is waiting for it), so what it needs from libvirt is
 cached beforehand in the run directory (/run/psci-hook): ``capabilities.xml`` (the host's
-identity: UUID, CPU vendor and model) and ``qemu-version`` (X.Y.Z; QEMU's generation decides
-the migration tolerances). Both are written atomically. psci-hook-refresh.service runs this
+identity: UUID, CPU vendor and model), ``qemu-version`` (X.Y.Z) and, where the aarch64
+emulator's build says it, ``qemu-generation`` (whether it has the cpreg migration tolerance
+series, which distributions backport under older version numbers: the version alone would
+call those legacy). Both are written atomically. psci-hook-refresh.service runs this
 whenever the libvirt daemon starts; ``watch`` does the same each time it connects.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import subprocess
@@ -39,8 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def refresh_cache(client: Client, run_dir: Path) -> tuple[Path, Path, str]:
-    """Write both files from an open connection; returns the paths and the QEMU version.
-    Raises the client's errors, and OSError when a file cannot be written."""
+    """Write the files from an open connection; returns the capabilities and version paths and
+    the QEMU version. Raises the client's errors, and OSError when a file cannot be written."""
     capabilities = client.capabilities()
     caps_path = run_dir / CAPABILITIES_FILE
     cache.write_atomic(caps_path, capabilities if capabilities.endswith("\n")
@@ -48,7 +51,39 @@ def refresh_cache(client: Client, run_dir: Path) -> tuple[Path, Path, str]:
     version = qemu_version(client, capabilities)
     version_path = run_dir / QEMU_VERSION_FILE
     cache.write_atomic(version_path, version + "\n")
+    generation_path = run_dir / cache.QEMU_GENERATION_FILE
+    emulator = aarch64_emulator(capabilities)
+    detected = build_generation(emulator) if emulator else None
+    if detected is None:  # the version number decides (HostProfile.generation)
+        with contextlib.suppress(FileNotFoundError):
+            generation_path.unlink()
+    else:
+        cache.write_atomic(generation_path, f"{detected[0]} {detected[1]}\n")
     return caps_path, version_path, version
+
+
+# Trace events only QEMU's cpreg migration tolerance series defines (target/arm/trace-events,
+# used by target/arm/machine.c when a tolerated register is skipped); upstream since 11.1 and
+# in distribution backports under older version numbers (RHEL-174858).
+TOLERANCE_TRACE_EVENTS = ("tolerate_cpreg_only_in_incoming_stream",
+                          "tolerate_cpreg_missing_in_incoming_stream")
+
+
+def build_generation(emulator: str) -> tuple[str, str] | None:
+    """The QEMU generation from the build itself: ``<emulator> -trace help`` lists every trace
+    event it was built with. (generation, how), or None if the emulator cannot say."""
+    try:
+        done = subprocess.run([emulator, "-trace", "help"], capture_output=True, text=True,
+                              timeout=10, check=False, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    events = set(done.stdout.split())
+    if done.returncode != 0 or len(events) < 10:  # not a trace-capable QEMU: nothing known
+        return None
+    found = [e for e in TOLERANCE_TRACE_EVENTS if e in events]
+    if found:
+        return "tolerant", f"{emulator} has the trace event {found[0]} (cpreg tolerance series)"
+    return "legacy", f"{emulator} has none of the cpreg tolerance series' trace events"
 
 
 def qemu_version(client: Client, capabilities: str) -> str:
@@ -129,9 +164,16 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
                     ExitStatus.INTERNAL_ERROR)
     finally:
         client.close()
+    generation_path = env.run_dir / cache.QEMU_GENERATION_FILE
+    generation = generation_path.read_text().strip() if generation_path.exists() else None
     if args.json:
         env.write_out(json.dumps({"capabilities": str(caps_path), "qemu_version_file":
-                                  str(version_path), "qemu_version": version}) + "\n")
+                                  str(version_path), "qemu_version": version,
+                                  "qemu_generation": generation}) + "\n")
     elif not args.quiet:
         env.write_out(f"wrote {caps_path}\nwrote {version_path} (QEMU {version})\n")
+        if generation is not None:
+            env.write_out(f"wrote {generation_path} ({generation})\n")
+        else:
+            env.write_out("QEMU generation: from the version number (the build does not say)\n")
     return ExitStatus.OK

@@ -118,7 +118,7 @@ def no_cache_left(hosts: TwoHosts) -> Iterator[None]:
     other e2e tests expect hosts without them."""
     yield
     for spec in hosts.specs.values():
-        for name in ("capabilities.xml", "qemu-version"):
+        for name in ("capabilities.xml", "qemu-version", "qemu-generation"):
             with contextlib.suppress(FileNotFoundError):
                 hosts.path(spec, f"/run/psci-hook/{name}").unlink()
 
