@@ -207,8 +207,11 @@ class Watcher:
         ctx = self._context("", RECONCILE)
         if ctx is None:
             return
-        for dom in client.running():
+        running = client.running()
+        for dom in running:
             self._record(client, dom, RECONCILE, ctx, client.name(dom))
+        self.service_event("reconciled", f"{len(running)} running domain"
+                           f"{'s' if len(running) != 1 else ''} reconciled")
 
     def _record(self, client: Client, dom: Any, trigger: str, ctx: Context, domain: str
                 ) -> None:

@@ -135,7 +135,8 @@ class Watch:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
             )
-        self.wait_event(lambda e: e["action"] == "connected", 30, "the watcher to connect")
+        # Connected, and its first reconcile done (what it reports to systemd as ready).
+        self.wait_event(lambda e: e["action"] == "reconciled", 30, "the watcher's first pass")
 
     def events(self) -> list[dict[str, Any]]:
         out = []
