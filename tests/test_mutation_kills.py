@@ -848,38 +848,18 @@ _FW_END = "</psci:firmware>"
     ('version="1"', "", "record version None is not '1'"),
     (_FW_END, _FW_END + "<psci:vcpu features='none'/>", "more than one <vcpu> in the record"),
     ('<psci:vcpu features="none"/>', "", "the record has no <vcpu>"),
-    (_FW_END, _FW_END + "<psci:notes/>", "unexpected element <notes> in <record>"),
-    (_FW_END, _FW_END + "<other xmlns='urn:x'/>", "unexpected element <other> in <record>"),
-    ('event="booted"', 'event="cloned"',
-     "origin event 'cloned' is not one of booted, migrated, restored, stamped"),
     ('time="2026-11-30T00:00:00Z"', 'time="2026-11-30 00:00:00"',
      "origin time '2026-11-30 00:00:00' is not YYYY-MM-DDTHH:MM:SSZ"),
-    ('features="none"', 'features="mte"', "unknown vCPU feature(s): mte"),
     ('<psci:reg name="PSCI_VERSION" value="0x10001"/>',
      '<psci:reg name="PSCI_VERSION" value="0x10001"/><psci:reg name="PSCI_VERSION" value="1"/>',
      "register PSCI_VERSION appears twice"),
-    ('name="PSCI_VERSION"', 'name="ID_AA64MMFR1_EL1"',
-     "register 'ID_AA64MMFR1_EL1': unknown firmware register 'ID_AA64MMFR1_EL1'"),
-    (_FW_END, _FW_END + "<psci:id-registers><psci:reg name='PSCI_VERSION' value='1'/>"
-     "</psci:id-registers>", "register 'PSCI_VERSION': not an ID register"),
     (_FW_END, _FW_END + "<psci:override codes='' reason='r'/>",
      "override names unknown codes: (none)"),
     (_FW_END, _FW_END + "<psci:override codes='WA_DROPPED NOPE ALSO' reason='r'/>",
      "override names unknown codes: ALSO NOPE"),
-    (_FW_END, _FW_END + "<psci:history><psci:check time='2026-11-30T00:00:00Z' op='migrate' "
-     "host='h' verdict='maybe'/></psci:history>",
-     "a history entry has an unknown op, verdict or code"),
-    (_FW_END, _FW_END + "<psci:history><psci:check time='2026-11-30T00:00:00Z' op='boot' "
-     "host='h' verdict='allow'/></psci:history>",
-     "a history entry has an unknown op, verdict or code"),
-    (_FW_END, _FW_END + "<psci:history><psci:check time='2026-11-30T00:00:00Z' op='migrate' "
-     "host='h' verdict='allow' codes='WA_DROPPED NOPE'/></psci:history>",
-     "a history entry has an unknown op, verdict or code"),
     (_FW_END, _FW_END + "<psci:history><psci:check time='now' op='migrate' "
      "host='h' verdict='allow'/></psci:history>",
      "history time 'now' is not YYYY-MM-DDTHH:MM:SSZ"),
-    (_FW_END, _FW_END + "<psci:history><psci:entry/></psci:history>",
-     "unexpected element <entry> in <history>"),
     (_FW_END, _FW_END + "<psci:cpreg-list count='1' digest='x'>6030000000140001</psci:cpreg-list>",
      "cpreg-list digest does not match its content (altered or truncated)"),
 ])
@@ -890,6 +870,38 @@ def test_each_record_refusal_is_exact(old: str, new: str, message: str) -> None:
     with pytest.raises(RecordError) as exc:
         _parse(text.replace(old, new))
     assert str(exc.value) == message
+
+
+# What a newer release of the same record version may write (psci_hook.record's versioning
+# rule): read past, never refused (these were refusals before records became forward-compatible).
+@pytest.mark.parametrize(("old", "new", "_former_refusal"), [
+    (_FW_END, _FW_END + "<psci:notes/>", "unexpected element <notes> in <record>"),
+    (_FW_END, _FW_END + "<other xmlns='urn:x'/>", "unexpected element <other> in <record>"),
+    ('event="booted"', 'event="cloned"',
+     "origin event 'cloned' is not one of booted, migrated, restored, stamped"),
+    ('features="none"', 'features="mte"', "unknown vCPU feature(s): mte"),
+    ('name="PSCI_VERSION"', 'name="ID_AA64MMFR1_EL1"',
+     "register 'ID_AA64MMFR1_EL1': unknown firmware register 'ID_AA64MMFR1_EL1'"),
+    (_FW_END, _FW_END + "<psci:id-registers><psci:reg name='PSCI_VERSION' value='1'/>"
+     "</psci:id-registers>", "register 'PSCI_VERSION': not an ID register"),
+    (_FW_END, _FW_END + "<psci:history><psci:check time='2026-11-30T00:00:00Z' op='migrate' "
+     "host='h' verdict='maybe'/></psci:history>",
+     "a history entry has an unknown op, verdict or code"),
+    (_FW_END, _FW_END + "<psci:history><psci:check time='2026-11-30T00:00:00Z' op='boot' "
+     "host='h' verdict='allow'/></psci:history>",
+     "a history entry has an unknown op, verdict or code"),
+    (_FW_END, _FW_END + "<psci:history><psci:check time='2026-11-30T00:00:00Z' op='migrate' "
+     "host='h' verdict='allow' codes='WA_DROPPED NOPE'/></psci:history>",
+     "a history entry has an unknown op, verdict or code"),
+    (_FW_END, _FW_END + "<psci:history><psci:entry/></psci:history>",
+     "unexpected element <entry> in <history>"),
+])
+def test_what_a_newer_release_may_write_is_read_past(old: str, new: str,
+                                                     _former_refusal: str) -> None:
+    text = _record_text()
+    assert text.count(old) == 1, old
+    record = _parse(text.replace(old, new))
+    assert record.vouched
 
 
 def test_a_record_keeps_what_it_says() -> None:
@@ -1199,14 +1211,14 @@ def test_the_event_names_the_domain_from_its_xml_and_an_invalid_record_vetoes(
     sink = CollectingSink()
     assert main(env, sink) == ExitStatus.OK
     assert sink.events[0]["domain"] == "vm1" and "DOMAIN" not in sink.events[0]
-    broken = domain.replace(b'version="1"', b'version="9"', 1)
+    broken = domain.replace(b'version="1"', b'version="1.0"', 1)
     env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], broken,
                     bundled["6.12__a57"])
     sink = CollectingSink()
     assert main(env, sink) == ExitStatus.VETO
     assert env.stderr.getvalue() == (  # type: ignore[attr-defined]
         "psci-hook: VETO RECORD_INVALID domain vm1: the psci-hook record is invalid: record "
-        "version '9' is not '1' (the record cannot be trusted, so the migration cannot be "
+        "version '1.0' is not '1' (the record cannot be trusted, so the migration cannot be "
         "checked)\n")
     assert sink.events[0]["uuid"] == "c7a5fdbd-edaf-9455-926a-d65c16db1809"
 
