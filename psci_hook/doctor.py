@@ -426,7 +426,7 @@ def check_watcher(facts: Watcher) -> Check:
                     f"{facts.last_event} at {facts.last_event_time}: not connected to libvirt",
                     "systemctl restart psci-hook-watch.service  # and check the libvirt daemon",
                     **details)
-    if facts.last_event == "connected":
+    if facts.last_event in ("connected", "reconciled"):
         return ok(name, f"psci-hook watch (pid {pids}) connected at {facts.last_event_time}",
                   **details)
     return ok(name, f"psci-hook watch (pid {pids}) running (no connection event found in the "

@@ -52,7 +52,8 @@ SYSLOG_FILES = ("/var/log/syslog", "/var/log/messages")
 APPARMOR_PROFILES = ("/etc/apparmor.d/usr.sbin.libvirtd", "/etc/apparmor.d/usr.sbin.virtqemud")
 _HOOK_RULE_RE = re.compile(r"^\s*/etc/libvirt/hooks/\*\*\s+[a-z]*x[a-z]*\s*,", re.MULTILINE)
 # The watcher's service events that say whether it is connected (psci_hook.commands.watch).
-WATCHER_STATES = ("started", "connected", "disconnected", "connect-failed", "stopped")
+WATCHER_STATES = ("started", "connected", "reconciled", "disconnected", "connect-failed",
+                  "stopped")
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 Runner = Callable[[Sequence[str]], tuple[int, str, str]]

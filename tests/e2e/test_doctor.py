@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from .conftest import Watch
 from .harness import TwoHosts
 from .product import (
     HOOK_PATH,
@@ -28,7 +29,6 @@ from .product import (
     psci_hook,
     psci_hook_command,
 )
-from .test_record_watch import Watch
 
 pytestmark = pytest.mark.e2e
 
