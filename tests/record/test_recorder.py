@@ -193,7 +193,7 @@ def at(seconds_after_start: float) -> str:
 def running(record: GuestRecord | None, started: Started, transient: bool = False
             ) -> Observed:
     live = domain_xml(record)
-    return Observed(live, None if transient else live, started)
+    return Observed(live, None if transient else live, started=started)
 
 
 def test_reconcile_records_an_unrecorded_domain() -> None:
@@ -221,9 +221,10 @@ def test_a_cold_booted_guest_with_its_boot_record_is_current() -> None:
     record = plan_boot(Observed(domain_xml()), host_b, EARLIER).live
     assert record is not None
     plan = plan_reconcile(Observed(domain_xml(record), domain_xml(persistent_copy(record)),
-                                   BOOTED_HERE), host_b, NOW)
+                                   started=BOOTED_HERE), host_b, NOW)
     assert (plan.action, plan.writes) == (UNCHANGED, False)
-    plan = plan_reconcile(Observed(domain_xml(record), domain_xml(), BOOTED_HERE), host_b, NOW)
+    plan = plan_reconcile(Observed(domain_xml(record), domain_xml(), started=BOOTED_HERE),
+                          host_b, NOW)
     assert (plan.action, plan.live, plan.config) == (SYNCED, None, persistent_copy(record))
 
 
@@ -288,9 +289,10 @@ def test_reconcile_keeps_a_record_from_another_host_unless_forced() -> None:
 
 def test_reconcile_keeps_this_hosts_record_and_copies_it_to_the_persistent_definition() -> None:
     own = booted("6.1__a76", "host-b", UUID_B, event="migrated")
-    plan = plan_reconcile(Observed(domain_xml(own), domain_xml(), MIGRATED_HERE), host_b, NOW)
+    plan = plan_reconcile(Observed(domain_xml(own), domain_xml(), started=MIGRATED_HERE),
+                          host_b, NOW)
     assert (plan.action, plan.live, plan.config) == (SYNCED, None, persistent_copy(own))
-    plan = plan_reconcile(Observed(domain_xml(own), None, MIGRATED_HERE), host_b, NOW)
+    plan = plan_reconcile(Observed(domain_xml(own), None, started=MIGRATED_HERE), host_b, NOW)
     assert (plan.action, plan.writes) == (UNCHANGED, False)
 
 
