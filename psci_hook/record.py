@@ -334,7 +334,7 @@ def parse_record(elem: Any) -> GuestRecord:
         codes = frozenset(split_list(_text_attr(override_elem, "codes")))
         strange = sorted(c for c in codes if c not in CODES)
         if not codes or strange:
-            raise RecordError(f"override names strange codes: {' '.join(strange) or '(none)'}")
+            raise RecordError(f"override names unknown codes: {' '.join(strange) or '(none)'}")
         override = Override(codes, _text_attr(override_elem, "reason"))
 
     history: list[HistoryEntry] = []
