@@ -199,9 +199,10 @@ def _parse_sources_files() -> list[dict[str, list[str]]]:
     return stanzas
 
 
-def apt_sources() -> str:
-    """A deb822 sources file for Debian bookworm arm64, from the machine's own apt sources
-    (same mirrors, same keys), or the file named by PSCI_HOOK_NESTED_APT_SOURCES."""
+def apt_sources(target: str = DEBIAN_SUITE) -> str:
+    """A deb822 sources file for Debian ``target`` arm64 (with its -updates and -security pockets,
+    which sid has not), from the machine's own apt sources (same mirrors, same keys), or the file
+    named by PSCI_HOOK_NESTED_APT_SOURCES."""
     override = os.environ.get("PSCI_HOOK_NESTED_APT_SOURCES")
     if override:
         return Path(override).read_text(encoding="utf-8")
@@ -216,8 +217,11 @@ def apt_sources() -> str:
         suites = []
         for suite in stanza.get("suites", []):
             codename, sep, pocket = suite.partition("-")
-            if codename in DEBIAN_CODENAMES and pocket in ("", "updates", "security"):
-                suites.append(DEBIAN_SUITE + sep + pocket)
+            if codename not in DEBIAN_CODENAMES or pocket not in ("", "updates", "security"):
+                continue
+            if pocket and target in ("sid", "unstable"):
+                continue
+            suites.append(target + sep + pocket)
         if not suites:
             continue
         key = (tuple(stanza["uris"]), tuple(suites))
@@ -258,67 +262,102 @@ def _apt_options(root: Path) -> list[str]:
     ]
 
 
+@dataclasses.dataclass(frozen=True)
+class PackageSet:
+    """arm64 packages fetched from one Debian suite into their own cache directory.
+
+    With ``closure`` the whole Depends closure is fetched (``apt-get install -d`` against an empty
+    dpkg status, so nothing counts as installed); without it exactly ``packages``
+    (``apt-get download``)."""
+
+    name: str
+    packages: tuple[str, ...]
+    suite: str = DEBIAN_SUITE
+    closure: bool = False
+
+    @property
+    def root(self) -> Path:
+        return cache_dir() / ("apt" if self.name == "nested" else f"apt-{self.name}")
+
+
+NESTED_PACKAGES = PackageSet("nested", PACKAGES)
+
+
 def fetch_debs(refresh: bool | None = None) -> list[Path]:
     """The arm64 .debs of PACKAGES, from the cache or downloaded into it."""
+    return fetch_package_set(NESTED_PACKAGES, refresh)
+
+
+def fetch_package_set(packages: PackageSet, refresh: bool | None = None) -> list[Path]:
+    """The .debs of ``packages``, from the cache or downloaded into it (PSCI_HOOK_NESTED_REFRESH=1
+    downloads again)."""
     if refresh is None:
         refresh = os.environ.get("PSCI_HOOK_NESTED_REFRESH") == "1"
-    root = cache_dir() / "apt"
+    root = packages.root
     debs = root / "debs"
     manifest = debs / "manifest.json"
     if not refresh and manifest.is_file():
         try:
-            names = json.loads(manifest.read_text(encoding="utf-8"))["packages"]
-            paths = [debs / names[p] for p in PACKAGES]
-            if all(p.is_file() for p in paths):
-                return paths
-        except (KeyError, ValueError, TypeError):
+            recorded = json.loads(manifest.read_text(encoding="utf-8"))
+            if recorded.get("requested", list(PACKAGES)) == list(packages.packages):
+                paths = [debs / name for name in recorded["debs"]]
+                if paths and all(p.is_file() for p in paths):
+                    return paths
+        except (KeyError, ValueError, TypeError, AttributeError):
             pass
     for sub in ("sources.list.d", "state/lists/partial", "cache/archives/partial"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "state" / "status").touch()
+    (root / "state" / "status").write_text("", encoding="utf-8")
     (root / "sources.list.d" / "psci-hook-nested.sources").write_text(
-        apt_sources(), encoding="utf-8"
+        apt_sources(packages.suite), encoding="utf-8"
     )
     options = _apt_options(root)
     env = dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
     update = subprocess.run(
-        ["apt-get", *options, "update"], capture_output=True, text=True, env=env, timeout=300
+        ["apt-get", *options, "update"], capture_output=True, text=True, env=env, timeout=600
     )
     failed = re.findall(r"^(?:E|W): (?:Failed to fetch|Some index files).*$",
                         update.stdout + update.stderr, re.M)
     if update.returncode != 0 or failed:
         raise HarnessError(
-            "cannot reach the Debian archive to fetch the arm64 packages for the nested test "
-            f"(apt-get update exit {update.returncode}): "
+            f"cannot reach the Debian archive to fetch the arm64 packages ({packages.name}, "
+            f"apt-get update exit {update.returncode}): "
             + _tail(update.stderr or update.stdout)
         )
     staging = Path(tempfile.mkdtemp(prefix="download.", dir=root))
     try:
-        download = subprocess.run(
-            ["apt-get", *options, "download", *[f"{p}:arm64" for p in PACKAGES]],
-            capture_output=True, text=True, env=env, cwd=staging, timeout=300,
-        )
+        if packages.closure:
+            command = ["apt-get", *options, "-o", f"Dir::Cache::Archives={staging}",
+                       "install", "-d", "-y", "-q", "--no-install-recommends",
+                       *[f"{p}:arm64" for p in packages.packages]]
+        else:
+            command = ["apt-get", *options, "download",
+                       *[f"{p}:arm64" for p in packages.packages]]
+        download = subprocess.run(command, capture_output=True, text=True, env=env,
+                                  cwd=staging, timeout=1800)
         if download.returncode != 0:
             raise HarnessError(
-                "cannot download the arm64 packages from the Debian archive "
-                f"(apt-get download exit {download.returncode}): " + _tail(download.stderr)
+                f"cannot download the arm64 packages ({packages.name}) from the Debian archive "
+                f"(apt-get exit {download.returncode}): " + _tail(download.stderr)
             )
-        names = {}
-        for package in PACKAGES:
+        shutil.rmtree(staging / "partial", ignore_errors=True)
+        for lock in staging.glob("lock"):
+            lock.unlink()
+        found = sorted(p.name for p in staging.glob("*.deb"))
+        for package in packages.packages:
             # arm64 packages, or Architecture: all ones (python3-structlog).
-            found = sorted(p for p in staging.glob(f"{package}_*.deb")
-                           if p.name.endswith(("_arm64.deb", "_all.deb")))
-            if len(found) != 1:
-                raise HarnessError(f"apt-get download did not produce one {package} arm64 .deb")
-            names[package] = found[0].name
+            if not any(name.startswith(f"{package}_") and name.endswith(("_arm64.deb", "_all.deb"))
+                       for name in found):
+                raise HarnessError(f"apt-get did not produce the {package} arm64 .deb")
         if debs.exists():
             shutil.rmtree(debs)
         staging.rename(debs)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    manifest.write_text(json.dumps({"packages": names}, indent=1) + "\n", encoding="utf-8")
-    return [debs / names[p] for p in PACKAGES]
+    manifest.write_text(json.dumps({"requested": list(packages.packages), "debs": found},
+                                   indent=1) + "\n", encoding="utf-8")
+    return [debs / name for name in found]
 
 
 def _tail(text: str, lines: int = 3) -> str:
@@ -393,11 +432,7 @@ def base_image(debs: Sequence[Path]) -> Path:
         return out
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         root = Path(tmp) / "root"
-        root.mkdir()
-        for deb in debs:
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-        for rel in PRUNE:
-            shutil.rmtree(root / rel, ignore_errors=True)
+        unpack_debs(debs, root, PRUNE)
         for dynload in (root / "usr/lib/python3.11/lib-dynload").glob("*test*"):
             dynload.unlink()
         check_elf_closure(root)
@@ -410,6 +445,20 @@ def base_image(debs: Sequence[Path]) -> Path:
             writer.trailer()
         os.replace(partial, out)
     return out
+
+
+def unpack_debs(debs: Iterable[Path], root: Path, prune: Iterable[str] = ()) -> None:
+    """Each .deb's files under ``root`` (``dpkg-deb -x``: no maintainer scripts run), then the
+    ``prune`` paths removed."""
+    root.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    for rel in prune:
+        target = root / rel
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
 
 
 def elf_needed(path: Path) -> list[str]:
@@ -550,13 +599,21 @@ def build_initramfs(dest: Path) -> Path:
 
 def kernel_image(version: str) -> Path:
     """shared/kernels/vmlinuz-<version>.xz, decompressed once into the cache."""
-    source = shared_dir() / "kernels" / f"vmlinuz-{version}.xz"
+    return kernel_file(shared_dir() / "kernels" / f"vmlinuz-{version}.xz", version)
+
+
+def kernel_file(source: Path, label: str) -> Path:
+    """A kernel image QEMU can boot: ``source`` itself, or when it is xz-compressed its
+    decompressed copy in the cache (made once)."""
     if not source.is_file():
         raise HarnessError(f"{source} does not exist")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    out = cache_dir() / f"vmlinuz-{version}-{digest}"
+    data = source.read_bytes()
+    if not data.startswith(b"\xfd7zXZ\0"):
+        return source
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    out = cache_dir() / f"vmlinuz-{label}-{digest}"
     if not out.is_file():
-        _write_atomic(out, lzma.decompress(source.read_bytes()))
+        _write_atomic(out, lzma.decompress(data))
     return out
 
 
