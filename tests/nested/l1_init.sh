@@ -58,7 +58,8 @@ X
 # syslog: where the hook and the watcher send their events (no journald here).
 syslogd -O /var/log/syslog -s 4000
 
-V="virsh -c qemu:///system"
+# -k 0: no keepalive (under emulation a busy daemon misses its pings and virsh gives up)
+V="virsh -k 0 -c qemu:///system"
 NS=https://psci-hook.org/xmlns/record/1
 HOOK=/etc/libvirt/hooks/qemu.d/50-psci-hook
 HOOK_AWAY=/root/50-psci-hook.away
