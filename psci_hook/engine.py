@@ -434,7 +434,10 @@ def decide(
     generation = generation or destination.generation
     if generation not in QEMU_GENERATIONS:
         raise ValueError(f"unknown QEMU generation {generation!r}")
-    features = guest.features if destination_features is None else destination_features
+    # A profile without migrated lists says nothing of the vCPU features its host offers: the
+    # guest's own are assumed (what the lists cannot show is LISTS_NOT_COMPARED, not missing).
+    features = guest.features if destination_features is None or not destination.cpreg_lists \
+        else destination_features
     findings: list[Finding] = _feature_findings(guest.features, features, destination)
     vls = destination.sve_lengths
     lacking = sorted(sve_lengths - set(vls)) if vls is not None else []

@@ -135,8 +135,16 @@ class Watch:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
             )
-        # Connected, and its first reconcile done (what it reports to systemd as ready).
-        self.wait_event(lambda e: e["action"] == "reconciled", 30, "the watcher's first pass")
+        # Connected, and its first reconcile over (what it reports to systemd as ready): done, or
+        # failed as a whole (no usable host profile); a watcher left running would record the
+        # guests of every later test, so it is stopped when it never gets there.
+        try:
+            self.wait_event(lambda e: e["action"] == "reconciled" or (
+                e["action"] == "failed" and e["trigger"] == "reconcile" and not e["domain"]),
+                30, "the watcher's first pass")
+        except AssertionError:
+            self.stop()
+            raise
 
     def events(self) -> list[dict[str, Any]]:
         out = []

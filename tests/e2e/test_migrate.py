@@ -162,7 +162,11 @@ def test_incompatible_host_vetoes(
 
     reason = assert_migration_vetoed(hosts, res, "a", "b", guest_name, code, qemu)
     assert reason.startswith(reason_start), reason
-    assert reason.endswith(f"({REFUSE_LATE})"), reason
+    consequence, _, remedy = reason.partition("; remedy: ")
+    assert consequence.endswith(f"({REFUSE_LATE})"), reason
+    # A guest blocked by its PSCI version alone is told how to become movable (kvm-psci-version).
+    assert (remedy.startswith("cold-boot the guest with kvm-psci-version=1.1 ")
+            if code == "PSCI_UNSUPPORTED" else remedy == ""), reason
     record = record_of(hosts.dumpxml("a", guest_name))
     assert record is not None and record.history == []  # the source's record is untouched
     summary = audit(hosts, "b", guest_name, 1)
