@@ -31,7 +31,7 @@ from psci_hook.commands.install import HOOK
 from psci_hook.doctor import Check
 from psci_hook.environment import Environment
 from psci_hook.errors import first_line
-from psci_hook.policy import Policy, PolicyError, load_policy
+from psci_hook.policy import Policy, read_policy
 from psci_hook.profile import (
     ProfileError,
     load_profile,
@@ -515,12 +515,11 @@ def diagnose(env: Environment, uri: str | None, log_files: Sequence[Path],
     checks += [c for c in (interp, order) if c is not None]
 
     config_path = env.config_path
-    try:
-        policy: Policy | None = load_policy(config_path)
-        policy_error = ""
-    except PolicyError as exc:
-        policy, policy_error = None, str(exc)
-    effective = policy or Policy()
+    # The hook decides with what it could read of a broken file, so that is what doctor shows.
+    reading = read_policy(config_path)
+    policy: Policy | None = None if reading.problems else reading.policy
+    policy_error = "; ".join(reading.messages)
+    effective = reading.policy
 
     lines, read_from, read_error = log_lines(system, log_files)
     decisions = list(events_from_lines(lines, EVENT))

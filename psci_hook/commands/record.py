@@ -27,7 +27,7 @@ from psci_hook.libvirt_client import (
     LibvirtUnavailable,
     process_start,
 )
-from psci_hook.policy import Policy, PolicyError, load_policy
+from psci_hook.policy import Policy, read_policy
 from psci_hook.qemuproc import running_qemu_argv
 from psci_hook.recorder import (
     ACTIONS,
@@ -86,10 +86,12 @@ class Context:
 def load_context(env: Environment) -> Context:
     """The policy, this host's profile (as the hook finds it: [host] profile, else the
     boot-time cache) and identity (hostname; UUID from the cached capabilities)."""
-    try:
-        policy = load_policy(env.config_path)
-    except PolicyError as exc:
-        raise ContextError(str(exc), ExitStatus.BAD_INPUT) from None
+    # Read as the hook reads it: a mistake in the file must not stop guests from being
+    # recorded (the hook would then see no records); each problem is said once per run.
+    reading = read_policy(env.config_path)
+    for message in reading.messages:
+        env.error(f"{message} (`psci-hook config --check` lists every problem)")
+    policy = reading.policy
     try:
         profile = hook_mod.load_host_profile(policy, env)
     except Exception as exc:  # missing, stale, corrupt, unreadable, not probeable

@@ -59,7 +59,7 @@ from psci_hook.libvirt_client import (
     Lifecycle,
     load,
 )
-from psci_hook.policy import PolicyError, load_policy
+from psci_hook.policy import read_policy
 from psci_hook.recorder import (
     BOOTED,
     FROM_SNAPSHOT,
@@ -117,10 +117,7 @@ class Watcher:
     # -- logging ---------------------------------------------------------------------------
 
     def service_event(self, action: str, reason: str, **fields: Any) -> None:
-        try:
-            sink = sink_for(load_policy(self.env.config_path))
-        except PolicyError:
-            sink = auditlog.Sink()
+        sink = sink_for(read_policy(self.env.config_path).policy)
         auditlog.emit_record(sink, action=action, trigger="service", domain="",
                              reason=reason, uri=self.uri or "", **fields,
                              version=__version__)

@@ -287,3 +287,23 @@ def test_a_bug_in_one_domain_is_that_domains_failure_not_the_services_end(
     monkeypatch.setattr(watch_mod, "record_domain", gone)
     with pytest.raises(libvirt_client.LibvirtUnavailable):
         watcher._record(None, None, "booted", None, "vm9")  # type: ignore[arg-type]
+
+
+def test_a_configuration_mistake_does_not_stop_recording(conn: Any, tmp_path: Path) -> None:
+    """record reads the configuration as the hook does: the settings it could read, defaults
+    for the rest, each problem said on stderr. Refusing to run would leave guests without
+    records, which the hook then allows unchecked under the default policy."""
+    config = tmp_path / "psci-hook.conf"
+    config.write_text(f"[hook]\ndomain_types = test\nunrecoreded = veto\n[host]\nprofile = "
+                      f"{bundled_profiles()['6.1__a76']}\n[log]\ntarget = none\n")
+    dom = conn.defineXML(domain_xml("rec-typo"))
+    dom.create()
+    env = Environment.for_test(["psci-hook", "record", "rec-typo", "--uri", URI],
+                               run_dir=tmp_path / "run",
+                               environ={"PSCI_HOOK_CONFIG": str(config)})
+    status, out, err = run(env)
+    assert status == ExitStatus.OK
+    assert out.startswith("rec-typo: recorded: ")
+    assert err.count("\n") == 1 and "unrecoreded" in err and "config --check" in err
+    record = record_of(dom)
+    assert record is not None and record.state.registers == profile("6.1__a76").registers
