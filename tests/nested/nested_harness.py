@@ -22,7 +22,8 @@ Environment:
   PSCI_HOOK_CACHE_DIR             the cache directory (see above)
   PSCI_HOOK_NESTED_APT_SOURCES    an apt sources file to use instead of the machine's
   PSCI_HOOK_NESTED_REFRESH=1      download the packages again
-  PSCI_HOOK_NESTED_BOOT_TIMEOUT   seconds one boot may take (default 240)
+  PSCI_HOOK_NESTED_BOOT_TIMEOUT   seconds one boot may take (default 480: a boot takes 90-120 s on 2
+                                  idle cores, twice that when another emulator shares them)
 """
 
 from __future__ import annotations
@@ -706,7 +707,7 @@ def parse_console(text: str, result: BootResult) -> None:
 
 def boot(kernel: str, cpu: str, initramfs: Path, timeout: float | None = None) -> BootResult:
     if timeout is None:
-        timeout = float(os.environ.get("PSCI_HOOK_NESTED_BOOT_TIMEOUT", "240"))
+        timeout = float(os.environ.get("PSCI_HOOK_NESTED_BOOT_TIMEOUT", "480"))
     command = [
         qemu_binary(),
         "-M", "virt,virtualization=on,gic-version=3",
