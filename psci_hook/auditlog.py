@@ -11,9 +11,11 @@ Logging must never fail or hang the hook: sockets are non-blocking and every err
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +164,86 @@ def emit_record(sink: Sink, **event: Any) -> bool:
     return _emit(sink, RECORD_EVENT, event, action, fields,
                  priority=RECORD_PRIORITIES.get(action, 6),
                  message_id=RECORD_MESSAGE_IDS.get(action, RECORD_MESSAGE_IDS["service"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the events back (`psci-hook audit`, `psci-hook doctor`)
+# ---------------------------------------------------------------------------------------------
+
+# Where rsyslog (Debian: /var/log/syslog) or other syslog daemons (/var/log/messages) put
+# daemon-facility messages, and logrotate's names for the older ones (.1, .2.gz, ...).
+SYSLOG_FILES = (Path("/var/log/syslog"), Path("/var/log/messages"))
+
+
+def _event_from_text(text: str, name: str = EVENT) -> dict[str, Any] | None:
+    """An event called ``name`` (default: a decision) in a syslog line ("... psci-hook: {json}")
+    or a journal MESSAGE."""
+    start = text.find("{")
+    if start < 0:
+        return None
+    try:
+        event = json.loads(text[start:])
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and event.get("event") == name else None
+
+
+def events_from_lines(lines: Iterable[str], name: str = EVENT) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):  # journalctl -o json: one entry per line
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            message = entry.get("MESSAGE") if isinstance(entry, dict) else None
+            if isinstance(message, list):  # journald's form for non-UTF-8 messages
+                message = bytes(message).decode("utf-8", "replace")
+            if isinstance(message, str) and entry.get("SYSLOG_IDENTIFIER") == IDENTIFIER:
+                event = _event_from_text(message, name)
+                if event is not None:
+                    yield event
+            continue
+        if f"{IDENTIFIER}:" in line or f"{IDENTIFIER}[" in line:
+            event = _event_from_text(line[line.find(IDENTIFIER):], name)
+            if event is not None:
+                yield event
+
+
+def read_journal() -> list[str]:
+    import subprocess  # here: the hook only writes events
+
+    result = subprocess.run(
+        ["journalctl", "-t", IDENTIFIER, "-o", "json", "--no-pager"],
+        capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        raise OSError(result.stderr.strip().splitlines()[0] if result.stderr.strip()
+                      else f"journalctl exited {result.returncode}")
+    return result.stdout.splitlines()
+
+
+def read_file(path: Path) -> list[str]:
+    """A log file's lines; gzip-compressed ones (logrotate's .gz) decompressed."""
+    import gzip  # here: the hook only writes events
+
+    with path.open("rb") as handle:
+        compressed = handle.read(2) == b"\x1f\x8b"
+    if compressed:
+        with gzip.open(path, "rb") as handle:
+            data = handle.read()
+    else:
+        data = path.read_bytes()
+    return data.decode("utf-8", "replace").splitlines()
+
+
+def rotations(path: Path) -> list[Path]:
+    """``path`` and its rotated copies (path.1, path.2.gz, ...), oldest first."""
+    def age(candidate: Path) -> int:
+        match = re.fullmatch(re.escape(path.name) + r"\.(\d+)(\.gz)?", candidate.name)
+        return int(match.group(1)) if match else -1
+
+    older = [p for p in path.parent.glob(path.name + ".*") if age(p) >= 0]
+    found = sorted(older, key=age, reverse=True)
+    return [*found, path] if path.exists() else found

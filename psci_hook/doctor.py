@@ -16,7 +16,6 @@ the daemon already knew of another qemu hook when it started or last reloaded.
 
 from __future__ import annotations
 
-import calendar
 import enum
 import json
 import time
@@ -24,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from psci_hook.policy import Policy
+from psci_hook.record import time_epoch, time_text
 
 # systemd's own journal messages for a unit's reload job (src/systemd/sd-messages.h:
 # SD_MESSAGE_UNIT_RELOADING, SD_MESSAGE_UNIT_RELOADED).
@@ -65,7 +65,7 @@ def utc(epoch: float | None, precise: bool = False) -> str:
     if epoch is None:
         return "?"
     if not precise:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+        return time_text(epoch)
     hundredths = int(epoch % 1 * 100)  # truncated, as the seconds are
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{hundredths:02d}Z"
 
@@ -455,7 +455,7 @@ def record_problem(guest: Guest) -> str:
                 f"{guest.origin_time}): it came with a migration the hook did not annotate, or "
                 "survived a cold boot")
     if guest.origin_event == "booted" and guest.qemu_started is not None:
-        recorded = _epoch(guest.origin_time)
+        recorded = time_epoch(guest.origin_time)
         # The record of a boot is written after the QEMU process started (one-second times).
         if recorded is not None and recorded + 1 < guest.qemu_started:
             return (f"its record is from an earlier boot ({guest.origin_time}; this QEMU "
@@ -463,11 +463,6 @@ def record_problem(guest: Guest) -> str:
     return ""
 
 
-def _epoch(text: str) -> float | None:
-    try:
-        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
-    except (ValueError, OverflowError):
-        return None
 
 
 def check_guests(guests: Sequence[Guest] | None, skipped: int, error: str,

@@ -13,12 +13,14 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Callable, TextIO
 
 DEFAULT_CONFIG_PATH = Path("/etc/psci-hook/psci-hook.conf")
 DEFAULT_RUN_DIR = Path("/run/psci-hook")
 CONFIG_ENV_VAR = "PSCI_HOOK_CONFIG"
+# Where libvirt runs the hook from (`psci-hook install` writes it, `doctor` checks it).
+HOOK = PurePosixPath("/etc/libvirt/hooks/qemu.d/50-psci-hook")
 
 
 @dataclasses.dataclass

@@ -17,8 +17,6 @@ import dataclasses
 import os
 import re
 import signal
-import socket
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -38,7 +36,7 @@ from psci_hook.engine import Decision, Finding, decide, significant_codes
 from psci_hook.environment import Environment
 from psci_hook.errors import first_line, with_type
 from psci_hook.policy import Policy, PolicyReading, read_policy
-from psci_hook.profile import HostProfile, feature_key, load_profile
+from psci_hook.profile import feature_key
 from psci_hook.record import (
     PERSISTENT_COPY,
     UNVERIFIED,
@@ -53,6 +51,7 @@ from psci_hook.record import (
 from psci_hook.report import guest_summary, psci_remedy, veto_reason
 from psci_hook.splice import SpliceError, splice_record
 from psci_hook.status import ExitStatus
+from psci_hook.thishost import host_identity, host_profile, utc_now
 
 ACTED_ON = {("migrate", "begin"), ("restore", "begin")}
 
@@ -86,11 +85,6 @@ class Outcome:
         self.engine: Decision | None = None
 
 
-def utc_now(env: Environment) -> str:
-    """The time for records and history entries (UTC, to the second)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(env.clock()))
-
-
 def _error_outcome(policy: Policy, code: str, detail: str, domain: str) -> Outcome:
     """An internal error, a timeout or an unusable input: the policy's on_error decides."""
     fail_closed = policy.on_error == "veto"
@@ -100,43 +94,6 @@ def _error_outcome(policy: Policy, code: str, detail: str, domain: str) -> Outco
         "migration allowed unchecked (on_error = allow)"
     message = f"psci-hook: ERROR {code} domain {domain or '?'}: {detail}; {consequence}"
     return Outcome(status if fail_closed else ExitStatus.OK, "error", [code], message)
-
-
-def load_host_profile(policy: Policy, env: Environment) -> HostProfile:
-    """This host's profile: the policy's file, else the boot-time cache (probing if stale);
-    with the QEMU version and generation `psci-hook refresh` cached when the profile does not
-    state them."""
-    if policy.host_profile is not None:
-        profile = load_profile(policy.host_profile)
-    else:
-        from psci_hook.cache import load_host_profile as load_cached
-
-        profile = load_cached(env.run_dir, probe_inline=True)
-    if profile.qemu_version is None and profile.qemu_generation is None:
-        from psci_hook.profile import read_qemu_version
-
-        version = read_qemu_version(env.run_dir)
-        if version is not None:
-            profile = dataclasses.replace(profile, qemu_version=version)
-    if profile.qemu_generation is None:  # what the QEMU build says beats its version number
-        from psci_hook.cache import read_qemu_generation
-
-        generation = read_qemu_generation(env.run_dir)
-        if generation is not None:
-            profile = dataclasses.replace(profile, qemu_generation=generation)
-    return profile
-
-
-def host_identity(env: Environment, profile: HostProfile) -> dict[str, str]:
-    """This host's name, kernel and, from the cached capabilities, uuid and CPU."""
-    identity = {"hostname": socket.gethostname(), "kernel": profile.kernel_release}
-    try:
-        from psci_hook.hostinfo import capabilities_identity
-
-        identity.update(capabilities_identity(env.run_dir / "capabilities.xml"))
-    except Exception:  # the capabilities cache is optional; its absence is not an error
-        pass
-    return identity
 
 
 def _apply_override(record: GuestRecord, decision: Decision, policy: Policy
@@ -179,7 +136,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
                              [Finding("RECORD_INVALID", "invalid",
                                       f"the psci-hook record is invalid: {exc}")], base)
     try:
-        profile = load_host_profile(policy, env)
+        profile = host_profile(policy, env)
     except Exception as exc:  # missing, stale, corrupt, unreadable, not probeable
         outcome = _error_outcome(policy, "PROFILE_UNAVAILABLE", first_line(exc),
                                  domain.name)

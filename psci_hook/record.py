@@ -42,9 +42,11 @@ vouched-for register state".
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import importlib
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, NamedTuple, cast
 
@@ -68,6 +70,7 @@ STATUSES = (PERSISTENT_COPY, UNVERIFIED)
 MAX_LIST = 4096  # far above any real kernel's migrated list (~370)
 MAX_TEXT = 256
 U64_MAX = (1 << 64) - 1
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # UTC to the second: every time in a record
 _TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")  # a catalogue name (not a hex id)
 _Q = "{" + NAMESPACE + "}"
@@ -233,6 +236,19 @@ def _one(elem: Any, name: str, required: bool = True) -> Any:
             raise RecordError(f"the record has no <{name}>")
         return None
     return found[0]
+
+
+def time_text(epoch: float) -> str:
+    """``epoch`` in the record's time format."""
+    return time.strftime(TIME_FORMAT, time.gmtime(epoch))
+
+
+def time_epoch(text: str) -> float | None:
+    """The epoch of a time in the record's format; None if it is not one."""
+    try:
+        return float(calendar.timegm(time.strptime(text, TIME_FORMAT)))
+    except (ValueError, OverflowError):
+        return None
 
 
 def _time(text: str, what: str) -> str:

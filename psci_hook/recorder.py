@@ -35,9 +35,7 @@ The rules (docs/design.md#state-after-a-migration):
 
 from __future__ import annotations
 
-import calendar
 import dataclasses
-import time
 from collections.abc import Sequence
 
 from psci_hook.domainxml import (
@@ -59,6 +57,8 @@ from psci_hook.record import (
     RecordError,
     read_record,
     record_xml,
+    time_epoch,
+    time_text,
 )
 from psci_hook.report import guest_summary
 
@@ -328,7 +328,7 @@ def how_started(started: Started, record: GuestRecord | None, host: ThisHost) ->
         return started.reason
     if record is None or not record.vouched or not host.wrote(record.origin):
         return ""
-    begun, written = started.process_start, _epoch(record.origin.time)
+    begun, written = started.process_start, time_epoch(record.origin.time)
     if begun is None or written is None:
         return ""
     if record.origin.event == "booted" and written >= begun - CLOCK_SLACK:
@@ -339,19 +339,12 @@ def how_started(started: Started, record: GuestRecord | None, host: ThisHost) ->
     return ""
 
 
-def _epoch(text: str) -> float | None:
-    try:
-        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
-    except ValueError:
-        return None
-
-
 def _facts(started: Started) -> str:
     reason = f"libvirt's state reason: {started.reason}" if started.reason else \
         "no state reason from libvirt"
     if started.process_start is None:
         return reason + ", QEMU process start unknown"
-    begun = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started.process_start))
+    begun = time_text(started.process_start)
     return f"{reason}, QEMU process started {begun}"
 
 

@@ -20,6 +20,7 @@ from psci_hook.cli import main
 from psci_hook.commands import doctor as cmd
 from psci_hook.environment import Environment
 from psci_hook.policy import Policy
+from psci_hook.record import time_epoch
 
 HOOK = "/etc/libvirt/hooks/qemu.d/50-psci-hook"
 PROBE = "/etc/libvirt/hooks/qemu.d/10-other"
@@ -235,10 +236,10 @@ def test_guests() -> None:
     policy = Policy()
     unrecorded = d.Guest("vm1", False)
     stale = d.Guest("vm2", True, "", "booted", "h", "2026-12-01T00:00:00Z", True,
-                    qemu_started=d._epoch("2026-12-01T01:00:00Z"))
+                    qemu_started=time_epoch("2026-12-01T01:00:00Z"))
     elsewhere = d.Guest("vm3", True, "", "booted", "other", "2026-12-01T00:00:00Z", False)
     current = d.Guest("vm4", True, "", "booted", "h", "2026-12-01T01:00:01Z", True,
-                      qemu_started=d._epoch("2026-12-01T01:00:00Z"))
+                      qemu_started=time_epoch("2026-12-01T01:00:00Z"))
     checks = d.check_guests([unrecorded, stale, elsewhere, current], 2, "", policy)
     assert statuses(checks) == [("guests", "ok"), ("guest vm1", "FAIL"), ("guest vm2", "warn"),
                                 ("guest vm3", "warn")]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from psci_hook.commands.refresh import TOLERANCE_TRACE_EVENTS, build_generation
+from psci_hook.libvirt_cache import TOLERANCE_TRACE_EVENTS, build_generation
 
 QEMU = shutil.which("qemu-system-aarch64")
 

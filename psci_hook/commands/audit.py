@@ -14,18 +14,14 @@ import gzip
 import json
 import re
 import subprocess
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from psci_hook.auditlog import EVENT, IDENTIFIER
+from psci_hook.auditlog import SYSLOG_FILES, events_from_lines, read_file, read_journal, rotations
 from psci_hook.environment import Environment
 from psci_hook.policy import read_policy
 from psci_hook.status import ExitStatus
 
-# Where rsyslog (Debian: /var/log/syslog) or other syslog daemons (/var/log/messages) put
-# daemon-facility messages, and logrotate's names for the older ones (.1, .2.gz, ...).
-SYSLOG_FILES = (Path("/var/log/syslog"), Path("/var/log/messages"))
 # `--since -2h`: the value starts with "-" (psci_hook.cli joins them).
 DASH_VALUE_OPTIONS = ("--since", "--until")
 TIME_FORMS = ("2026-12-05, '2026-12-05 20:00', 2026-12-05T20:00+01:00, '20:00 UTC', -2h, "
@@ -48,76 +44,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latest", type=int, default=10, metavar="N",
                         help="how many of the latest vetoes to list (default 10)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def _event_from_text(text: str, name: str = EVENT) -> dict[str, Any] | None:
-    """An event called ``name`` (default: a decision) in a syslog line ("... psci-hook: {json}")
-    or a journal MESSAGE."""
-    start = text.find("{")
-    if start < 0:
-        return None
-    try:
-        event = json.loads(text[start:])
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) and event.get("event") == name else None
-
-
-def events_from_lines(lines: Iterable[str], name: str = EVENT) -> Iterator[dict[str, Any]]:
-    for line in lines:
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("{"):  # journalctl -o json: one entry per line
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            message = entry.get("MESSAGE") if isinstance(entry, dict) else None
-            if isinstance(message, list):  # journald's form for non-UTF-8 messages
-                message = bytes(message).decode("utf-8", "replace")
-            if isinstance(message, str) and entry.get("SYSLOG_IDENTIFIER") == IDENTIFIER:
-                event = _event_from_text(message, name)
-                if event is not None:
-                    yield event
-            continue
-        if f"{IDENTIFIER}:" in line or f"{IDENTIFIER}[" in line:
-            event = _event_from_text(line[line.find(IDENTIFIER):], name)
-            if event is not None:
-                yield event
-
-
-def read_journal() -> list[str]:
-    result = subprocess.run(
-        ["journalctl", "-t", IDENTIFIER, "-o", "json", "--no-pager"],
-        capture_output=True, text=True, timeout=60, check=False)
-    if result.returncode != 0:
-        raise OSError(result.stderr.strip().splitlines()[0] if result.stderr.strip()
-                      else f"journalctl exited {result.returncode}")
-    return result.stdout.splitlines()
-
-
-def read_file(path: Path) -> list[str]:
-    """A log file's lines; gzip-compressed ones (logrotate's .gz) decompressed."""
-    with path.open("rb") as handle:
-        compressed = handle.read(2) == b"\x1f\x8b"
-    if compressed:
-        with gzip.open(path, "rb") as handle:
-            data = handle.read()
-    else:
-        data = path.read_bytes()
-    return data.decode("utf-8", "replace").splitlines()
-
-
-def rotations(path: Path) -> list[Path]:
-    """``path`` and its rotated copies (path.1, path.2.gz, ...), oldest first."""
-    def age(candidate: Path) -> int:
-        match = re.fullmatch(re.escape(path.name) + r"\.(\d+)(\.gz)?", candidate.name)
-        return int(match.group(1)) if match else -1
-
-    older = [p for p in path.parent.glob(path.name + ".*") if age(p) >= 0]
-    found = sorted(older, key=age, reverse=True)
-    return [*found, path] if path.exists() else found
 
 
 def default_sources(env: Environment) -> tuple[str, list[Path]]:

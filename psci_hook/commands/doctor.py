@@ -25,11 +25,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from psci_hook import __version__, cache, doctor
-from psci_hook.auditlog import EVENT, RECORD_EVENT
-from psci_hook.commands.audit import events_from_lines, read_journal
-from psci_hook.commands.install import HOOK
+from psci_hook.auditlog import EVENT, RECORD_EVENT, events_from_lines, read_journal
 from psci_hook.doctor import Check
-from psci_hook.environment import Environment
+from psci_hook.environment import HOOK, Environment
 from psci_hook.errors import first_line
 from psci_hook.policy import Policy, read_policy
 from psci_hook.profile import (

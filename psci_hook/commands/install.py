@@ -38,7 +38,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-from psci_hook.environment import Environment
+from psci_hook.environment import HOOK, Environment
 from psci_hook.status import ExitStatus
 
 HELP = (
@@ -46,7 +46,6 @@ HELP = (
     "Python installation, for hosts without a psci-hook package"
 )
 
-HOOK = PurePosixPath("/etc/libvirt/hooks/qemu.d/50-psci-hook")
 CONFIG = PurePosixPath("/etc/psci-hook/psci-hook.conf")
 UNIT_DIR = PurePosixPath("/etc/systemd/system")
 UNITS = ("psci-hook-probe.service", "psci-hook-refresh.service", "psci-hook-watch.service")

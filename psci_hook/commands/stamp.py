@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import socket
-import time
 from pathlib import Path
 
 from psci_hook.cache import write_atomic
@@ -21,6 +20,7 @@ from psci_hook.profile import FEATURE_ORDER, FeatureSet, ProfileError, load_prof
 from psci_hook.record import GuestRecord, Origin, RecordError, read_record, record_xml
 from psci_hook.splice import SpliceError, splice_record
 from psci_hook.status import ExitStatus
+from psci_hook.thishost import utc_now
 
 HELP = ("print DOMAIN-XML with a psci-hook record of the guest state in GUEST-PROFILE "
         "(as if the guest had booted on that host)")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         except RecordError:
             old = None  # stamping replaces a broken record
         host = args.host or str(profile.extra.get("hostname") or socket.gethostname())
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(env.clock()))
+        now = utc_now(env)
         record = GuestRecord(state, Origin("stamped", host, profile.kernel_release, now),
                              history=old.history if old else (),
                              override=old.override if old else None)

@@ -35,17 +35,9 @@ from types import FrameType
 from typing import Any, Union
 
 from psci_hook import __version__, auditlog
-from psci_hook.commands.record import (
-    Context,
-    ContextError,
-    load_context,
-    log_plan,
-    record_domain,
-    sink_for,
-)
-from psci_hook.commands.refresh import refresh_cache
 from psci_hook.environment import Environment
 from psci_hook.errors import with_type
+from psci_hook.libvirt_cache import refresh as refresh_cache
 from psci_hook.libvirt_client import (
     DEFINED,
     RESUMED,
@@ -69,6 +61,14 @@ from psci_hook.recorder import (
     SKIPPED,
     Plan,
     plan_failed,
+)
+from psci_hook.recording import (
+    Context,
+    ContextError,
+    load_context,
+    log_plan,
+    record_domain,
+    sink_for,
 )
 from psci_hook.status import ExitStatus
 

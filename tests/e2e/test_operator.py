@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from psci_hook.commands.audit import events_from_lines
+from psci_hook.auditlog import events_from_lines
 
 from .harness import TwoHosts
 from .product import configure, profile, psci_hook_command, record_of

@@ -44,9 +44,11 @@ def test_only_libvirt_client_imports_libvirt() -> None:
 
 def test_the_hooks_modules_do_not_import_the_libvirt_side() -> None:
     """The modules the hook imports never import libvirt_client or the libvirt commands."""
-    libvirt_side = {"psci_hook.libvirt_client", "psci_hook.commands.record",
-                    "psci_hook.commands.watch", "psci_hook.commands.refresh"}
-    for module in ("hook.py", "record.py", "engine.py", "auditlog.py", "cache.py"):
+    libvirt_side = {"psci_hook.libvirt_client", "psci_hook.libvirt_cache", "psci_hook.recording",
+                    "psci_hook.commands.record", "psci_hook.commands.watch",
+                    "psci_hook.commands.refresh"}
+    for module in ("hook.py", "record.py", "engine.py", "auditlog.py", "cache.py",
+                   "thishost.py"):
         assert not imported_modules(PACKAGE / module) & libvirt_side, module
 
 

@@ -250,7 +250,7 @@ def test_incoming_migrations_are_acted_on_when_they_end(env_for: Any) -> None:
 def test_the_qemu_version_falls_back_to_the_aarch64_emulator(tmp_path: Path) -> None:
     """libvirt asks the host architecture's emulator; on an x86 machine running aarch64 guests
     under TCG there is none, and the aarch64 emulator of the capabilities is asked instead."""
-    from psci_hook.commands.refresh import aarch64_emulator, emulator_version
+    from psci_hook.libvirt_cache import aarch64_emulator, emulator_version
 
     fake = tmp_path / "qemu-system-aarch64"
     fake.write_text("#!/bin/sh\necho 'QEMU emulator version 9.2.4 (Debian 1:9.2.4+ds-1)'\n")
