@@ -17,7 +17,7 @@ import socket
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -26,30 +26,48 @@ JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 SYSLOG_SOCKET = Path("/dev/log")
 EVENT = "psci-hook.decision"
 
-# journalctl MESSAGE_ID=<id>: one stable 128-bit id per kind of decision.
-MESSAGE_IDS = {
-    "allow": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e01",
-    "veto": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e02",
-    "warn": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e03",  # would have vetoed, policy mode = warn
-    "error": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e04",
-}
-# `psci-hook record` and `watch`: one event per action, journalctl MESSAGE_ID=<id> per action.
+# `psci-hook record` and `watch`: one event per action (psci_hook.recorder.RecordAction) and
+# the watcher's service events (connected, disconnected, stopped ...).
 RECORD_EVENT = "psci-hook.record"
-RECORD_MESSAGE_IDS = {
-    "recorded": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e11",
-    "replaced": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e12",
-    "updated": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e13",
-    "synced": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e14",
-    "unchanged": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e15",
-    "skipped": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e16",
-    "failed": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e17",
-    "service": "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e18",  # watch: connected, disconnected, stopped
-}
-RECORD_PRIORITIES = {"failed": 3, "disconnected": 4, "connect-failed": 4, "refresh-failed": 4,
-                     "skipped": 5, "unchanged": 7}
-# syslog severities: veto and error are warnings/errors an operator should see.
-PRIORITIES = {"allow": 6, "warn": 4, "veto": 4, "error": 3}
 FACILITY_DAEMON = 3
+INFO = 6  # the syslog priority of a kind the table does not name
+
+
+class EventKind(NamedTuple):
+    message_id: str  # journalctl MESSAGE_ID=<id>: stable, one 128-bit id per kind
+    priority: int  # syslog severity: what an operator should see is a warning or an error
+
+
+_SERVICE = "6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e18"
+# Every kind of event, by (event, kind): a decision's HookVerdict or a record event's action.
+EVENT_KINDS: dict[tuple[str, str], EventKind] = {
+    (EVENT, "allow"): EventKind("6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e01", 6),
+    (EVENT, "veto"): EventKind("6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e02", 4),
+    (EVENT, "warn"): EventKind("6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e03", 4),  # policy mode = warn
+    (EVENT, "error"): EventKind("6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e04", 3),
+    (RECORD_EVENT, "recorded"): EventKind("6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e11", 6),
+    (RECORD_EVENT, "replaced"): EventKind("6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e12", 6),
+    (RECORD_EVENT, "updated"): EventKind("6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e13", 6),
+    (RECORD_EVENT, "synced"): EventKind("6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e14", 6),
+    (RECORD_EVENT, "unchanged"): EventKind("6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e15", 7),
+    (RECORD_EVENT, "skipped"): EventKind("6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e16", 5),
+    (RECORD_EVENT, "failed"): EventKind("6a0f1b5e3d2c4b7a9e8f0a1b2c3d4e17", 3),
+    (RECORD_EVENT, "service"): EventKind(_SERVICE, INFO),
+    (RECORD_EVENT, "disconnected"): EventKind(_SERVICE, 4),
+    (RECORD_EVENT, "connect-failed"): EventKind(_SERVICE, 4),
+    (RECORD_EVENT, "refresh-failed"): EventKind(_SERVICE, 4),
+}
+
+
+def event_kind(event: str, kind: str) -> EventKind:
+    """The table's entry; a kind it does not name is informational, with the id of a decision
+    error or of a service event."""
+    known = EVENT_KINDS.get((event, kind))
+    if known is not None:
+        return known
+    fallback = EVENT_KINDS[(EVENT, "error")] if event == EVENT else \
+        EVENT_KINDS[(RECORD_EVENT, "service")]
+    return EventKind(fallback.message_id, INFO)
 
 
 def _journal_field(key: str, value: str) -> bytes:
@@ -85,9 +103,9 @@ class Sink:
              priority: int | None = None, message_id: str | None = None) -> bool:
         """Send one rendered event; ``priority`` and ``message_id`` default to the decision's."""
         if priority is None:
-            priority = PRIORITIES.get(decision, 6)
+            priority = event_kind(EVENT, decision).priority
         if message_id is None:
-            message_id = MESSAGE_IDS.get(decision, MESSAGE_IDS["error"])
+            message_id = event_kind(EVENT, decision).message_id
         if self.journal is not None and self.journal.exists():
             payload = b"".join(
                 [_journal_field("MESSAGE", message),
@@ -146,8 +164,8 @@ def emit_decision(sink: Sink, **event: Any) -> bool:
         "PSCI_CODES": " ".join(event.get("codes", [])),
     }
     # An allow decided on a configuration with mistakes is a warning: someone should fix it.
-    priority = PRIORITIES["warn"] if event.get("config_problems") and decision == "allow" \
-        else None
+    priority = event_kind(EVENT, "warn").priority \
+        if event.get("config_problems") and decision == "allow" else None
     return _emit(sink, EVENT, event, decision, fields, priority=priority)
 
 
@@ -161,9 +179,9 @@ def emit_record(sink: Sink, **event: Any) -> bool:
         "PSCI_TRIGGER": str(event.get("trigger", "")),
         "PSCI_CODES": " ".join(event.get("codes", [])),
     }
-    return _emit(sink, RECORD_EVENT, event, action, fields,
-                 priority=RECORD_PRIORITIES.get(action, 6),
-                 message_id=RECORD_MESSAGE_IDS.get(action, RECORD_MESSAGE_IDS["service"]))
+    kind = event_kind(RECORD_EVENT, action)
+    return _emit(sink, RECORD_EVENT, event, action, fields, priority=kind.priority,
+                 message_id=kind.message_id)
 
 
 # ---------------------------------------------------------------------------------------------

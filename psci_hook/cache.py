@@ -21,6 +21,7 @@ from psci_hook import kvm as kvm_mod
 from psci_hook import probe as probe_mod
 from psci_hook.profile import HostProfile, ProfileError, loads_profile
 from psci_hook.status import ExitStatus
+from psci_hook.vocab import QemuGeneration
 
 HOST_PROFILE_NAME = "host.json"
 # `psci-hook refresh` writes the QEMU generation it read from the QEMU build itself here:
@@ -202,4 +203,4 @@ def read_qemu_generation(run_dir: Path) -> str | None:
         word = (run_dir / QEMU_GENERATION_FILE).read_text(encoding="utf-8").split(maxsplit=1)
     except (OSError, UnicodeDecodeError):
         return None
-    return word[0] if word and word[0] in ("legacy", "tolerant") else None
+    return word[0] if word and word[0] in tuple(QemuGeneration) else None

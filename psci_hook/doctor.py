@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from psci_hook.policy import Policy
-from psci_hook.record import time_epoch, time_text
+from psci_hook.record import OriginEvent, time_epoch, time_text
 
 # systemd's own journal messages for a unit's reload job (src/systemd/sd-messages.h:
 # SD_MESSAGE_UNIT_RELOADING, SD_MESSAGE_UNIT_RELOADED).
@@ -454,7 +454,7 @@ def record_problem(guest: Guest) -> str:
         return (f"its record is from {guest.origin_host} ({guest.origin_event} at "
                 f"{guest.origin_time}): it came with a migration the hook did not annotate, or "
                 "survived a cold boot")
-    if guest.origin_event == "booted" and guest.qemu_started is not None:
+    if guest.origin_event == OriginEvent.BOOTED and guest.qemu_started is not None:
         recorded = time_epoch(guest.origin_time)
         # The record of a boot is written after the QEMU process started (one-second times).
         if recorded is not None and recorded + 1 < guest.qemu_started:

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from psci_hook import registers as regs
 from psci_hook.codes import Severity, severity
 from psci_hook.profile import FeatureSet, HostProfile, IdValues, feature_key
+from psci_hook.vocab import QemuGeneration, StrEnum
 
 # docs/design.md#tolerant-qemu: QEMU with the tolerance series enlarges the incoming array by the
 # number of registered tolerances plus MAX_CPREG_VMSTATE_ANOMALIES = 10 (cpu_pre_load).
@@ -31,19 +32,25 @@ TOLERANCE_COUNT = len(TOLERATED_NOT_ON_BOTH_ENDS) + len(TOLERATED_IF_ZERO)
 WRITABLE_ID_REGS_SINCE = (6, 7)  # before 6.7 an ID register must equal the host's value
 WA2_SIMPLIFIED_SINCE = (5, 10)  # 29e8910a566a: WA2 narrowed to NOT_AVAIL / NOT_REQUIRED
 
-# Finding outcomes (docs/design.md#migrated-list), plus the list-level ones.
-ACCEPTED = "accepted"
-REJECTED = "rejected"
-MISSING = "missing-on-destination"
-DROPPED = "dropped"
-TOLERATED = "tolerated"
-DESTINATION_DEFAULT = "destination-default"
-UNVERIFIED = "unverified"
-COUNT_CHECK = "count-check"
-NOT_COMPARED = "not-compared"
-FEATURES = "features"
 
-QEMU_GENERATIONS = ("legacy", "tolerant")
+
+class FindingOutcome(StrEnum):
+    """What happens to one register (docs/design.md#migrated-list), or to the whole list, and
+    the outcomes of the findings the hook adds around the engine's."""
+
+    ACCEPTED = "accepted"  # the destination kernel takes the value
+    REJECTED = "rejected"  # the destination kernel (or the model of it) refuses the value
+    MISSING = "missing-on-destination"  # sent, but the destination kernel does not list it
+    DROPPED = "dropped"  # legacy QEMU skips it without a word
+    TOLERATED = "tolerated"  # the destination QEMU's migration tolerances skip it
+    DESTINATION_DEFAULT = "destination-default"  # not sent: the destination's value applies
+    UNVERIFIED = "unverified"  # may be accepted: only the rehearsal can tell
+    COUNT_CHECK = "count-check"  # the list is longer than the destination QEMU accepts
+    NOT_COMPARED = "not-compared"  # one side lacks what the comparison needs
+    FEATURES = "features"  # a vCPU feature missing or gained
+    OVERRIDE = "override"  # the hook: the record's override covers the blocking codes
+    INVALID = "invalid"  # the hook: the record is malformed
+    UNKNOWN = "unknown"  # the hook: no usable record, the source's values are unknown
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +115,7 @@ class Finding(NamedTuple):
     and one sentence an operator understands."""
 
     code: str
-    outcome: str
+    outcome: FindingOutcome
     message: str
     register: str | None = None
     reg_id: int | None = None
@@ -353,9 +360,9 @@ def _fw_finding(reg_id: int, guest_value: int, dest: HostProfile) -> Finding:
     g_text = regs.value_text(reg_id, guest_value)
     d_text = regs.value_text(reg_id, own) if own is not None else "?"
     if judgement.accepted is None:
-        outcome, message = UNVERIFIED, f"{name} = {g_text}: {judgement.reason}."
+        outcome, message = FindingOutcome.UNVERIFIED, f"{name} = {g_text}: {judgement.reason}."
     elif judgement.accepted:
-        outcome = ACCEPTED
+        outcome = FindingOutcome.ACCEPTED
         code = "ACCEPTED"
         message = f"{name} = {g_text} is accepted ({judgement.reason})."
         if (reg is not None and reg.kind is regs.FwKind.WORKAROUND and own is not None
@@ -365,7 +372,7 @@ def _fw_finding(reg_id: int, guest_value: int, dest: HostProfile) -> Finding:
                        f"guest cannot migrate back to hosts at {g_text} until it cold-boots.")
         return Finding(code, outcome, message, name, reg_id, guest_value, own, judgement.inferred)
     else:
-        outcome = REJECTED
+        outcome = FindingOutcome.REJECTED
         message = (f"the guest's {name} is {g_text} but the destination has {d_text}: "
                    f"{judgement.reason}.")
     return Finding(judgement.code, outcome, message, name, reg_id, guest_value, own,
@@ -403,13 +410,13 @@ def _value_findings(guest: GuestState, dest: HostProfile, values: IdValues,
                 "ID") else "geometry"
             if writable:
                 out.append(Finding(
-                    unverified_code, UNVERIFIED,
+                    unverified_code, FindingOutcome.UNVERIFIED,
                     f"{name} differs in {fields} (guest 0x{g:x}, destination 0x{d:x}); {when}, "
                     "so only a rehearsal on the destination can tell whether it is accepted.",
                     name, reg_id, g, d, inferred=True))
             else:
                 out.append(Finding(
-                    rejected_code, REJECTED,
+                    rejected_code, FindingOutcome.REJECTED,
                     f"{name} differs in {fields} (guest 0x{g:x}, destination 0x{d:x}); {when}.",
                     name, reg_id, g, d, inferred=True))
     return out
@@ -432,7 +439,7 @@ def decide(
     the SVE vector lengths the domain XML names (domainxml.requested_sve_lengths).
     """
     generation = generation or destination.generation
-    if generation not in QEMU_GENERATIONS:
+    if generation not in tuple(QemuGeneration):
         raise ValueError(f"unknown QEMU generation {generation!r}")
     # A profile without migrated lists says nothing of the vCPU features its host offers: the
     # guest's own are assumed (what the lists cannot show is LISTS_NOT_COMPARED, not missing).
@@ -443,7 +450,7 @@ def decide(
     lacking = sorted(sve_lengths - set(vls)) if vls is not None else []
     if lacking:
         findings.append(Finding(
-            "FEATURE_MISSING", FEATURES,
+            "FEATURE_MISSING", FindingOutcome.FEATURES,
             f"the domain asks for SVE vector length(s) {', '.join(map(str, lacking))} bits, "
             f"which this host's KVM does not offer ({', '.join(map(str, vls or ())) or 'none'}"
             "): its QEMU refuses to start (\"cannot enable sve...\")."))
@@ -456,7 +463,7 @@ def decide(
             whose = ("the guest's vCPU features" if features == guest.features
                      else "the vCPU features the domain gets")
             findings.append(Finding(
-                "FEATURE_MISSING", FEATURES,
+                "FEATURE_MISSING", FindingOutcome.FEATURES,
                 f"{whose} ({feature_key(features)}) are not available "
                 f"on the destination (it offers: {offered}); QEMU cannot create the vCPU."))
     lists_compared = guest.cpreg_list is not None and dest_list is not None
@@ -467,7 +474,7 @@ def decide(
         source_ids = tuple(sorted(guest.registers))
         dest_ids = tuple(sorted(destination.registers))
         findings.append(Finding(
-            "LISTS_NOT_COMPARED", NOT_COMPARED,
+            "LISTS_NOT_COMPARED", FindingOutcome.NOT_COMPARED,
             "no migrated register list on "
             + ("either side" if guest.cpreg_list is None and destination.cpreg_lists is None
                else "the guest's side" if guest.cpreg_list is None
@@ -478,10 +485,11 @@ def decide(
     # 1. The count check (legacy: |S| <= |D|; tolerant: room for anomalies and tolerances).
     if lists_compared:
         limit = len(dest_ids) + (
-            MAX_CPREG_VMSTATE_ANOMALIES + TOLERANCE_COUNT if generation == "tolerant" else 0)
+            MAX_CPREG_VMSTATE_ANOMALIES + TOLERANCE_COUNT
+            if generation == QemuGeneration.TOLERANT else 0)
         if len(source_ids) > limit:
             findings.append(Finding(
-                "CPREG_COUNT", COUNT_CHECK,
+                "CPREG_COUNT", FindingOutcome.COUNT_CHECK,
                 f"the source QEMU will send {len(source_ids)} registers but the destination "
                 f"{generation} QEMU accepts at most {limit} (Failed to load "
                 "cpu:cpreg_vmstate_array_len)."))
@@ -511,7 +519,7 @@ def decide(
         else:
             why = "ID register and cache geometry values are not in both profiles"
         findings.append(Finding(
-            "ID_REGS_NOT_COMPARED", NOT_COMPARED,
+            "ID_REGS_NOT_COMPARED", FindingOutcome.NOT_COMPARED,
             f"{why}: not compared; a rehearsal on the destination settles them."))
 
     return Decision(
@@ -531,14 +539,14 @@ def _feature_findings(source: FeatureSet, destination_features: FeatureSet,
     if lost:
         offered = feature_key(destination.default_features())
         out.append(Finding(
-            "FEATURE_MISSING", FEATURES,
+            "FEATURE_MISSING", FindingOutcome.FEATURES,
             f"the guest's vCPU has {feature_key(lost)}, which the destination's QEMU will not "
             f"give it (this host offers {offered}); its registers and ID fields would vanish "
             "under the running guest."))
     gained = destination_features - source
     if gained:
         out.append(Finding(
-            "FEATURE_GAINED", FEATURES,
+            "FEATURE_GAINED", FindingOutcome.FEATURES,
             f"the destination's QEMU enables {feature_key(gained)}, which the guest's vCPU did "
             "not have (-cpu host takes every feature this host offers unless the domain XML "
             "turns it off): its registers start at this host's reset values, and the ID "
@@ -551,28 +559,28 @@ def _merge_finding(reg_id: int, guest: GuestState, highest: int, generation: str
     name = regs.register_name(reg_id)
     value = guest.registers.get(reg_id)
     shown = "" if value is None else f" = {regs.value_text(reg_id, value)}"
-    if generation == "tolerant":
+    if generation == QemuGeneration.TOLERANT:
         if reg_id in TOLERATED_NOT_ON_BOTH_ENDS or (
                 reg_id in TOLERATED_IF_ZERO and value == TOLERATED_IF_ZERO[reg_id]):
-            return Finding("REG_TOLERATED", TOLERATED,
+            return Finding("REG_TOLERATED", FindingOutcome.TOLERATED,
                            f"{name}{shown} is not on the destination; its QEMU tolerates and "
                            "skips it.", name, reg_id, value)
         why = (" (tolerated only while its value is 0)" if reg_id in TOLERATED_IF_ZERO else "")
-        return Finding("REG_MISSING", MISSING,
+        return Finding("REG_MISSING", FindingOutcome.MISSING,
                        f"the source sends {name}{shown}, which the destination kernel does not "
                        f"list{why}; QEMU fails the load.", name, reg_id, value)
     if reg_id < highest:
-        return Finding("REG_MISSING", MISSING,
+        return Finding("REG_MISSING", FindingOutcome.MISSING,
                        f"the source sends {name}{shown}, which the destination kernel does not "
                        "list; legacy QEMU fails the load on it.", name, reg_id, value)
     fw = regs.FW_BY_ID.get(reg_id)
     if (fw is not None and fw.kind is regs.FwKind.WORKAROUND and value is not None
             and value & regs.WA_LEVEL_MASK > regs.WA_NOT_AVAIL and veto_dropped_workarounds):
-        return Finding("WA_DROPPED", DROPPED,
+        return Finding("WA_DROPPED", FindingOutcome.DROPPED,
                        f"legacy QEMU on the destination would silently drop {name}{shown}: the "
                        f"guest would keep relying on a firmware mitigation ({fw.meaning}) that "
                        "the destination kernel does not offer.", name, reg_id, value)
-    return Finding("REG_DROPPED", DROPPED,
+    return Finding("REG_DROPPED", FindingOutcome.DROPPED,
                    f"{name}{shown} sorts above the destination's last register; legacy QEMU "
                    "drops it silently (neither checked nor applied).", name, reg_id, value)
 
@@ -582,10 +590,10 @@ def _default_finding(reg_id: int, destination: HostProfile, generation: str) -> 
     own = destination.registers.get(reg_id)
     if regs.is_firmware(reg_id):
         shown = "" if own is None else f" ({regs.value_text(reg_id, own)})"
-        return Finding("DEST_DEFAULT", DESTINATION_DEFAULT,
+        return Finding("DEST_DEFAULT", FindingOutcome.DESTINATION_DEFAULT,
                        f"the source does not send {name}; the destination's default{shown} "
                        "applies to the guest from now on.", name, reg_id, None, own)
-    return Finding("REG_DEST_DEFAULT", DESTINATION_DEFAULT,
+    return Finding("REG_DEST_DEFAULT", FindingOutcome.DESTINATION_DEFAULT,
                    f"the source does not send {name}; the destination's reset value applies.",
                    name, reg_id)
 

@@ -32,18 +32,19 @@ from psci_hook.domainxml import (
     requested_features,
     requested_sve_lengths,
 )
-from psci_hook.engine import Decision, Finding, decide, significant_codes
+from psci_hook.engine import Decision, Finding, FindingOutcome, decide, significant_codes
 from psci_hook.environment import Environment
 from psci_hook.errors import first_line, with_type
 from psci_hook.policy import Policy, PolicyReading, read_policy
 from psci_hook.profile import feature_key
 from psci_hook.record import (
-    PERSISTENT_COPY,
-    UNVERIFIED,
     GuestRecord,
     HistoryEntry,
+    HistoryOp,
     Origin,
+    OriginEvent,
     RecordError,
+    RecordStatus,
     RecordVersionUnknown,
     read_record,
     record_xml,
@@ -52,6 +53,7 @@ from psci_hook.report import guest_summary, psci_remedy, veto_reason
 from psci_hook.splice import SpliceError, splice_record
 from psci_hook.status import ExitStatus
 from psci_hook.thishost import host_identity, host_profile, utc_now
+from psci_hook.vocab import HookVerdict
 
 ACTED_ON = {("migrate", "begin"), ("restore", "begin")}
 
@@ -73,10 +75,11 @@ class Outcome:
     A plain class, not a dataclass: creating a dataclass costs ~0.5 ms of every hook run.
     """
 
-    def __init__(self, status: ExitStatus, decision: str, codes: list[str], message: str = "",
+    def __init__(self, status: ExitStatus, decision: HookVerdict, codes: list[str],
+                 message: str = "",
                  output: bytes = b"", event: dict[str, Any] | None = None) -> None:
         self.status = status
-        self.decision = decision  # allow, veto, warn, error (the audit event's "decision")
+        self.decision = decision  # the audit event's "decision"
         self.codes = codes
         self.message = message  # the one stderr line, for vetoes and errors
         self.output = output  # the new domain XML, or nothing
@@ -93,7 +96,7 @@ def _error_outcome(policy: Policy, code: str, detail: str, domain: str) -> Outco
     consequence = "migration refused (on_error = veto)" if fail_closed else \
         "migration allowed unchecked (on_error = allow)"
     message = f"psci-hook: ERROR {code} domain {domain or '?'}: {detail}; {consequence}"
-    return Outcome(status if fail_closed else ExitStatus.OK, "error", [code], message)
+    return Outcome(status if fail_closed else ExitStatus.OK, HookVerdict.ERROR, [code], message)
 
 
 def _apply_override(record: GuestRecord, decision: Decision, policy: Policy
@@ -105,7 +108,7 @@ def _apply_override(record: GuestRecord, decision: Decision, policy: Policy
         return []
     if not blocking <= override.codes:
         return []
-    return [Finding("OVERRIDE", "override",
+    return [Finding("OVERRIDE", FindingOutcome.OVERRIDE,
                     f"the domain's record overrides {' '.join(sorted(blocking))}: "
                     f"{override.reason}")]
 
@@ -123,7 +126,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
         if domain.arch == "armv7l":
             reason += (": a 32-bit guest (-cpu host,aarch64=off, KVM_ARM_VCPU_EL1_32BIT), whose "
                        "vCPU this version of psci-hook does not probe or model; unchecked")
-        return Outcome(ExitStatus.OK, "allow", ["NOT_APPLICABLE"], event={
+        return Outcome(ExitStatus.OK, HookVerdict.ALLOW, ["NOT_APPLICABLE"], event={
             **base, "reason": reason})
 
     unvouched = ""  # why the domain's record does not count as the guest's register state
@@ -133,7 +136,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
         record, unvouched = None, str(exc)
     except RecordError as exc:
         return _veto_or_warn(policy, op, domain,
-                             [Finding("RECORD_INVALID", "invalid",
+                             [Finding("RECORD_INVALID", FindingOutcome.INVALID,
                                       f"the psci-hook record is invalid: {exc}")], base)
     try:
         profile = host_profile(policy, env)
@@ -148,7 +151,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     if record is not None and not record.vouched:
         unvouched = _UNVOUCHED.get(record.status, f"its record's status is {record.status!r}")
     if record is None or unvouched:
-        finding = Finding("NO_RECORD", "unknown", (
+        finding = Finding("NO_RECORD", FindingOutcome.UNKNOWN, (
             f"the domain's psci-hook record does not vouch for the guest's register state "
             f"({unvouched})" if unvouched else
             "the domain carries no psci-hook record, so the source's register values are "
@@ -157,7 +160,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
             base["record_not_used"] = unvouched
         if policy.unrecorded == "veto":
             return _veto_or_warn(policy, op, domain, [finding], base)
-        return Outcome(ExitStatus.OK, "allow", ["NO_RECORD"], event={
+        return Outcome(ExitStatus.OK, HookVerdict.ALLOW, ["NO_RECORD"], event={
             **base, "policy_unrecorded": policy.unrecorded})
 
     generation = None if policy.qemu_generation == "auto" else policy.qemu_generation
@@ -168,7 +171,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
                       destination_features=features,
                       sve_lengths=requested_sve_lengths(domain))
     findings = list(decision.findings)
-    findings += [Finding("FW_UNVERIFIED", "unverified",
+    findings += [Finding("FW_UNVERIFIED", FindingOutcome.UNVERIFIED,
                          f"the record names {name}, which this version of psci-hook does not "
                          "know (a newer release wrote it): not judged") for name in record.unknown]
     rehearser = env.rehearser or (rehearsal.kvm_rehearser if rehearsal.available() else None)
@@ -199,15 +202,17 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
         return outcome
 
     codes = significant_codes(findings)
-    outcome = Outcome(ExitStatus.OK, "allow", codes, event=base)
+    outcome = Outcome(ExitStatus.OK, HookVerdict.ALLOW, codes, event=base)
     outcome.engine = decision
     if policy.annotate:
-        history_op = "migrate" if op == "migrate" else "restore"
-        entry = HistoryEntry(utc_now(env), history_op, identity["hostname"], "allow", tuple(codes))
+        history_op = HistoryOp.MIGRATE if op == "migrate" else HistoryOp.RESTORE
+        entry = HistoryEntry(utc_now(env), history_op, identity["hostname"], HookVerdict.ALLOW,
+                             tuple(codes))
         updated = GuestRecord(
             state=decision.guest_after,
-            origin=Origin("migrated" if op == "migrate" else "restored", identity["hostname"],
-                          profile.kernel_release, utc_now(env), identity.get("uuid", "")),
+            origin=Origin(OriginEvent.MIGRATED if op == "migrate" else OriginEvent.RESTORED,
+                          identity["hostname"], profile.kernel_release, utc_now(env),
+                          identity.get("uuid", "")),
             history=record.history,
             override=record.override,
         ).with_check(entry, policy.history_limit)
@@ -223,11 +228,12 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
 # same XML for `virsh migrate --offline` as for a live migration (qemu_migration.c,
 # qemuMigrationDstPrepareAny runs the hook before it looks at VIR_MIGRATE_OFFLINE), so a
 # shut-off guest's definition is told apart by its record only.
-_UNVOUCHED = {
-    PERSISTENT_COPY: "it is the persistent definition's copy from the guest's last run: an "
-                     "offline migration, or a guest started since without psci-hook recording "
-                     "it",
-    UNVERIFIED: "psci-hook could not tell whether the guest cold-booted after it was written",
+_UNVOUCHED: dict[str, str] = {
+    RecordStatus.PERSISTENT_COPY: "it is the persistent definition's copy from the guest's last "
+                                  "run: an offline migration, or a guest started since without "
+                                  "psci-hook recording it",
+    RecordStatus.UNVERIFIED: "psci-hook could not tell whether the guest cold-booted after it "
+                             "was written",
 }
 
 
@@ -285,9 +291,10 @@ def _veto_or_warn(policy: Policy, op: str, domain: Domain, findings: list[Findin
     if len(notable) > EVENT_FINDINGS:
         event["more_findings"] = len(notable) - EVENT_FINDINGS
     if not policy.enforcing:
-        return Outcome(ExitStatus.OK, "warn", codes, message.replace("VETO", "WOULD VETO", 1),
+        return Outcome(ExitStatus.OK, HookVerdict.WARN, codes,
+                       message.replace("VETO", "WOULD VETO", 1),
                        event=event)
-    return Outcome(ExitStatus.VETO, "veto", codes, message, event=event)
+    return Outcome(ExitStatus.VETO, HookVerdict.VETO, codes, message, event=event)
 
 
 def _event_finding(finding: Finding) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from psci_hook.cache import QEMU_GENERATION_FILE, write_atomic
 from psci_hook.libvirt_client import Client, LibvirtCallFailed
 from psci_hook.profile import QEMU_VERSION_FILE
 from psci_hook.thishost import CAPABILITIES_FILE
+from psci_hook.vocab import QemuGeneration
 
 _EMULATOR_VERSION_RE = re.compile(r"QEMU emulator version (\d+\.\d+\.\d+)")
 
@@ -67,8 +68,9 @@ def build_generation(emulator: str) -> tuple[str, str] | None:
         return None
     found = [e for e in TOLERANCE_TRACE_EVENTS if e in events]
     if found:
-        return "tolerant", f"{emulator} has the trace event {found[0]} (cpreg tolerance series)"
-    return "legacy", f"{emulator} has none of the cpreg tolerance series' trace events"
+        return (QemuGeneration.TOLERANT,
+                f"{emulator} has the trace event {found[0]} (cpreg tolerance series)")
+    return QemuGeneration.LEGACY, f"{emulator} has none of the cpreg tolerance series' trace events"
 
 
 def qemu_version(client: Client, capabilities: str) -> str:

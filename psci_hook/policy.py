@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+from psci_hook.vocab import QemuGeneration
+
 
 class PolicyError(ValueError):
     """An unusable configuration; the message is one line naming the file and setting."""
@@ -31,7 +33,7 @@ class PolicyError(ValueError):
 
 MODES = ("enforce", "warn")
 ALLOW_OR_VETO = ("allow", "veto")
-GENERATIONS = ("auto", "legacy", "tolerant")
+GENERATIONS = ("auto", *QemuGeneration)  # auto: the destination's own
 LOG_TARGETS = ("auto", "journal", "syslog", "none")
 # libvirt's domain types (<domain type>: src/conf/domain_conf.c, virDomainVirt). Its QEMU
 # driver runs kvm, qemu and hvf; "test" is its test driver's, for `record` on test:///default.

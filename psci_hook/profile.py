@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from psci_hook import registers as regs
+from psci_hook.vocab import QemuGeneration
 
 SCHEMA = "psci-hook.host-profile/v1"
 FEATURE_ORDER = ("pmu", "pauth", "sve")
 NO_FEATURES = "none"
-QEMU_GENERATIONS = ("legacy", "tolerant")
 U64_MAX = (1 << 64) - 1
 _KNOWN_KEYS = {
     "schema", "kernel_release", "machine", "registers", "cpreg_lists", "id_registers",
@@ -196,7 +196,7 @@ class HostProfile:
             return self.qemu_generation
         if self.qemu_version:
             return qemu_generation_for_version(self.qemu_version)
-        return "legacy"
+        return QemuGeneration.LEGACY
 
     # -- (de)serialisation ---------------------------------------------------------------------
 
@@ -239,7 +239,7 @@ class HostProfile:
 def qemu_generation_for_version(version: str) -> str:
     """Upstream QEMU gained the cpreg migration tolerances after 11.0 (merged 2026-04-27)."""
     parts = tuple(int(p) for p in version.split(".")[:2])
-    return "tolerant" if parts >= (11, 1) else "legacy"
+    return QemuGeneration.TOLERANT if parts >= (11, 1) else QemuGeneration.LEGACY
 
 
 def load_profile(path: str | Path) -> HostProfile:
@@ -337,7 +337,7 @@ def _parse(data: Any) -> HostProfile:
     ):
         raise ProfileError(f"'qemu_version' must look like '7.2.0', found {qemu_version!r}")
     generation = data.get("qemu_generation")
-    if generation is not None and generation not in QEMU_GENERATIONS:
+    if generation is not None and generation not in tuple(QemuGeneration):
         raise ProfileError(f"'qemu_generation' must be legacy or tolerant, found {generation!r}")
 
     values_features: FeatureSet | None = None

@@ -57,16 +57,36 @@ from psci_hook.codes import CODES
 from psci_hook.engine import GuestState
 from psci_hook.policy import split_list
 from psci_hook.profile import FEATURE_ORDER, ProfileError, feature_key, parse_feature_key
+from psci_hook.vocab import HookVerdict, StrEnum
 
 NAMESPACE = "https://psci-hook.org/xmlns/record/1"
 PREFIX = "psci"
 VERSION = "1"
-ORIGIN_EVENTS = ("booted", "migrated", "restored", "stamped")
-HISTORY_OPS = ("migrate", "restore", "record")
-VERDICTS = ("allow", "veto", "warn")
-PERSISTENT_COPY = "persistent-copy"  # status: the persistent definition's copy, not live state
-UNVERIFIED = "unverified"  # status: not known to describe the running QEMU process
-STATUSES = (PERSISTENT_COPY, UNVERIFIED)
+VERDICTS = (HookVerdict.ALLOW, HookVerdict.VETO, HookVerdict.WARN)  # a check in the history
+
+
+class OriginEvent(StrEnum):
+    """How the guest came by the register state the record describes (origin's ``event``)."""
+
+    BOOTED = "booted"  # cold-booted on the origin host: that host's values
+    MIGRATED = "migrated"  # arrived by migration (the hook's annotation, or the recorder)
+    RESTORED = "restored"  # loaded from a saved image
+    STAMPED = "stamped"  # written offline by `psci-hook stamp` from a profile
+
+
+class HistoryOp(StrEnum):
+    """What a history entry (``check``) records."""
+
+    MIGRATE = "migrate"
+    RESTORE = "restore"
+    RECORD = "record"
+
+
+class RecordStatus(StrEnum):
+    """A record's ``status`` besides live state (no attribute)."""
+
+    PERSISTENT_COPY = "persistent-copy"  # the persistent definition's copy, not live state
+    UNVERIFIED = "unverified"  # not known to describe the running QEMU process
 MAX_LIST = 4096  # far above any real kernel's migrated list (~370)
 MAX_TEXT = 256
 U64_MAX = (1 << 64) - 1
@@ -136,7 +156,7 @@ class GuestRecord:
     origin: Origin
     history: tuple[HistoryEntry, ...] = ()
     override: Override | None = None
-    status: str = ""  # "" (live state), PERSISTENT_COPY, UNVERIFIED, or a newer release's word
+    status: str = ""  # "" (live state), a RecordStatus, or a newer release's word
     # Firmware register names this release does not know (a newer writer's); left out of state.
     unknown: tuple[str, ...] = ()
 

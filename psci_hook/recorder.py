@@ -49,41 +49,59 @@ from psci_hook.engine import GuestState, decide
 from psci_hook.policy import Policy
 from psci_hook.profile import HostProfile
 from psci_hook.record import (
-    PERSISTENT_COPY,
-    UNVERIFIED,
     GuestRecord,
     HistoryEntry,
+    HistoryOp,
     Origin,
+    OriginEvent,
     RecordError,
+    RecordStatus,
     read_record,
     record_xml,
     time_epoch,
     time_text,
 )
 from psci_hook.report import guest_summary
+from psci_hook.vocab import StrEnum
 
-# Plan actions.
-RECORDED = "recorded"  # there was no record: one was written
-REPLACED = "replaced"  # a record was replaced by this host's boot values
-UPDATED = "updated"  # the live record was brought to the guest's state on this host
-SYNCED = "synced"  # only the persistent definition got the live record
-UNCHANGED = "unchanged"  # nothing to write: the record is current
-MARKED = "unverified"  # the live record marked unverified: nothing tells whether it is current
-SKIPPED = "skipped"  # left alone on purpose (reason says why)
-FAILED = "failed"  # could not be done (set by the caller: libvirt, profile, XML)
-ACTIONS = (RECORDED, REPLACED, UPDATED, SYNCED, UNCHANGED, MARKED, SKIPPED, FAILED)
 
-# What triggered a plan.
-BOOTED = "booted"
-MIGRATED = "migrated"
-RESTORED = "restored"
-FROM_SNAPSHOT = "from-snapshot"
-RECONCILE = "reconcile"
+class RecordAction(StrEnum):
+    """What a plan does to a domain's records (the record event's ``action``)."""
+
+    RECORDED = "recorded"  # there was no record: one was written
+    REPLACED = "replaced"  # a record was replaced by this host's boot values
+    UPDATED = "updated"  # the live record was brought to the guest's state on this host
+    SYNCED = "synced"  # only the persistent definition got the live record
+    UNCHANGED = "unchanged"  # nothing to write: the record is current
+    MARKED = "unverified"  # the live record marked unverified: nothing tells whether it is current
+    SKIPPED = "skipped"  # left alone on purpose (reason says why)
+    FAILED = "failed"  # could not be done (set by the caller: libvirt, profile, XML)
+
+
+class Trigger(StrEnum):
+    """What made the recorder plan (the record event's ``trigger``)."""
+
+    BOOTED = "booted"  # the QEMU process cold-booted the guest here
+    MIGRATED = "migrated"  # an incoming migration ended here
+    RESTORED = "restored"  # the guest was restored from a saved image here
+    FROM_SNAPSHOT = "from-snapshot"  # a snapshot revert loaded saved vCPU state here
+    RECONCILE = "reconcile"  # no event: `record`, or the watcher's periodic pass
+
+
+# How a QEMU process got its vCPU state, in libvirt's words as psci_hook.libvirt_client names
+# them: a STARTED lifecycle event's detail (virDomainEventStartedDetailType) or a running
+# domain's state reason (virDomainRunningReason). Any other reason (unpaused, wakeup,
+# migration-canceled ...) replaced the one that told.
+LIBVIRT_HOW_STARTED = {"booted": Trigger.BOOTED, "migrated": Trigger.MIGRATED,
+                       "restored": Trigger.RESTORED, "from-snapshot": Trigger.FROM_SNAPSHOT}
+LOADED_STATE = (Trigger.MIGRATED, Trigger.RESTORED, Trigger.FROM_SNAPSHOT)
+# The record's origin event, as the trigger that wrote it here.
+_ORIGIN_TRIGGER: dict[str, Trigger] = {OriginEvent.BOOTED: Trigger.BOOTED,
+                                       OriginEvent.MIGRATED: Trigger.MIGRATED,
+                   OriginEvent.RESTORED: Trigger.RESTORED}
+
 MIGRATING = "migrating"  # Started.reason of a domain paused for a migration under way
 
-# libvirt's reasons for a running domain (virDomainRunningReason) that say how its QEMU process
-# got its vCPU state; any other reason (unpaused, wakeup, migration-canceled ...) replaced it.
-LOADED_STATE = (MIGRATED, RESTORED, FROM_SNAPSHOT)
 # The hook writes an arrival's record at `migrate begin`/`restore begin`, just before libvirt
 # starts the QEMU process (qemuMigrationDstPrepareAny, qemuSaveImageStartVM): a record this
 # host wrote that long before the process started came with it.
@@ -135,8 +153,8 @@ class Observed:
 class Plan:
     domain: str
     uuid: str
-    trigger: str
-    action: str
+    trigger: Trigger
+    action: RecordAction
     reason: str
     live: GuestRecord | None = None  # write into the live definition
     config: GuestRecord | None = None  # write into the persistent definition
@@ -158,8 +176,8 @@ class Plan:
         return " and ".join(both) + (" definitions" if len(both) > 1 else " definition")
 
 
-def _skip(domain: Domain, trigger: str, reason: str, previous: Origin | None = None,
-          action: str = SKIPPED) -> Plan:
+def _skip(domain: Domain, trigger: Trigger, reason: str, previous: Origin | None = None,
+          action: RecordAction = RecordAction.SKIPPED) -> Plan:
     return Plan(domain.name, domain.uuid, trigger, action, reason, previous=previous)
 
 
@@ -204,7 +222,7 @@ def _same(a: GuestRecord | None, b: GuestRecord | None) -> bool:
 
 def persistent_copy(record: GuestRecord) -> GuestRecord:
     """What the persistent definition carries: the record, marked as not live state."""
-    return record.with_status(PERSISTENT_COPY)
+    return record.with_status(RecordStatus.PERSISTENT_COPY)
 
 
 def _with_config(plan: Plan, persistent: Domain | None, has_persistent: bool) -> Plan:
@@ -230,7 +248,7 @@ def booted_record(domain: Domain, host: ThisHost, now: str, old: GuestRecord | N
                        override=old.override if old else None)
 
 
-def plan_boot(observed: Observed, host: ThisHost, now: str, trigger: str = BOOTED,
+def plan_boot(observed: Observed, host: ThisHost, now: str, trigger: Trigger = Trigger.BOOTED,
               why_boot: str = "cold boot on this host") -> Plan:
     """A cold boot on this host: record this host's values, replacing any record."""
     live, persistent = parse(observed)
@@ -245,28 +263,28 @@ def plan_boot(observed: Observed, host: ThisHost, now: str, trigger: str = BOOTE
     record = booted_record(live, host, now, old, observed.qemu_argv)
     summary = guest_summary(record.state)
     if old is not None:
-        action, reason = REPLACED, (f"{why_boot}: the record "
+        action, reason = RecordAction.REPLACED, (f"{why_boot}: the record "
                                     f"({origin_text(old.origin)}{_status_text(old)}) replaced "
                                     f"by this host's values: {summary}")
     elif broken:
-        action, reason = REPLACED, (f"{why_boot}: an invalid record ({broken}) "
+        action, reason = RecordAction.REPLACED, (f"{why_boot}: an invalid record ({broken}) "
                                     f"replaced by this host's values: {summary}")
     else:
-        action, reason = RECORDED, f"this host's values: {summary}" + (
-            "" if trigger == BOOTED else f" ({why_boot})")
+        action, reason = RecordAction.RECORDED, f"this host's values: {summary}" + (
+            "" if trigger == Trigger.BOOTED else f" ({why_boot})")
     plan = Plan(live.name, live.uuid, trigger, action, reason, live=record,
                 previous=old.origin if old else None)
     return _with_config(plan, persistent, observed.persistent is not None)
 
 
 _NOT_ANNOTATED = {
-    MIGRATED: "the hook did not annotate this migrate (annotation off or no hook)",
-    RESTORED: "the hook did not annotate this restore (annotation off or no hook)",
-    FROM_SNAPSHOT: "a snapshot revert loads state without a hook call (qemu_snapshot.c)",
+    Trigger.MIGRATED: "the hook did not annotate this migrate (annotation off or no hook)",
+    Trigger.RESTORED: "the hook did not annotate this restore (annotation off or no hook)",
+    Trigger.FROM_SNAPSHOT: "a snapshot revert loads state without a hook call (qemu_snapshot.c)",
 }
 
 
-def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: str) -> Plan:
+def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: Trigger) -> Plan:
     """A migration (``trigger`` migrated) or restore (restored) onto this host has finished."""
     live, persistent = parse(observed)
     why = applicable(live, host.policy)
@@ -274,8 +292,9 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: str) -> 
         return _skip(live, trigger, why)
     # A snapshot revert is recorded as a restore (the state was loaded from a file) by the
     # recorder's own check: version-1 readers know no other word for it.
-    op = {MIGRATED: "migrate", RESTORED: "restore"}.get(trigger, "record")
-    event = MIGRATED if trigger == MIGRATED else RESTORED
+    op = {Trigger.MIGRATED: HistoryOp.MIGRATE, Trigger.RESTORED: HistoryOp.RESTORE}.get(
+        trigger, HistoryOp.RECORD)
+    event = OriginEvent.MIGRATED if trigger == Trigger.MIGRATED else OriginEvent.RESTORED
     try:
         old = read_record(live.root)
     except RecordError as exc:
@@ -291,7 +310,7 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: str) -> 
         record = dataclasses.replace(record, origin=host.origin(event, now)).with_check(
             HistoryEntry(now, op, host.hostname, "allow", ("NO_RECORD",)),
             host.policy.history_limit)
-        plan = Plan(live.name, live.uuid, trigger, RECORDED,
+        plan = Plan(live.name, live.uuid, trigger, RecordAction.RECORDED,
                     f"arrived without a record: this host's values recorded as an upper bound "
                     f"(PSCI version and bitmaps may be lower): {guest_summary(record.state)}",
                     live=record, codes=("NO_RECORD",))
@@ -305,38 +324,41 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: str) -> 
     after = decision.guest_after
     codes = tuple(decision.codes)
     if after == old.state and not old.unknown:
-        plan = Plan(live.name, live.uuid, trigger, UNCHANGED,
+        plan = Plan(live.name, live.uuid, trigger, RecordAction.UNCHANGED,
                     f"the live record is current for this host ({origin_text(old.origin)})",
                     previous=old.origin)
         return _synced_if_needed(plan, observed, persistent, old)
     verdict = "warn" if decision.vetoed else "allow"
     record = GuestRecord(after, host.origin(event, now), old.history, old.override).with_check(
         HistoryEntry(now, op, host.hostname, verdict, codes), policy.history_limit)
-    plan = Plan(live.name, live.uuid, trigger, UPDATED,
+    plan = Plan(live.name, live.uuid, trigger, RecordAction.UPDATED,
                 f"{_NOT_ANNOTATED[trigger]}: the record "
                 f"({origin_text(old.origin)}) brought to the guest's state on this host: "
                 f"{guest_summary(after)}", live=record, previous=old.origin, codes=codes)
     return _with_config(plan, persistent, observed.persistent is not None)
 
 
-def how_started(started: Started, record: GuestRecord | None, host: ThisHost) -> str:
-    """How the running QEMU process got its vCPU state: BOOTED (cold boot here), one of
-    LOADED_STATE, or "" when nothing tells. The state reason decides; when a pause/resume
+def how_started(started: Started, record: GuestRecord | None, host: ThisHost
+                ) -> Trigger | None:
+    """How the running QEMU process got its vCPU state: Trigger.BOOTED (cold boot here), one of
+    LOADED_STATE, or None when nothing tells. The state reason decides; when a pause/resume
     replaced it, a record this host wrote for this very process (after it started for a boot,
     just before it for an arrival) still tells."""
-    if started.reason == BOOTED or started.reason in LOADED_STATE:
-        return started.reason
+    told = LIBVIRT_HOW_STARTED.get(started.reason)
+    if told is not None:
+        return told
     if record is None or not record.vouched or not host.wrote(record.origin):
-        return ""
+        return None
     begun, written = started.process_start, time_epoch(record.origin.time)
     if begun is None or written is None:
-        return ""
-    if record.origin.event == "booted" and written >= begun - CLOCK_SLACK:
-        return BOOTED
-    if (record.origin.event in (MIGRATED, RESTORED)
+        return None
+    trigger = _ORIGIN_TRIGGER.get(record.origin.event)
+    if trigger == Trigger.BOOTED and written >= begun - CLOCK_SLACK:
+        return trigger
+    if (trigger in (Trigger.MIGRATED, Trigger.RESTORED)
             and begun - ARRIVAL_WINDOW <= written <= begun + CLOCK_SLACK):
-        return record.origin.event
-    return ""
+        return trigger
+    return None
 
 
 def _facts(started: Started) -> str:
@@ -349,7 +371,7 @@ def _facts(started: Started) -> str:
 
 
 def plan_reconcile(observed: Observed, host: ThisHost, now: str, force: bool = False,
-                   trigger: str = RECONCILE) -> Plan:
+                   trigger: Trigger = Trigger.RECONCILE) -> Plan:
     """A running domain, with no event saying how it got here (`record`, the watcher's
     start-up, reconnections and periodic passes): how its QEMU process started is read from
     libvirt's state reason and the process start time (how_started)."""
@@ -371,11 +393,11 @@ def plan_reconcile(observed: Observed, host: ThisHost, now: str, force: bool = F
         return plan_boot(observed, host, now, trigger, "replaced on request (--force)")
     how = how_started(observed.started, old, host)
     facts = _facts(observed.started)
-    if how == BOOTED:
+    if how == Trigger.BOOTED:
         booted = booted_record(live, host, now, old)
         if (old is not None and old.vouched and host.wrote(old.origin)
                 and old.origin.event == "booted" and old.state == booted.state):
-            plan = Plan(live.name, live.uuid, trigger, UNCHANGED,
+            plan = Plan(live.name, live.uuid, trigger, RecordAction.UNCHANGED,
                         f"its record is current ({origin_text(old.origin)}; {facts})",
                         previous=old.origin)
             return _synced_if_needed(plan, observed, persistent, old)
@@ -392,13 +414,13 @@ def plan_reconcile(observed: Observed, host: ThisHost, now: str, force: bool = F
                          f"no record; how the guest started is unknown ({facts}): this host's "
                          "values are an upper bound for any guest running here")
     if not old.vouched:
-        return Plan(live.name, live.uuid, trigger, UNCHANGED,
+        return Plan(live.name, live.uuid, trigger, RecordAction.UNCHANGED,
                     f"its record is {old.status} ({origin_text(old.origin)}) and nothing tells "
                     f"how the guest started ({facts}): the policy's 'unrecorded' setting "
                     "decides at a migration; --force records this host's values",
                     previous=old.origin)
-    marked = old.with_status(UNVERIFIED)
-    return Plan(live.name, live.uuid, trigger, MARKED,
+    marked = old.with_status(RecordStatus.UNVERIFIED)
+    return Plan(live.name, live.uuid, trigger, RecordAction.MARKED,
                 f"cannot tell whether the guest cold-booted after its record "
                 f"({origin_text(old.origin)}) was written ({facts}): marked unverified, so "
                 "the policy's 'unrecorded' setting decides at a migration; if it cold-booted "
@@ -412,20 +434,20 @@ def _synced_if_needed(plan: Plan, observed: Observed, persistent: Domain | None,
     if observed.persistent is None or _same(_config_record(persistent), copy):
         return plan
     return dataclasses.replace(
-        plan, action=SYNCED, config=copy,
+        plan, action=RecordAction.SYNCED, config=copy,
         reason=f"the persistent definition now carries the live record "
                f"({origin_text(old.origin)})")
 
 
-def plan_failed(name: str, trigger: str, reason: str, uuid: str = "") -> Plan:
-    return Plan(name, uuid, trigger, FAILED, reason)
+def plan_failed(name: str, trigger: Trigger, reason: str, uuid: str = "") -> Plan:
+    return Plan(name, uuid, trigger, RecordAction.FAILED, reason)
 
 
-def plan_for(trigger: str, observed: Observed, host: ThisHost, now: str, force: bool = False
+def plan_for(trigger: Trigger, observed: Observed, host: ThisHost, now: str, force: bool = False
              ) -> Plan:
     """The plan for one trigger; FAILED with a one-line reason if libvirt's XML is unusable."""
     try:
-        if trigger == BOOTED:
+        if trigger == Trigger.BOOTED:
             return plan_boot(observed, host, now)
         if trigger in LOADED_STATE:
             return plan_arrival(observed, host, now, trigger)

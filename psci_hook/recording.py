@@ -18,11 +18,12 @@ from psci_hook.libvirt_client import Client, LibvirtCallFailed, process_start
 from psci_hook.policy import Policy, read_policy
 from psci_hook.qemuproc import running_qemu_argv
 from psci_hook.recorder import (
-    FAILED,
     Observed,
     Plan,
+    RecordAction,
     Started,
     ThisHost,
+    Trigger,
     plan_failed,
     plan_for,
 )
@@ -94,14 +95,14 @@ def apply(client: Client, dom: Any, plan: Plan) -> None:
         client.set_record(dom, plan.live, live=True, config=False)
 
 
-def record_domain(client: Client, dom: Any, trigger: str, ctx: Context, force: bool = False
+def record_domain(client: Client, dom: Any, trigger: Trigger, ctx: Context, force: bool = False
                   ) -> Plan:
     """Observe, plan, write and log one running domain. LibvirtUnavailable propagates (the
-    connection is gone); a failed call becomes a FAILED plan."""
+    connection is gone); a failed call becomes a RecordAction.FAILED plan."""
     name = client.name(dom)
     try:
         plan = plan_for(trigger, observe(client, dom), ctx.host, ctx.now(), force)
-        if plan.action == FAILED:
+        if plan.action == RecordAction.FAILED:
             plan = dataclasses.replace(plan, domain=name)
         if plan.writes:
             apply(client, dom, plan)

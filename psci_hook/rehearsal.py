@@ -17,16 +17,8 @@ from typing import Callable, NamedTuple
 
 from psci_hook import registers as regs
 from psci_hook.engine import (
-    ACCEPTED,
-    COUNT_CHECK,
-    DROPPED,
-    FEATURES,
-    MISSING,
-    NOT_COMPARED,
-    REJECTED,
-    TOLERATED,
-    UNVERIFIED,
     Finding,
+    FindingOutcome,
     GuestState,
 )
 
@@ -76,7 +68,9 @@ def kvm_rehearser(features: frozenset[str], values: Mapping[int, int]) -> Result
 
 # Findings about the list (QEMU's checks before any register is set) come first in a decision;
 # the rehearsal's refusal goes after them, as QEMU would meet it after them.
-_LIST_OUTCOMES = frozenset({FEATURES, NOT_COMPARED, COUNT_CHECK, MISSING, DROPPED, TOLERATED})
+_LIST_OUTCOMES = frozenset({FindingOutcome.FEATURES, FindingOutcome.NOT_COMPARED,
+                            FindingOutcome.COUNT_CHECK, FindingOutcome.MISSING,
+                            FindingOutcome.DROPPED, FindingOutcome.TOLERATED})
 
 
 def reconcile(findings: list[Finding], result: Result) -> list[Finding]:
@@ -95,28 +89,29 @@ def reconcile(findings: list[Finding], result: Result) -> list[Finding]:
     for finding in findings:
         reg_id = finding.reg_id
         if reg_id is None or reg_id not in result.rehearsed or \
-                finding.outcome not in (REJECTED, UNVERIFIED, ACCEPTED):
+                finding.outcome not in (FindingOutcome.REJECTED, FindingOutcome.UNVERIFIED,
+                                        FindingOutcome.ACCEPTED):
             out.append(finding)
         elif reg_id == refused:
-            if finding.outcome == REJECTED:
+            if finding.outcome == FindingOutcome.REJECTED:
                 out += [finding, _refusal(result)]
             else:
                 out.append(_refusal(result))
-                if finding.outcome == ACCEPTED:
+                if finding.outcome == FindingOutcome.ACCEPTED:
                     out.append(_unpredicted(result))
             placed = True
         elif refused is not None and reg_id > refused:
             out.append(finding)  # not tried
-        elif finding.outcome == REJECTED:
+        elif finding.outcome == FindingOutcome.REJECTED:
             out.append(Finding(
-                "MODEL_DEFECT", ACCEPTED,
+                "MODEL_DEFECT", FindingOutcome.ACCEPTED,
                 f"the model predicted {finding.code} for {finding.register}, but this host's "
                 "KVM accepted the value in the rehearsal (the rehearsal wins)",
                 finding.register, finding.reg_id, finding.guest_value,
                 finding.destination_value))
-        elif finding.outcome == ACCEPTED:
+        elif finding.outcome == FindingOutcome.ACCEPTED:
             out.append(finding)  # confirmed
-        # UNVERIFIED and accepted by the kernel: settled, nothing to report.
+        # FindingOutcome.UNVERIFIED and accepted by the kernel: settled, nothing to report.
     if refused is not None and not placed:  # the model had no finding for this register
         at = next((i for i, f in enumerate(out) if f.outcome not in _LIST_OUTCOMES), len(out))
         out[at:at] = [_refusal(result), _unpredicted(result)]
@@ -130,7 +125,7 @@ def _refusal(result: Result) -> Finding:
     guest = regs.value_text(reg_id, result.attempted or 0)
     own = ("unreadable" if result.destination_value is None
            else regs.value_text(reg_id, result.destination_value))
-    return Finding("REHEARSAL_REFUSED", REJECTED,
+    return Finding("REHEARSAL_REFUSED", FindingOutcome.REJECTED,
                    f"this host's KVM refused {name} = {guest} ({result.error}) in a rehearsal "
                    f"on a scratch VM; its own value is {own}",
                    name, reg_id, result.attempted, result.destination_value)
@@ -140,5 +135,6 @@ def _unpredicted(result: Result) -> Finding:
     reg_id = result.refused_id
     assert reg_id is not None
     name = regs.register_name(reg_id)
-    return Finding("MODEL_DEFECT", REJECTED, f"the model did not predict the refusal of {name}",
+    return Finding("MODEL_DEFECT", FindingOutcome.REJECTED,
+                   f"the model did not predict the refusal of {name}",
                    name, reg_id, result.attempted, result.destination_value)

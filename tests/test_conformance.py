@@ -133,9 +133,10 @@ def test_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_check_lines() -> None:
     check = conformance.Check(kvmfake.WA2, 0x12, True, errno.EINVAL, 0)
-    assert check.verdict == conformance.DISAGREE
+    assert check.verdict == conformance.Agreement.DISAGREE
     assert check.line() == (
         "DISAGREE: SMCCC_ARCH_WORKAROUND_2 = 0x12 (AVAIL|ENABLED): engine predicts accepted, "
         "kernel refused (EINVAL); this host's value NOT_AVAIL"
     )
-    assert conformance.Check(kvmfake.WA2, 0, None, 0, None).verdict == conformance.UNVERIFIED
+    check = conformance.Check(kvmfake.WA2, 0, None, 0, None)
+    assert check.verdict == conformance.Agreement.UNPREDICTED

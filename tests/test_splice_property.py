@@ -26,11 +26,11 @@ from psci_hook.domainxml import parse_domain
 from psci_hook.engine import GuestState
 from psci_hook.profile import bundled_profiles, load_profile
 from psci_hook.record import (
-    HISTORY_OPS,
     NAMESPACE,
     VERDICTS,
     GuestRecord,
     HistoryEntry,
+    HistoryOp,
     Origin,
     Override,
     read_record,
@@ -160,7 +160,7 @@ def records(draw: Any) -> GuestRecord:
                     draw(ATTR_TEXT), draw(ATTR_TEXT), TIME,
                     draw(st.sampled_from(["", "c7a5fdbd-edaf-9455-926a-d65c16db1809"])))
     codes = st.lists(st.sampled_from(sorted(CODES)), max_size=3, unique=True)
-    history = tuple(HistoryEntry(TIME, draw(st.sampled_from(HISTORY_OPS)), draw(ATTR_TEXT),
+    history = tuple(HistoryEntry(TIME, draw(st.sampled_from(tuple(HistoryOp))), draw(ATTR_TEXT),
                                  draw(st.sampled_from(VERDICTS)), tuple(draw(codes)))
                     for _ in range(draw(st.integers(0, 3))))
     override = None

@@ -27,10 +27,11 @@ from psci_hook.environment import Environment
 from psci_hook.hook import Outcome, decide_hook
 from psci_hook.policy import Policy, PolicyReading, read_policy
 from psci_hook.profile import ProfileError, load_profile, qemu_generation_for_version
-from psci_hook.record import GuestRecord, Origin, RecordError, read_record, record_xml
+from psci_hook.record import GuestRecord, Origin, OriginEvent, RecordError, read_record, record_xml
 from psci_hook.report import decision_text
 from psci_hook.splice import splice_record
 from psci_hook.status import ExitStatus
+from psci_hook.vocab import HookVerdict, QemuGeneration
 
 HELP = ("what the hook would decide for a guest on a host, with the hook's exit status "
         "(0 allow, 1 veto; 2 bad input)")
@@ -64,7 +65,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     gen = parser.add_mutually_exclusive_group()
     gen.add_argument("--qemu-version", metavar="X.Y",
                      help="the destination QEMU's version, when the profile does not say")
-    gen.add_argument("--qemu", choices=("legacy", "tolerant"),
+    gen.add_argument("--qemu", choices=tuple(QemuGeneration),
                      help="the destination QEMU's generation, overriding the profile")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--verbose", action="store_true",
@@ -184,13 +185,14 @@ _GUEST_DOMAIN = ("<domain type='{type}'>\n  <name>{name}</name>\n  <os>\n"
 def _domain_for(guest: GuestState, name: str, policy: Policy) -> bytes:
     """A minimal domain of a type the policy acts on, carrying the guest's record."""
     kind = "kvm" if "kvm" in policy.domain_types else sorted(policy.domain_types)[0]
-    record = GuestRecord(guest, Origin("stamped", name, "unknown", "1970-01-01T00:00:00Z"))
+    record = GuestRecord(guest, Origin(OriginEvent.STAMPED, name, "unknown",
+                                       "1970-01-01T00:00:00Z"))
     plain = _GUEST_DOMAIN.format(type=kind, name=name).encode()
     return splice_record(plain, lambda indent: record_xml(record, indent)).data
 
 
-_VERDICTS = {"allow": "ALLOW", "veto": "VETO", "warn": "WOULD VETO (mode = warn: allowed)",
-             "error": "ERROR"}
+_VERDICTS = {HookVerdict.ALLOW: "ALLOW", HookVerdict.VETO: "VETO",
+             HookVerdict.WARN: "WOULD VETO (mode = warn: allowed)", HookVerdict.ERROR: "ERROR"}
 
 
 def _text(outcome: Outcome, policy: Policy, name: str, verbose: bool) -> str:
@@ -201,7 +203,8 @@ def _text(outcome: Outcome, policy: Policy, name: str, verbose: bool) -> str:
     if outcome.message:
         lines.append(outcome.message)
     if outcome.engine is not None:
-        body = decision_text(outcome.engine, verbose=verbose, after=outcome.decision == "allow")
+        body = decision_text(outcome.engine, verbose=verbose,
+                             after=outcome.decision == HookVerdict.ALLOW)
         lines.append(body.rstrip("\n"))
     elif "NOT_APPLICABLE" in outcome.codes:
         lines.append(f"NOT_APPLICABLE: {name} is {outcome.event.get('reason')}; the hook acts on "
@@ -210,7 +213,7 @@ def _text(outcome: Outcome, policy: Policy, name: str, verbose: bool) -> str:
     elif "PROFILE_UNAVAILABLE" in outcome.codes:
         lines.append("(no usable profile of this host: name the destination with "
                      "--host-profile FILE or a bundled name; `psci-hook profiles` lists them)")
-    elif "NO_RECORD" in outcome.codes and outcome.decision == "allow":
+    elif "NO_RECORD" in outcome.codes and outcome.decision == HookVerdict.ALLOW:
         lines.append("NO_RECORD: the domain carries no psci-hook record; allowed "
                      "(unrecorded = allow)")
     return "\n".join(lines) + "\n"

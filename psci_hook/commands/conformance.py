@@ -23,12 +23,18 @@ from psci_hook import registers as regs
 from psci_hook.environment import Environment
 from psci_hook.profile import HostProfile, ProfileError, load_profile
 from psci_hook.status import ExitStatus
+from psci_hook.vocab import StrEnum
 
 HELP = "check the engine's predictions against real KVM_SET_ONE_REG calls on this host"
 
-AGREE = "agree"
-DISAGREE = "disagree"
-UNVERIFIED = "unverified"
+
+
+class Agreement(StrEnum):
+    """The engine's prediction against the kernel's answer, for one value."""
+
+    AGREE = "agree"
+    DISAGREE = "disagree"
+    UNPREDICTED = "unverified"  # the engine cannot tell offline (FW_UNVERIFIED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +50,10 @@ class Check:
         return self.errno == 0
 
     @property
-    def verdict(self) -> str:
+    def verdict(self) -> Agreement:
         if self.predicted is None:
-            return UNVERIFIED
-        return AGREE if self.predicted == self.accepted else DISAGREE
+            return Agreement.UNPREDICTED
+        return Agreement.AGREE if self.predicted == self.accepted else Agreement.DISAGREE
 
     def kernel_text(self) -> str:
         return "accepted" if self.accepted else f"refused ({kvm_mod.errno_name(self.errno)})"
@@ -122,8 +128,8 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         env.error(f"conformance: {exc.strerror or exc}")
         return ExitStatus.KVM_ERROR
 
-    disagreements = [c for c in checks if c.verdict == DISAGREE]
-    unverified = [c for c in checks if c.verdict == UNVERIFIED]
+    disagreements = [c for c in checks if c.verdict == Agreement.DISAGREE]
+    unverified = [c for c in checks if c.verdict == Agreement.UNPREDICTED]
     registers_checked = len({c.reg_id for c in checks})
     if args.json:
         env.write_out(json.dumps({

@@ -20,6 +20,7 @@ from psci_hook.fleet import profile_identity
 from psci_hook.profile import HostProfile, ProfileError, bundled_profiles, load_profile
 from psci_hook.report import veto_reason
 from psci_hook.status import ExitStatus
+from psci_hook.vocab import QemuGeneration
 
 HELP = ("every source x destination pair of host profiles, for a guest freshly booted on the "
         "source (default: the bundled profiles)")
@@ -28,7 +29,7 @@ HELP = ("every source x destination pair of host profiles, for a guest freshly b
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("profiles", nargs="*", type=Path, metavar="PROFILE",
                         help="host profile files (default: the profiles bundled with psci-hook)")
-    parser.add_argument("--qemu", choices=("legacy", "tolerant"), default="legacy",
+    parser.add_argument("--qemu", choices=tuple(QemuGeneration), default="legacy",
                         help="the destination QEMU generation (default: legacy)")
     parser.add_argument("--format", choices=("text", "markdown", "json", "html"), default="text",
                         help="html: a self-contained page, identical profiles grouped")

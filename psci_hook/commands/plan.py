@@ -29,6 +29,7 @@ from psci_hook.environment import Environment
 from psci_hook.fleet import Decider, Fleet, Plan, Verdict, first_hosts, plan, profile_label
 from psci_hook.profile import HostProfile
 from psci_hook.status import ExitStatus
+from psci_hook.vocab import QemuGeneration
 
 HELP = ("what changing some hosts' profiles (an upgrade) does: host pairs whose verdict "
         "changes, guests that lose destinations or are left with none, new one-way moves")
@@ -46,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="a directory of domain XML files (*.xml) with psci-hook records")
     guests.add_argument("--uri", nargs="+", action="extend", metavar="URI",
                         help="the running guests of these libvirt URIs")
-    parser.add_argument("--qemu", choices=("legacy", "tolerant"),
+    parser.add_argument("--qemu", choices=tuple(QemuGeneration),
                         help="every destination QEMU's generation, overriding the profiles")
     parser.add_argument("--format", choices=("text", "markdown", "json"), default="text")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from psci_hook.environment import Environment
 from psci_hook.libvirt_client import Client, LibvirtCallFailed, LibvirtUnavailable
-from psci_hook.recorder import ACTIONS, FAILED, RECONCILE, SKIPPED, Plan, plan_failed
+from psci_hook.recorder import Plan, RecordAction, Trigger, plan_failed
 from psci_hook.recording import Context, ContextError, load_context, log_plan, record_domain
 from psci_hook.status import ExitStatus
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     try:
         targets = _targets(client, args, ctx, plans)
         for dom in targets:
-            plan = record_domain(client, dom, RECONCILE, ctx, force=args.force)
+            plan = record_domain(client, dom, Trigger.RECONCILE, ctx, force=args.force)
             plans.append(plan)
             env.write_out(plan_line(plan))
     except LibvirtUnavailable as exc:
@@ -77,10 +77,10 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     counts: dict[str, int] = {}
     for plan in plans:
         counts[plan.action] = counts.get(plan.action, 0) + 1
-    summary = ", ".join(f"{counts[a]} {a}" for a in ACTIONS if a in counts) or "no domain"
+    summary = ", ".join(f"{counts[a]} {a}" for a in RecordAction if a in counts) or "no domain"
     env.write_out(f"{len(plans)} domain{'s' if len(plans) != 1 else ''}: {summary}\n")
     # 1 (as conformance's "a disagreement"): some domains could not be recorded.
-    return ExitStatus.VETO if counts.get(FAILED) else ExitStatus.OK
+    return ExitStatus.VETO if counts.get(RecordAction.FAILED) else ExitStatus.OK
 
 
 def _targets(client: Client, args: argparse.Namespace, ctx: Context, plans: list[Plan]
@@ -95,12 +95,12 @@ def _targets(client: Client, args: argparse.Namespace, ctx: Context, plans: list
             dom = client.lookup(key)
             running = client.is_active(dom)
         except LibvirtCallFailed as exc:
-            plan = plan_failed(key, RECONCILE, str(exc))
+            plan = plan_failed(key, Trigger.RECONCILE, str(exc))
         else:
             if running:
                 found.append(dom)
                 continue
-            plan = Plan(client.name(dom), "", RECONCILE, SKIPPED,
+            plan = Plan(client.name(dom), "", Trigger.RECONCILE, RecordAction.SKIPPED,
                         "not running (a record is written for running domains only)")
         plans.append(plan)
         log_plan(ctx, plan)

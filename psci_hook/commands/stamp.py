@@ -17,7 +17,7 @@ from psci_hook.commands._common import (
 from psci_hook.domainxml import Domain, psci_version_override, requested_features
 from psci_hook.environment import Environment
 from psci_hook.profile import FEATURE_ORDER, FeatureSet, ProfileError, load_profile
-from psci_hook.record import GuestRecord, Origin, RecordError, read_record, record_xml
+from psci_hook.record import GuestRecord, Origin, OriginEvent, RecordError, read_record, record_xml
 from psci_hook.splice import SpliceError, splice_record
 from psci_hook.status import ExitStatus
 from psci_hook.thishost import utc_now
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
             old = None  # stamping replaces a broken record
         host = args.host or str(profile.extra.get("hostname") or socket.gethostname())
         now = utc_now(env)
-        record = GuestRecord(state, Origin("stamped", host, profile.kernel_release, now),
+        record = GuestRecord(state, Origin(OriginEvent.STAMPED, host, profile.kernel_release, now),
                              history=old.history if old else (),
                              override=old.override if old else None)
         output = splice_record(data, lambda indent: record_xml(record, indent)).data

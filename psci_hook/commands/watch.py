@@ -52,16 +52,7 @@ from psci_hook.libvirt_client import (
     load,
 )
 from psci_hook.policy import read_policy
-from psci_hook.recorder import (
-    BOOTED,
-    FROM_SNAPSHOT,
-    MIGRATED,
-    RECONCILE,
-    RESTORED,
-    SKIPPED,
-    Plan,
-    plan_failed,
-)
+from psci_hook.recorder import LIBVIRT_HOW_STARTED, Plan, RecordAction, Trigger, plan_failed
 from psci_hook.recording import (
     Context,
     ContextError,
@@ -112,7 +103,7 @@ class Watcher:
         self.stop = threading.Event()
         self.items: queue.Queue[Item] = queue.Queue()
         self.generation = 0
-        self.arriving: dict[str, str] = {}  # UUID -> trigger, incoming migrations under way
+        self.arriving: dict[str, Trigger] = {}  # UUID -> trigger, incoming migrations under way
 
     # -- logging ---------------------------------------------------------------------------
 
@@ -191,7 +182,7 @@ class Watcher:
                                f"cannot write the cache in {self.env.run_dir}: "
                                f"{exc.strerror or exc}")
 
-    def _context(self, domain: str, trigger: str) -> Context | None:
+    def _context(self, domain: str, trigger: Trigger) -> Context | None:
         try:
             return load_context(self.env)
         except ContextError as exc:
@@ -201,16 +192,16 @@ class Watcher:
             return None
 
     def _reconcile(self, client: Client) -> None:
-        ctx = self._context("", RECONCILE)
+        ctx = self._context("", Trigger.RECONCILE)
         if ctx is None:
             return
         running = client.running()
         for dom in running:
-            self._record(client, dom, RECONCILE, ctx, client.name(dom))
+            self._record(client, dom, Trigger.RECONCILE, ctx, client.name(dom))
         self.service_event("reconciled", f"{len(running)} running domain"
                            f"{'s' if len(running) != 1 else ''} reconciled")
 
-    def _record(self, client: Client, dom: Any, trigger: str, ctx: Context, domain: str
+    def _record(self, client: Client, dom: Any, trigger: Trigger, ctx: Context, domain: str
                 ) -> None:
         """record_domain; a bug there is logged as that domain's failure, not the end of the
         service (a lost connection still ends the connection)."""
@@ -227,11 +218,12 @@ class Watcher:
         yet persistent, the migration job holding it) and acted on at its end: DEFINED (the
         persistent definition arrived, --persistent) or RESUMED (the guest runs here)."""
         if item.event == STARTED:
-            if item.detail == MIGRATED:
-                self.arriving[item.uuid] = MIGRATED
-            elif item.detail in (BOOTED, RESTORED, FROM_SNAPSHOT):
+            trigger = LIBVIRT_HOW_STARTED.get(item.detail)
+            if trigger == Trigger.MIGRATED:
+                self.arriving[item.uuid] = trigger
+            elif trigger is not None:
                 self.arriving.pop(item.uuid, None)
-                self._act(client, item, item.detail)
+                self._act(client, item, trigger)
             return
         if item.uuid not in self.arriving:
             return
@@ -240,7 +232,7 @@ class Watcher:
         elif item.event == STOPPED:  # the migration failed, or the guest is already gone
             del self.arriving[item.uuid]
 
-    def _act(self, client: Client, item: Lifecycle, trigger: str) -> None:
+    def _act(self, client: Client, item: Lifecycle, trigger: Trigger) -> None:
         ctx = self._context(item.name, trigger)
         if ctx is None:
             return
@@ -251,7 +243,8 @@ class Watcher:
             log_plan(ctx, plan_failed(item.name, trigger, str(exc), item.uuid))
             return
         if not running:
-            log_plan(ctx, Plan(item.name, item.uuid, trigger, SKIPPED, "no longer running"))
+            log_plan(ctx, Plan(item.name, item.uuid, trigger, RecordAction.SKIPPED,
+                               "no longer running"))
             return
         self._record(client, dom, trigger, ctx, item.name)
 

@@ -23,6 +23,7 @@ from psci_hook.domainxml import parse_domain
 from psci_hook.environment import Environment
 from psci_hook.fleet import Decider, HostVerdict, Verdict, where
 from psci_hook.status import ExitStatus
+from psci_hook.vocab import QemuGeneration
 
 HELP = ("every host of a fleet directory a guest can migrate to now, the blocking codes for "
         "the others (exit 0 some host can take it, 1 none, 2 bad input)")
@@ -37,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uri", metavar="URI", help="the libvirt URI for --domain")
     parser.add_argument("--fleet", type=Path, required=True, metavar="DIR",
                         help="the fleet directory: one HOST.json profile per host")
-    parser.add_argument("--qemu", choices=("legacy", "tolerant"),
+    parser.add_argument("--qemu", choices=tuple(QemuGeneration),
                         help="every destination QEMU's generation, overriding the profiles")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 

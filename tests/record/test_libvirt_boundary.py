@@ -154,10 +154,12 @@ def test_record_events_have_their_own_fields_priority_and_message_id() -> None:
     assert action == "skipped" and event["event"] == auditlog.RECORD_EVENT
     assert fields == {"PSCI_ACTION": "skipped", "PSCI_DOMAIN": "vm1",
                       "PSCI_TRIGGER": "reconcile", "PSCI_CODES": "NO_RECORD"}
-    assert (priority, message_id) == (5, auditlog.RECORD_MESSAGE_IDS["skipped"])
-    assert len(set(auditlog.RECORD_MESSAGE_IDS.values()) | set(
-        auditlog.MESSAGE_IDS.values())) == len(auditlog.RECORD_MESSAGE_IDS) + len(
-        auditlog.MESSAGE_IDS)
+    assert (message_id, priority) == tuple(auditlog.EVENT_KINDS[(auditlog.RECORD_EVENT,
+                                                                 "skipped")])
+    assert priority == 5
+    own_ids = [k.message_id for (_, kind), k in auditlog.EVENT_KINDS.items()
+               if kind not in ("disconnected", "connect-failed", "refresh-failed")]
+    assert len(set(own_ids)) == len(own_ids)
     # Decision events are unchanged.
     auditlog.emit_decision(sink, decision="veto", domain="vm1", op="migrate", codes=["X"])
     assert sink.sent[1][2]["PSCI_DECISION"] == "veto" and sink.sent[1][3] is None
@@ -192,3 +194,14 @@ def test_the_watcher_tells_systemd_it_is_ready(tmp_path: Path) -> None:
         assert sock.recv(256).split(b"\n")[0] == b"READY=1"
     assert not notify_ready({})  # not under systemd
     assert not notify_ready({"NOTIFY_SOCKET": str(tmp_path / "gone")})
+
+
+def test_every_decision_and_record_action_is_a_kind_of_event() -> None:
+    """The table of event kinds names every verdict and every action but `unverified` (whose
+    events carry the service events' id, as they always have)."""
+    from psci_hook.recorder import RecordAction
+    from psci_hook.vocab import HookVerdict
+
+    assert all((auditlog.EVENT, v) in auditlog.EVENT_KINDS for v in HookVerdict)
+    assert {a for a in RecordAction if (auditlog.RECORD_EVENT, a) not in auditlog.EVENT_KINDS} \
+        == {RecordAction.MARKED}

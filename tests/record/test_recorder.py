@@ -15,21 +15,11 @@ from psci_hook.engine import GuestState, decide
 from psci_hook.policy import Policy
 from psci_hook.record import GuestRecord, HistoryEntry, Override, read_record, record_xml
 from psci_hook.recorder import (
-    BOOTED,
-    FAILED,
-    MARKED,
-    MIGRATED,
-    RECONCILE,
-    RECORDED,
-    REPLACED,
-    RESTORED,
-    SKIPPED,
-    SYNCED,
-    UNCHANGED,
-    UPDATED,
     Observed,
+    RecordAction,
     Started,
     ThisHost,
+    Trigger,
     persistent_copy,
     plan_arrival,
     plan_boot,
@@ -56,7 +46,8 @@ def persistent(live: bytes) -> Observed:
 
 def test_boot_without_record_records_this_hosts_values() -> None:
     plan = plan_boot(persistent(domain_xml()), host_b, NOW)
-    assert (plan.action, plan.trigger, plan.domain) == (RECORDED, BOOTED, "vm1")
+    assert (plan.action, plan.trigger, plan.domain) == (RecordAction.RECORDED, Trigger.BOOTED,
+                                                        "vm1")
     assert plan.live is not None and plan.config == persistent_copy(plan.live)
     assert plan.config.status == "persistent-copy" and plan.live.vouched
     record = plan.live
@@ -73,7 +64,7 @@ def test_boot_replaces_a_stale_record_from_another_host_keeping_the_override() -
         override=Override(frozenset({"WA_LEVEL_TOO_HIGH"}), "ticket 4711"),
         history=(HistoryEntry(EARLIER, "migrate", "host-c", "allow", ()),))
     plan = plan_boot(persistent(domain_xml(stale)), host_b, NOW)
-    assert plan.action == REPLACED
+    assert plan.action == RecordAction.REPLACED
     assert "booted on host-a" in plan.reason
     assert plan.previous == stale.origin
     assert plan.live is not None
@@ -87,7 +78,7 @@ def test_boot_replaces_an_invalid_record() -> None:
     good = domain_xml(booted("6.1__a76", "host-b")).decode()
     broken = good.replace('version="1"', 'version="99"', 1).encode()
     plan = plan_boot(Observed(broken), host_b, NOW)
-    assert plan.action == REPLACED
+    assert plan.action == RecordAction.REPLACED
     assert "invalid record" in plan.reason
     assert plan.config is None  # transient: no persistent definition
 
@@ -104,15 +95,16 @@ def test_domains_the_hook_does_not_act_on_are_skipped(domain_type: str,
                                                       arch: str) -> None:
     data = domain_xml(domain_type=domain_type, arch=arch)
     for plan in (plan_boot(Observed(data), host_b, NOW),
-                 plan_arrival(Observed(data), host_b, NOW, MIGRATED),
+                 plan_arrival(Observed(data), host_b, NOW, Trigger.MIGRATED),
                  plan_reconcile(Observed(data), host_b, NOW, force=True)):
-        assert plan.action == SKIPPED and not plan.writes
+        assert plan.action == RecordAction.SKIPPED and not plan.writes
         assert f"type={domain_type}" in plan.reason
 
 
 def test_tcg_domains_are_recorded_when_the_policy_says_so() -> None:
     host = dataclasses.replace(host_b, policy=Policy(domain_types=frozenset({"kvm", "qemu"})))
-    assert plan_boot(Observed(domain_xml(domain_type="qemu")), host, NOW).action == RECORDED
+    plan = plan_boot(Observed(domain_xml(domain_type="qemu")), host, NOW)
+    assert plan.action == RecordAction.RECORDED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,22 +118,23 @@ def test_arrival_annotated_by_the_hook_only_syncs_the_persistent_definition() ->
     annotated = dataclasses.replace(incoming, state=after)
     annotated = dataclasses.replace(annotated, origin=host_b.origin("migrated", EARLIER))
     stale_config = domain_xml(incoming)
-    plan = plan_arrival(Observed(domain_xml(annotated), stale_config), host_b, NOW, MIGRATED)
-    assert plan.action == SYNCED
+    plan = plan_arrival(Observed(domain_xml(annotated), stale_config), host_b, NOW,
+                        Trigger.MIGRATED)
+    assert plan.action == RecordAction.SYNCED
     assert plan.live is None and plan.config == persistent_copy(annotated)
     # Already in step: nothing to write.
     plan = plan_arrival(Observed(domain_xml(annotated), domain_xml(persistent_copy(annotated))),
-                        host_b, NOW, MIGRATED)
-    assert (plan.action, plan.writes) == (UNCHANGED, False)
+                        host_b, NOW, Trigger.MIGRATED)
+    assert (plan.action, plan.writes) == (RecordAction.UNCHANGED, False)
 
 
-@pytest.mark.parametrize(("trigger", "event", "op"), [(MIGRATED, "migrated", "migrate"),
-                                                      (RESTORED, "restored", "restore")])
+@pytest.mark.parametrize(("trigger", "event", "op"), [(Trigger.MIGRATED, "migrated", "migrate"),
+                                                      (Trigger.RESTORED, "restored", "restore")])
 def test_arrival_without_annotation_brings_the_record_to_this_host(
         trigger: str, event: str, op: str) -> None:
     incoming = booted("5.10__a57", "host-a", UUID_A)  # PSCI 1.0, no bitmaps, WA levels 0
     plan = plan_arrival(persistent(domain_xml(incoming)), host_b, NOW, trigger)
-    assert plan.action == UPDATED
+    assert plan.action == RecordAction.UPDATED
     assert plan.live is not None and plan.config == persistent_copy(plan.live)
     state = plan.live.state
     assert state == decide(incoming.state, host_b.profile).guest_after
@@ -154,12 +147,12 @@ def test_arrival_without_annotation_brings_the_record_to_this_host(
     # Applying the plan again changes nothing: the record is now current.
     again = plan_arrival(Observed(domain_xml(plan.live), domain_xml(plan.config)), host_b, NOW,
                          trigger)
-    assert (again.action, again.writes) == (UNCHANGED, False)
+    assert (again.action, again.writes) == (RecordAction.UNCHANGED, False)
 
 
 def test_arrival_without_a_record_records_an_upper_bound() -> None:
-    plan = plan_arrival(Observed(domain_xml()), host_b, NOW, RESTORED)
-    assert (plan.action, plan.codes) == (RECORDED, ("NO_RECORD",))
+    plan = plan_arrival(Observed(domain_xml()), host_b, NOW, Trigger.RESTORED)
+    assert (plan.action, plan.codes) == (RecordAction.RECORDED, ("NO_RECORD",))
     assert plan.live is not None and plan.config is None
     assert plan.live.origin.event == "restored"
     assert plan.live.state.registers == host_b.profile.registers
@@ -169,8 +162,8 @@ def test_arrival_without_a_record_records_an_upper_bound() -> None:
 def test_arrival_with_an_invalid_record_leaves_it_alone() -> None:
     good = domain_xml(booted("6.1__a76", "host-a")).decode()
     broken = good.replace('value="0x10001"', 'value="-1"').encode()
-    plan = plan_arrival(persistent(broken), host_b, NOW, MIGRATED)
-    assert plan.action == SKIPPED and not plan.writes
+    plan = plan_arrival(persistent(broken), host_b, NOW, Trigger.MIGRATED)
+    assert plan.action == RecordAction.SKIPPED and not plan.writes
     assert "not a non-negative integer" in plan.reason
 
 
@@ -198,7 +191,7 @@ def running(record: GuestRecord | None, started: Started, transient: bool = Fals
 
 def test_reconcile_records_an_unrecorded_domain() -> None:
     plan = plan_reconcile(running(None, BOOTED_HERE), host_b, NOW)
-    assert (plan.action, plan.trigger) == (RECORDED, RECONCILE)
+    assert (plan.action, plan.trigger) == (RecordAction.RECORDED, Trigger.RECONCILE)
     assert plan.live is not None and plan.config == persistent_copy(plan.live)
     assert "libvirt's state reason: booted" in plan.reason
 
@@ -209,12 +202,13 @@ def test_a_guest_that_cold_booted_here_gets_this_hosts_values(event: str) -> Non
     is not this host's boot record is stale, whatever it claims (issue 12, point 1)."""
     foreign = booted("5.10__a57", "host-a", UUID_A, event=event)
     plan = plan_reconcile(running(foreign, BOOTED_HERE), host_b, NOW)
-    assert plan.action == REPLACED and plan.live is not None
+    assert plan.action == RecordAction.REPLACED and plan.live is not None
     assert plan.live.state == GuestState.booted_on(host_b.profile, frozenset({"pmu"}))
     assert f"{event} on host-a" in plan.reason and "cold-booted on this host" in plan.reason
     # A record this host wrote at an earlier migration is just as stale after a cold boot.
     own_migration = booted("5.10__a57", "host-b", UUID_B, event="migrated")
-    assert plan_reconcile(running(own_migration, BOOTED_HERE), host_b, NOW).action == REPLACED
+    plan = plan_reconcile(running(own_migration, BOOTED_HERE), host_b, NOW)
+    assert plan.action == RecordAction.REPLACED
 
 
 def test_a_cold_booted_guest_with_its_boot_record_is_current() -> None:
@@ -222,17 +216,18 @@ def test_a_cold_booted_guest_with_its_boot_record_is_current() -> None:
     assert record is not None
     plan = plan_reconcile(Observed(domain_xml(record), domain_xml(persistent_copy(record)),
                                    started=BOOTED_HERE), host_b, NOW)
-    assert (plan.action, plan.writes) == (UNCHANGED, False)
+    assert (plan.action, plan.writes) == (RecordAction.UNCHANGED, False)
     plan = plan_reconcile(Observed(domain_xml(record), domain_xml(), started=BOOTED_HERE),
                           host_b, NOW)
-    assert (plan.action, plan.live, plan.config) == (SYNCED, None, persistent_copy(record))
+    assert (plan.action, plan.live, plan.config) == (RecordAction.SYNCED, None,
+                                                     persistent_copy(record))
 
 
 @pytest.mark.parametrize("reason", ["migrated", "restored", "from-snapshot"])
 def test_a_guest_that_loaded_its_state_keeps_the_record_that_came_with_it(reason: str) -> None:
     incoming = booted("5.10__a57", "host-a", UUID_A)
     plan = plan_reconcile(running(incoming, Started(reason, None)), host_b, NOW)
-    assert plan.action == UPDATED and plan.trigger == RECONCILE
+    assert plan.action == RecordAction.UPDATED and plan.trigger == Trigger.RECONCILE
     assert plan.live is not None
     assert plan.live.state == decide(incoming.state, host_b.profile).guest_after
     assert plan.live.state.registers[PSCI] == incoming.state.registers[PSCI]
@@ -243,10 +238,10 @@ def test_a_resumed_guest_is_judged_by_its_process_start_time() -> None:
     process (after it started, for a boot; just before, for an arrival) is current."""
     boot_record = booted("6.1__a76", "host-b", UUID_B, time=at(1))
     assert plan_reconcile(running(boot_record, RESUMED_LATER), host_b, NOW,
-                          ).action in (UNCHANGED, SYNCED)
+                          ).action in (RecordAction.UNCHANGED, RecordAction.SYNCED)
     arrival = booted("6.1__a76", "host-b", UUID_B, event="migrated", time=at(-1))
     assert plan_reconcile(running(arrival, RESUMED_LATER), host_b, NOW).action in (
-        UNCHANGED, SYNCED)
+        RecordAction.UNCHANGED, RecordAction.SYNCED)
 
 
 @pytest.mark.parametrize(("record", "why"), [
@@ -257,32 +252,33 @@ def test_a_resumed_guest_is_judged_by_its_process_start_time() -> None:
 def test_a_record_nothing_vouches_for_is_marked_unverified(record: GuestRecord,
                                                            why: str) -> None:
     plan = plan_reconcile(running(record, RESUMED_LATER), host_b, NOW)
-    assert plan.action == MARKED, why
+    assert plan.action == RecordAction.MARKED, why
     assert plan.live == record.with_status("unverified") and plan.config is None
     assert "cannot tell" in plan.reason and "unpaused" in plan.reason
     # Marked, it stays so until the guest's start is known, or --force.
     again = plan_reconcile(running(plan.live, RESUMED_LATER), host_b, NOW)
-    assert (again.action, again.writes) == (UNCHANGED, False)
+    assert (again.action, again.writes) == (RecordAction.UNCHANGED, False)
     forced = plan_reconcile(running(plan.live, RESUMED_LATER), host_b, NOW, force=True)
-    assert forced.action == REPLACED and forced.live is not None and forced.live.vouched
+    assert forced.action == RecordAction.REPLACED
+    assert forced.live is not None and forced.live.vouched
 
 
 def test_a_migration_under_way_is_left_to_its_end() -> None:
     incoming = booted("5.10__a57", "host-a", UUID_A)
     plan = plan_reconcile(running(incoming, Started("migrating", None), True), host_b, NOW,
                           force=True)
-    assert (plan.action, plan.writes) == (SKIPPED, False)
+    assert (plan.action, plan.writes) == (RecordAction.SKIPPED, False)
 
 
 def test_without_any_fact_a_record_is_not_trusted() -> None:
     own = booted("6.1__a76", "host-b", UUID_B, event="migrated")
-    assert plan_reconcile(running(own, Started()), host_b, NOW).action == MARKED
+    assert plan_reconcile(running(own, Started()), host_b, NOW).action == RecordAction.MARKED
 
 
 def test_reconcile_keeps_a_record_from_another_host_unless_forced() -> None:
     foreign = booted("5.10__a57", "host-a", UUID_A)
     forced = plan_reconcile(running(foreign, MIGRATED_HERE), host_b, NOW, force=True)
-    assert forced.action == REPLACED
+    assert forced.action == RecordAction.REPLACED
     assert forced.live is not None
     assert forced.live.state == GuestState.booted_on(host_b.profile, frozenset({"pmu"}))
 
@@ -291,35 +287,36 @@ def test_reconcile_keeps_this_hosts_record_and_copies_it_to_the_persistent_defin
     own = booted("6.1__a76", "host-b", UUID_B, event="migrated")
     plan = plan_reconcile(Observed(domain_xml(own), domain_xml(), started=MIGRATED_HERE),
                           host_b, NOW)
-    assert (plan.action, plan.live, plan.config) == (SYNCED, None, persistent_copy(own))
+    assert (plan.action, plan.live, plan.config) == (RecordAction.SYNCED, None,
+                                                     persistent_copy(own))
     plan = plan_reconcile(Observed(domain_xml(own), None, started=MIGRATED_HERE), host_b, NOW)
-    assert (plan.action, plan.writes) == (UNCHANGED, False)
+    assert (plan.action, plan.writes) == (RecordAction.UNCHANGED, False)
 
 
 def test_this_host_is_known_by_uuid_before_hostname() -> None:
     same_name_other_uuid = booted("6.1__a76", "host-b", UUID_A, event="migrated", time=at(-1))
     assert plan_reconcile(running(same_name_other_uuid, RESUMED_LATER, True), host_b,
-                          NOW).action == MARKED
+                          NOW).action == RecordAction.MARKED
     no_uuid = booted("6.1__a76", "host-b", event="migrated", time=at(-1))
     assert plan_reconcile(running(no_uuid, RESUMED_LATER, True), host_b,
-                          NOW).action == UNCHANGED
+                          NOW).action == RecordAction.UNCHANGED
 
 
 def test_reconcile_leaves_an_invalid_record_unless_forced() -> None:
     good = domain_xml(booted("6.1__a76", "host-b")).decode()
     broken = Observed(good.replace('version="1"', 'version="one"', 1).encode())
-    assert plan_reconcile(broken, host_b, NOW).action == SKIPPED
-    assert plan_reconcile(broken, host_b, NOW, force=True).action == REPLACED
+    assert plan_reconcile(broken, host_b, NOW).action == RecordAction.SKIPPED
+    assert plan_reconcile(broken, host_b, NOW, force=True).action == RecordAction.REPLACED
 
 
 def test_unusable_xml_from_libvirt_is_a_failure() -> None:
-    plan = plan_for(BOOTED, Observed(b"<domain"), host_b, NOW)
-    assert plan.action == FAILED and "malformed" in plan.reason
+    plan = plan_for(Trigger.BOOTED, Observed(b"<domain"), host_b, NOW)
+    assert plan.action == RecordAction.FAILED and "malformed" in plan.reason
 
 
 def test_written_records_read_back_as_written() -> None:
     plan = plan_arrival(Observed(domain_xml(booted("5.10__a57", "host-a"))), host_b, NOW,
-                        MIGRATED)
+                        Trigger.MIGRATED)
     assert plan.live is not None
     text = domain_xml(plan.live)
     assert read_record(parse_domain(text).root) == plan.live
