@@ -1,19 +1,16 @@
-"""Shared fixtures: the repository, shared/ beside it, profiles built for one rule at a time."""
+"""Shared fixtures: the bundled profiles, libvirt's in-process test driver, golden regeneration.
+Shared functions and constants are in helpers.py."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
+import libvirt
 import pytest
 
-from psci_hook import registers as regs
 from psci_hook.profile import HostProfile, bundled_profiles, load_profile
-
-REPO = Path(__file__).resolve().parent.parent
-# In CI the repository is cloned somewhere with a copy of shared/ beside it.
-SHARED = Path(os.environ.get("PSCI_HOOK_SHARED", REPO.parent / "shared"))
+from tests.helpers import TEST_URI
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -26,17 +23,25 @@ def regenerate(request: Any) -> bool:
     return bool(request.config.getoption("--regenerate-golden"))
 
 
-def fw(**values: int) -> dict[int, int]:
-    return {regs.FW_BY_NAME[name].reg_id: value for name, value in values.items()}
-
-
-def make_profile(release: str = "6.12.0-test", registers: dict[int, int] | None = None,
-                 lists: dict[str, tuple[int, ...]] | None = None, **kw: Any) -> HostProfile:
-    return HostProfile(kernel_release=release, machine="aarch64",
-                       registers=registers if registers is not None else {},
-                       cpreg_lists=lists, **kw)
-
-
 @pytest.fixture(scope="session")
 def bundled() -> dict[str, HostProfile]:
     return {name: load_profile(path) for name, path in bundled_profiles().items()}
+
+
+@pytest.fixture
+def conn() -> Iterator[Any]:
+    """A connection to libvirt's test driver. The driver keeps one shared state per process, so
+    the domains made through it are removed after the test."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    c = libvirt.open(TEST_URI)
+    before = {d.UUIDString() for d in c.listAllDomains()}
+    yield c
+    for dom in c.listAllDomains():
+        if dom.UUIDString() in before:
+            continue
+        persistent = dom.isPersistent()  # a transient domain is gone once destroyed
+        if dom.isActive():
+            dom.destroy()
+        if persistent:
+            dom.undefine()
+    c.close()

@@ -22,8 +22,8 @@ from psci_hook.engine import GuestState
 from psci_hook.profile import HostProfile
 from psci_hook.record import GuestRecord, Origin, record_xml
 from psci_hook.splice import splice_record
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 HOOK_SOURCE = REPO / "hooks" / "50-psci-hook"
 
 DOMAIN = b"""<domain type='kvm'>

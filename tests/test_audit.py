@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from psci_hook.cli import main
 from psci_hook.commands import audit
 from psci_hook.commands.audit import TimeError, parse_time, rotations
 from psci_hook.environment import Environment
+from tests.helpers import REPO
 
 PLUS_ONE = dt.timezone(dt.timedelta(hours=1))
 NOW = dt.datetime(2026, 12, 5, 21, 30, 15, tzinfo=PLUS_ONE)  # 20:30:15Z

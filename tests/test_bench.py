@@ -3,22 +3,13 @@ nothing here judges them (the benchmark prints figures; targets are reported, no
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_hook.py"
+from tests.helpers import run_quick_benchmark
 
 
 def test_the_benchmark_runs_and_prints_every_figure(capsys: Any) -> None:
-    spec = importlib.util.spec_from_file_location("bench_hook", BENCH)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    results = bench.collect(quick=True)
-    text = bench.report(results)
-    with capsys.disabled():
-        print("\n" + text)
+    results, text = run_quick_benchmark("bench_hook", capsys)
     names = [row["name"] for row in results["latency"]["rows"]]
     assert len(names) == 5 and all(row["median_ms"] > 0 for row in results["latency"]["rows"])
     growth = results["growth"]

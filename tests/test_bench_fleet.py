@@ -3,22 +3,13 @@ to the log; nothing here judges the times, only that every figure was measured."
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_fleet.py"
+from tests.helpers import run_quick_benchmark
 
 
 def test_the_fleet_benchmark_runs_and_prints_every_figure(capsys: Any) -> None:
-    spec = importlib.util.spec_from_file_location("bench_fleet", BENCH)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    results = bench.collect(quick=True)
-    text = bench.report(results)
-    with capsys.disabled():
-        print("\n" + text)
+    results, text = run_quick_benchmark("bench_fleet", capsys)
     rows = results["rows"]
     assert [r["hosts"] for r in rows] == [40, 1000]
     assert all(r["distinct_profiles"] == 30 for r in rows)

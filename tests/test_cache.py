@@ -12,12 +12,12 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import kvmfake
 import pytest
 
 from psci_hook import cache, kvm
 from psci_hook import probe as probe_mod
 from psci_hook.status import ExitStatus
+from tests import kvmfake
 
 BOOT_ID = "11111111-2222-3333-4444-555555555555"
 OTHER_BOOT = "99999999-2222-3333-4444-555555555555"

@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from hooktools import DOMAIN, stamped
 
 from psci_hook.cli import main
 from psci_hook.engine import GuestState
 from psci_hook.environment import Environment
 from psci_hook.profile import HostProfile, bundled_profiles
 from psci_hook.status import ExitStatus
+from tests.helpers import REPO
+from tests.hooktools import DOMAIN, stamped
 
 GOLDEN = REPO / "tests" / "golden"
 P = bundled_profiles()
@@ -189,9 +189,8 @@ def test_the_overview_lists_every_command_with_its_summary() -> None:
 
 def _hook(xml: bytes, profile: Path, config_text: str, tmp_path: Path) -> tuple[int, str]:
     """The hook itself, in-process, on ``profile`` as its [host] profile."""
-    from hooktools import CollectingSink
-
     from psci_hook.hook import main as hook_main
+    from tests.hooktools import CollectingSink
 
     config = tmp_path / "hook.conf"
     config.write_text(f"{config_text}\n[host]\nprofile = {profile}\n[hook]\nrehearse = no\n")

@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
-
 from psci_hook.cli import COMMANDS
+from tests.helpers import REPO
 
 BASH = REPO / "packaging" / "completion" / "psci-hook.bash"
 ZSH = REPO / "packaging" / "completion" / "_psci-hook"

@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
-
 from psci_hook.policy import SETTINGS
+from tests.helpers import REPO
 
 PSCI_HOOK = Path(sys.executable).parent / "psci-hook"
 SHIPPED = REPO / "psci_hook" / "data" / "psci-hook.conf"

@@ -14,7 +14,6 @@ import json
 import os
 from pathlib import Path
 
-import kvmfake
 import pytest
 
 from psci_hook import cli, engine, kvm
@@ -24,6 +23,7 @@ from psci_hook.commands import conformance
 from psci_hook.environment import Environment
 from psci_hook.profile import HostProfile
 from psci_hook.status import ExitStatus
+from tests import kvmfake
 
 VALUES = {i: v for i, v in kvmfake.DEFAULT_VALUES.items() if i != kvmfake.UNKNOWN_FW}
 

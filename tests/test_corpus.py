@@ -7,7 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from corpus import (
+from lxml import etree
+
+from tests.corpus import (
     CORPUS_DIR,
     KNOWN_INVALID,
     PACKAGE,
@@ -27,7 +29,6 @@ from corpus import (
     sha256sums,
     source_info,
 )
-from lxml import etree
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "vendor-libvirt-corpus"
 XML_COUNT, INPUT_COUNT, OUTPUT_COUNT = 150, 75, 75

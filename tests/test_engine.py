@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import fw, make_profile
 
 from psci_hook import registers as regs
 from psci_hook.engine import (
@@ -18,6 +17,7 @@ from psci_hook.engine import (
     psci_versions_known,
 )
 from psci_hook.profile import HostProfile
+from tests.helpers import fw, make_profile
 
 PSCI = regs.PSCI_VERSION.reg_id
 WA1 = regs.SMCCC_ARCH_WORKAROUND_1.reg_id

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hooktools import DOMAIN, CollectingSink, stamped, write_config
 
 from psci_hook import cache
 from psci_hook.engine import GuestState
@@ -14,6 +13,7 @@ from psci_hook.errors import first_line, with_type
 from psci_hook.hook import main
 from psci_hook.profile import HostProfile
 from psci_hook.status import ExitStatus
+from tests.hooktools import DOMAIN, CollectingSink, stamped, write_config
 
 
 @pytest.mark.parametrize(("exc", "line"), [

@@ -6,14 +6,10 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import libvirt
 import pytest
-from conftest import REPO
-from hooktools import DOMAIN, stamped
 
 from psci_hook.cli import main
 from psci_hook.commands import _fleet
@@ -22,6 +18,8 @@ from psci_hook.environment import Environment
 from psci_hook.fleet import Decider, profile_identity, where
 from psci_hook.profile import bundled_profiles, load_profile
 from psci_hook.status import ExitStatus
+from tests.helpers import REPO, TEST_URI
+from tests.hooktools import DOMAIN, stamped
 
 PROBED = {p.stem: p for p in sorted((REPO / "tests" / "data" / "probed-profiles").glob("*.json"))}
 BUNDLED = bundled_profiles()
@@ -300,25 +298,6 @@ def test_where_reads_standard_input_and_prints_text(tmp_path: Path) -> None:
 # Guests from libvirt: the in-process test driver (a real libvirt connection, no daemon)
 # ---------------------------------------------------------------------------------------------
 
-URI = "test:///default"
-
-
-@pytest.fixture
-def conn() -> Iterator[Any]:
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    c = libvirt.open(URI)
-    before = {d.UUIDString() for d in c.listAllDomains()}
-    yield c
-    for dom in c.listAllDomains():
-        if dom.UUIDString() not in before:
-            persistent = dom.isPersistent()
-            if dom.isActive():
-                dom.destroy()
-            if persistent:
-                dom.undefine()
-    c.close()
-
-
 def _libvirt_domain(tmp_path: Path, name: str, profile: Path) -> str:
     xml = guest_file(tmp_path / "lv", name, profile).read_text()
     xml = "\n".join(line for line in xml.splitlines() if "<uuid>" not in line)
@@ -329,17 +308,17 @@ def test_where_and_plan_read_guests_from_libvirt(conn: Any, tmp_path: Path) -> N
     fleet = make_fleet(tmp_path / "fleet", {"a": PROBED["6.1__a57"], "b": PROBED["7.2__a57"]})
     conn.createXML(_libvirt_domain(tmp_path, "lv-72", PROBED["7.2__a57"]), 0)
     conn.defineXML(_libvirt_domain(tmp_path, "lv-61", PROBED["6.1__a57"]))  # defined, not running
-    status, out, _ = run("where", "--domain", "lv-72", "--uri", URI, "--fleet", str(fleet),
+    status, out, _ = run("where", "--domain", "lv-72", "--uri", TEST_URI, "--fleet", str(fleet),
                          "--json")
     assert status == ExitStatus.OK
     assert [(h["host"], h["allowed"]) for h in json.loads(out)["hosts"]] == [("a", False),
                                                                              ("b", True)]
-    status, out, _ = run("where", "--domain", "lv-61", "--uri", URI, "--fleet", str(fleet))
+    status, out, _ = run("where", "--domain", "lv-61", "--uri", TEST_URI, "--fleet", str(fleet))
     assert status == ExitStatus.OK and out.startswith("lv-61: 2 of 2 hosts")
-    status, _, err = run("where", "--domain", "nosuch", "--uri", URI, "--fleet", str(fleet))
+    status, _, err = run("where", "--domain", "nosuch", "--uri", TEST_URI, "--fleet", str(fleet))
     assert status == ExitStatus.BAD_INPUT and "no domain named 'nosuch'" in err
     status, out, _ = run("plan", "--fleet", str(fleet), "--change", f"b={PROBED['6.1__a57']}",
-                         "--uri", URI, "--format", "json")
+                         "--uri", TEST_URI, "--format", "json")
     result = json.loads(out)
     assert [g["domain"] for g in result["guests"]] == ["lv-72"]  # running guests only
     assert result["guests"][0]["stranded"]
@@ -358,10 +337,9 @@ def test_two_hosts_probed_alike_have_one_identity(tmp_path: Path) -> None:
     keys profile_identity ignores; a different WORKAROUND level makes another profile. Probed
     through tests/kvmfake.py: this x86_64 machine cannot send arm64 ioctls (the probe itself is
     checked against real kernels in tests/nested)."""
-    import kvmfake
-
     from psci_hook import kvm
     from psci_hook import probe as probe_mod
+    from tests import kvmfake
 
     def probed(host: str, boot: str, now: float, **fake: Any) -> dict[str, Any]:
         boot_id = tmp_path / f"boot-{host}"

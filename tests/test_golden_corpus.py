@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from corpus import corpus_files, is_valid
-from hooktools import CollectingSink, profile_file, stamped, write_config
 
 from psci_hook.domainxml import parse_domain, requested_features
 from psci_hook.engine import GuestState
@@ -21,6 +19,8 @@ from psci_hook.profile import HostProfile, load_profile
 from psci_hook.record import GuestRecord, Origin, read_record, record_xml
 from psci_hook.splice import layout, splice_record
 from psci_hook.status import ExitStatus
+from tests.corpus import corpus_files, is_valid
+from tests.hooktools import CollectingSink, profile_file, stamped, write_config
 
 FILES = corpus_files()
 SOURCE_PROFILE = "6.1__a57"

@@ -15,18 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import kvmfake
 import pytest
-from conftest import fw
-from hooktools import (
-    DOMAIN,
-    CollectingSink,
-    install_hook,
-    profile_file,
-    run_hook,
-    stamped,
-    write_config,
-)
 
 from psci_hook import cli, kvm
 from psci_hook import probe as probe_mod
@@ -46,6 +35,17 @@ from psci_hook.qemuproc import running_qemu_argv
 from psci_hook.recorder import Observed, ThisHost, plan_boot
 from psci_hook.report import decision_text, psci_remedy
 from psci_hook.status import ExitStatus
+from tests import kvmfake
+from tests.helpers import fw
+from tests.hooktools import (
+    DOMAIN,
+    CollectingSink,
+    install_hook,
+    profile_file,
+    run_hook,
+    stamped,
+    write_config,
+)
 
 ALL = frozenset({"pmu", "pauth", "sve"})
 NO_PMU = frozenset({"pauth", "sve"})

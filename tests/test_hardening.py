@@ -62,13 +62,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from hooktools import DOMAIN, HookResult, SyslogListener, install_hook, stamped
 
 from psci_hook.domainxml import MAX_DOMAIN_XML, parse_domain
 from psci_hook.engine import GuestState
 from psci_hook.profile import HostProfile, bundled_profiles, load_profile
 from psci_hook.record import read_record
 from psci_hook.status import ExitStatus
+from tests.hooktools import DOMAIN, HookResult, SyslogListener, install_hook, stamped
 
 ARGS = ["vm1", "migrate", "begin", "-"]
 ON_ERROR = ("allow", "veto")

@@ -7,7 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hooktools import (
+
+from psci_hook.domainxml import parse_domain
+from psci_hook.engine import GuestState
+from psci_hook.environment import Environment
+from psci_hook.hook import main
+from psci_hook.profile import HostProfile
+from psci_hook.record import read_record
+from psci_hook.status import ExitStatus
+from tests.hooktools import (
     DOMAIN,
     CollectingSink,
     SyslogListener,
@@ -17,14 +25,6 @@ from hooktools import (
     stamped,
     write_config,
 )
-
-from psci_hook.domainxml import parse_domain
-from psci_hook.engine import GuestState
-from psci_hook.environment import Environment
-from psci_hook.hook import main
-from psci_hook.profile import HostProfile
-from psci_hook.record import read_record
-from psci_hook.status import ExitStatus
 
 IGNORED = [
     ["prepare", "begin", "-"], ["start", "begin", "-"], ["started", "begin", "-"],
@@ -244,14 +244,19 @@ def test_the_qemu_version_cached_by_refresh_sets_the_generation(
         generation: str) -> None:
     if cached is not None:
         (tmp_path / "qemu-version").write_text(cached + "\n")
+    assert qemu_generation_of_a_migration(tmp_path, bundled) == generation
+
+
+def qemu_generation_of_a_migration(run_dir: Path, bundled: dict[str, HostProfile]) -> object:
+    """The QEMU generation the hook's event names for an allowed migration (6.1 to 6.12, a57),
+    with refresh's cache files in ``run_dir``."""
     domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
-    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["6.12__a57"]),
-                          None)
+    config = write_config(run_dir / "c.conf", profile_file(run_dir, bundled["6.12__a57"]), None)
     env = Environment.for_test(["hook", "vm1", "migrate", "begin", "-"], domain,
-                               {"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
+                               {"PSCI_HOOK_CONFIG": str(config)}, run_dir=run_dir)
     sink = CollectingSink()
     assert main(env, sink) == ExitStatus.OK
-    assert sink.events[0]["qemu_generation"] == generation
+    return sink.events[0]["qemu_generation"]
 
 
 @pytest.mark.parametrize(("op", "guest", "destination", "first", "others", "consequence"), [
@@ -288,11 +293,4 @@ def test_the_generation_read_from_the_qemu_build_beats_the_version_number(
     (tmp_path / "qemu-version").write_text(version + "\n")
     if build is not None:
         (tmp_path / "qemu-generation").write_text(f"{build} (how refresh knows)\n")
-    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
-    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["6.12__a57"]),
-                          None)
-    env = Environment.for_test(["hook", "vm1", "migrate", "begin", "-"], domain,
-                               {"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
-    sink = CollectingSink()
-    assert main(env, sink) == ExitStatus.OK
-    assert sink.events[0]["qemu_generation"] == generation
+    assert qemu_generation_of_a_migration(tmp_path, bundled) == generation

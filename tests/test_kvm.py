@@ -18,12 +18,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import kvmfake
 import pytest
 
 from psci_hook import kvm
 from psci_hook import registers as regs
 from psci_hook.status import ExitStatus
+from tests import kvmfake
 
 # The request numbers as they appear in strace output and QEMU traces (arm64 and x86 share
 # asm-generic/ioctl.h: dir<<30 | size<<16 | 'type'<<8 | nr).

@@ -17,10 +17,10 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from test_fleet import BUNDLED, PROBED, run
 
 from psci_hook.status import ExitStatus
+from tests.helpers import REPO
+from tests.test_fleet import BUNDLED, PROBED, run
 
 CHROMIUM = "chromium"
 SCREENSHOT = REPO / "docs" / "matrix-html.png"

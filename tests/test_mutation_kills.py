@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import fw, make_profile
-from hooktools import DOMAIN, CollectingSink, profile_file, stamped
 from lxml import etree
 
 from psci_hook import __version__
@@ -64,6 +62,8 @@ from psci_hook.record import (
 )
 from psci_hook.splice import SpliceError, layout, splice_record
 from psci_hook.status import ExitStatus
+from tests.helpers import fw, make_profile
+from tests.hooktools import DOMAIN, CollectingSink, profile_file, stamped
 
 V = regs.psci_value
 WA2 = regs.SMCCC_ARCH_WORKAROUND_2.reg_id

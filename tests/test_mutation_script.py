@@ -4,26 +4,21 @@ for the fast tests."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "mutation.py"
+from tests.helpers import REPO, load_benchmark
 
 
 @pytest.fixture(scope="module")
 def mutation() -> Any:
-    spec = importlib.util.spec_from_file_location("mutation", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("mutation")
 
 
 def test_the_core_modules_exist(mutation: Any) -> None:
-    package = SCRIPT.parent.parent / "psci_hook"
+    package = REPO / "psci_hook"
     assert mutation.CORE == ("engine", "record", "splice", "hook", "policy", "profile")
     assert all((package / f"{m}.py").is_file() for m in mutation.CORE)
 

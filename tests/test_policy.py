@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from psci_hook.policy import (
     SETTINGS,
@@ -22,6 +21,7 @@ from psci_hook.policy import (
     read_policy,
     split_list,
 )
+from tests.helpers import REPO
 
 SHIPPED = REPO / "psci_hook" / "data" / "psci-hook.conf"
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO
-
 from psci_hook.policy import SETTINGS, Policy, parse_policy
+from tests.helpers import REPO
 
 # section -> its settings, from the one table the reader, `psci-hook config` and the README use.
 _SECTIONS: dict[str, set[str]] = {}

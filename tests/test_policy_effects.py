@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import fw, make_profile
-from hooktools import DOMAIN, CollectingSink, profile_file, stamped, write_config
 
 from psci_hook import registers as regs
 from psci_hook.domainxml import parse_domain
@@ -28,6 +26,8 @@ from psci_hook.record import GuestRecord, HistoryEntry, Origin, Override, read_r
 from psci_hook.rehearsal import Result
 from psci_hook.splice import splice_record
 from psci_hook.status import ExitStatus
+from tests.helpers import fw, make_profile
+from tests.hooktools import DOMAIN, CollectingSink, profile_file, stamped, write_config
 
 PSCI = regs.PSCI_VERSION.reg_id
 WA3 = regs.SMCCC_ARCH_WORKAROUND_3.reg_id

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kvmfake
 import pytest
 
 from psci_hook import cli, kvm
@@ -22,6 +21,7 @@ from psci_hook import registers as regs
 from psci_hook.environment import Environment
 from psci_hook.profile import HostProfile
 from psci_hook.status import ExitStatus
+from tests import kvmfake
 
 BOOT_ID = "0b3ad1f3-9e69-4f3c-8a0e-3b0f1c2d4e5f"
 NOW = 1_780_000_000.0  # 2026-05-28T20:26:40Z

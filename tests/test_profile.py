@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SHARED
 
 from psci_hook import registers as regs
 from psci_hook.profile import (
@@ -23,6 +22,7 @@ from psci_hook.profile import (
     loads_profile,
     qemu_generation_for_version,
 )
+from tests.helpers import SHARED
 
 GOOD: dict[str, Any] = {
     "schema": "psci-hook.host-profile/v1",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ast
 
 import pytest
-from conftest import REPO
+
+from tests.helpers import REPO
 
 SOURCES = [*sorted(REPO.glob("psci_hook/**/*.py")), REPO / "hooks" / "50-psci-hook"]
 

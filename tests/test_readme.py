@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from conftest import REPO
-
 from psci_hook.codes import CODES
 from psci_hook.policy import SETTINGS
 from psci_hook.status import ExitStatus
+from tests.helpers import REPO
 
 README = (REPO / "README.md").read_text()
 

@@ -11,10 +11,10 @@ loaded.
 from __future__ import annotations
 
 import pytest
-from conftest import REPO
 
 from psci_hook.engine import GuestState, decide
 from psci_hook.profile import HostProfile, load_profile
+from tests.helpers import REPO
 
 PROBED = REPO / "tests" / "data" / "probed-profiles"
 KERNELS = ("5.10", "6.1", "6.12", "7.2")

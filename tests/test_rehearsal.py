@@ -10,8 +10,6 @@ import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
-from hooktools import DOMAIN, CollectingSink, profile_file, stamped, write_config
-
 from psci_hook import registers as regs
 from psci_hook.engine import GuestState, decide
 from psci_hook.environment import Environment
@@ -19,6 +17,7 @@ from psci_hook.hook import main
 from psci_hook.profile import HostProfile
 from psci_hook.rehearsal import Result, reconcile, values_to_rehearse
 from psci_hook.status import ExitStatus
+from tests.hooktools import DOMAIN, CollectingSink, profile_file, stamped, write_config
 
 MMFR1 = regs.SYSREG_BY_NAME["ID_AA64MMFR1_EL1"]
 PSCI = regs.PSCI_VERSION.reg_id

@@ -9,7 +9,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from conftest import REPO
+from tests.helpers import REPO
 
 DESIGN = REPO / "docs" / "design.md"
 # Directories that hold no project prose (tool output, caches, the virtualenv).

@@ -9,11 +9,8 @@ each host's psci-hook.conf as installed and no host profile.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from . import product
-from .harness import HarnessError, HostSpec, TwoHosts
-from .product import Record, psci_hook_command, record_of
+from tests.e2e import product
+from tests.e2e.harness import HarnessError, HostSpec, TwoHosts
+from tests.e2e.product import Record, Watch, record_of
 
 HERE = Path(__file__).resolve().parent
 PROBE_HOOK = HERE / "hooks" / "10-e2e-probe"
@@ -121,62 +118,6 @@ def no_cache_left(hosts: TwoHosts) -> Iterator[None]:
         for name in ("capabilities.xml", "qemu-version", "qemu-generation"):
             with contextlib.suppress(FileNotFoundError):
                 hosts.path(spec, f"/run/psci-hook/{name}").unlink()
-
-
-class Watch:
-    """`psci-hook watch` running inside one host, its stderr in a file beside the host."""
-
-    def __init__(self, hosts: TwoHosts, host: str) -> None:
-        self.hosts, self.host = hosts, host
-        self.err_path = hosts.hostdir(host) / "watch.err"
-        self.log_start = hosts.log_mark(host)
-        argv = hosts._ns(host, psci_hook_command(), "watch")  # clean env, host's mounts
-        with self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
-            )
-        # Connected, and its first reconcile over (what it reports to systemd as ready): done, or
-        # failed as a whole (no usable host profile); a watcher left running would record the
-        # guests of every later test, so it is stopped when it never gets there.
-        try:
-            self.wait_event(lambda e: e["action"] == "reconciled" or (
-                e["action"] == "failed" and e["trigger"] == "reconcile" and not e["domain"]),
-                30, "the watcher's first pass")
-        except AssertionError:
-            self.stop()
-            raise
-
-    def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.hosts.read_log(self.host, self.log_start).splitlines():
-            if '"psci-hook.record"' in line:
-                out.append(json.loads(line[line.index("{") :]))
-        return out
-
-    def wait_event(self, match: Any, timeout: float, what: str) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [e for e in self.events() if match(e)]
-            if found:
-                return found[-1]
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"the watcher exited ({self.proc.returncode}): {self.err_path.read_text()}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; events: {self.events()}")
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        """SIGTERM, as systemd stops it; its exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return int(self.proc.returncode)
 
 
 @pytest.fixture

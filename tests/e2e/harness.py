@@ -168,7 +168,7 @@ def _readline(stream: IO[bytes], timeout: float) -> str:
     return stream.readline().decode(errors="replace") if ready else ""
 
 
-def _wait_for(predicate, timeout: float, what: str, interval: float = 0.05):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -530,7 +530,7 @@ class TwoHosts:
         self._children.append(anchor)
         hs["anchor"] = anchor.pid
         self._save_state()
-        _wait_for(
+        wait_for(
             lambda: _mnt_ns(anchor.pid) != own_ns and _cmdline(anchor.pid)[:1] == ["sleep"],
             10,
             f"{spec.name}'s namespace",
@@ -565,7 +565,7 @@ class TwoHosts:
         self._children.append(rsyslogd)
         hs["rsyslogd"] = rsyslogd.pid
         self._save_state()
-        _wait_for(
+        wait_for(
             lambda: (hd / "devlog").exists() or rsyslogd.poll() is not None,
             10,
             f"{spec.name}'s rsyslogd socket",
@@ -616,7 +616,7 @@ class TwoHosts:
             return pid or None
 
         try:
-            pid = _wait_for(pid_from_file, 10, f"{spec.name}'s {program} pid file")
+            pid = wait_for(pid_from_file, 10, f"{spec.name}'s {program} pid file")
         except HarnessError as exc:
             raise HarnessError(f"{exc}; {self._daemon_log_tail(spec, program)}") from None
         if not _matches(pid, program, hs["ns"]):

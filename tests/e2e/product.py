@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,11 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .harness import HarnessError, HostSpec, TwoHosts, guest_xml
+from tests.e2e.harness import HarnessError, HostSpec, TwoHosts, guest_xml
+from tests.helpers import REPO, SHARED
 
-REPO = Path(__file__).resolve().parents[2]
-# The steering repository's shared/ directory: beside the repo (also in CI), or named by env.
-SHARED = Path(os.environ.get("PSCI_HOOK_SHARED_DIR", str(REPO.parent / "shared")))
 SHARED_PROFILES = SHARED / "profiles"
 BUNDLED_PROFILES = REPO / "psci_hook" / "data" / "profiles"
 # Profiles probed with ID registers and cache geometry, including a 7.2 kernel (PSCI 1.3).
@@ -40,7 +39,7 @@ def profile(name: str) -> Path:
             return path
     raise HarnessError(
         f"no host profile {name}.json in {', '.join(map(str, directories))} "
-        "(set PSCI_HOOK_SHARED_DIR to the shared/ directory)"
+        "(set PSCI_HOOK_SHARED to the shared/ directory)"
     )
 
 
@@ -204,3 +203,132 @@ def veto_line(code: str, domain: str) -> str:
 def hook_failure_prefix(domain: str, op: str) -> str:
     """The part of libvirt's error that names our hook (after the daemon's PATH)."""
     return f"HOME=/root {HOOK_PATH} {domain} {op} begin -) unexpected exit status 1: "
+
+
+# What the hook's veto line adds for vetoes that QEMU or KVM would otherwise make late.
+REFUSE_LATE = "the destination would refuse this only after copying all guest memory"
+
+
+def start_stamped(hosts: TwoHosts, host: str, name: str, guest_profile: str) -> int:
+    """Define and start a guest whose record says it booted on a `guest_profile` host."""
+    hosts.define(host, stamped_xml(hosts, name, guest_profile, hosts.spec(host).name))
+    hosts.start(host, name)
+    pid = hosts.qemu_pid(host, name)
+    assert pid, f"{name} has no QEMU process on {host}"
+    return pid
+
+
+def assert_migration_vetoed(
+    hosts: TwoHosts,
+    res,
+    src: str,
+    dst: str,
+    name: str,
+    code: str,
+    qemu_pid: int,
+    dst_domains: list[str] | None = None,
+) -> str:  # type: ignore[no-untyped-def]
+    """The veto as the user and libvirt show it; returns our reason text."""
+    assert res.rc == 1, f"migration was not refused: rc={res.rc} stderr={res.stderr!r}"
+    assert res.stderr.startswith(
+        "error: Hook script execution failed: internal error: Child process (LC_ALL=C PATH="
+    ), res.stderr
+    prefix = hook_failure_prefix(name, "migrate") + veto_line(code, name)
+    assert prefix in res.stderr, res.stderr
+    reason = res.stderr.split(prefix, 1)[1]
+    assert reason.endswith("\n\n") and "\n" not in reason[:-2], "not one line: " + repr(reason)
+    # libvirt leaves the guest alone: same QEMU process on the source, nothing on the destination.
+    assert hosts.is_running(src, name)
+    assert hosts.qemu_pid(src, name) == qemu_pid
+    assert hosts.domains(dst) == (dst_domains or [])
+    assert not hosts.is_running(dst, name)
+    return reason.strip()
+
+
+def decisions(hosts: TwoHosts, host: str, domain: str) -> list[dict[str, Any]]:
+    """The hook's decision events for ``domain`` in a host's syslog."""
+    out = []
+    for line in hosts.read_log(host).splitlines():
+        if '"psci-hook.decision"' in line:
+            event = json.loads(line[line.index("{"):])
+            if event.get("domain") == domain:
+                out.append(event)
+    return out
+
+
+def record_all(hosts: TwoHosts, host: str) -> dict[str, str]:
+    """`psci-hook record --all` inside a host: each domain's result line, by name."""
+    res = hosts.run_in(host, psci_hook_command(), "record", "--all")
+    assert res.rc == 0, res.stderr
+    return dict(line.split(": ", 1) for line in res.stdout.splitlines()[:-1])
+
+
+def firmware(profile_name: str) -> dict[str, int]:
+    """A host profile's firmware registers, by name."""
+    return {k: int(v) for k, v in profile_data(profile_name)["registers"].items()}
+
+
+def booted_here(record: Record | None, host: str, profile_name: str) -> bool:
+    """The record says the guest cold-booted on `host`, a `profile_name` host."""
+    return (
+        record is not None
+        and record.origin.get("event") == "booted"
+        and record.origin.get("host") == host
+        and record.firmware == firmware(profile_name)
+    )
+
+
+class Watch:
+    """`psci-hook watch` running inside one host, its stderr in a file beside the host."""
+
+    def __init__(self, hosts: TwoHosts, host: str) -> None:
+        self.hosts, self.host = hosts, host
+        self.err_path = hosts.hostdir(host) / "watch.err"
+        self.log_start = hosts.log_mark(host)
+        argv = hosts._ns(host, psci_hook_command(), "watch")  # clean env, host's mounts
+        with self.err_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+            )
+        # Connected, and its first reconcile over (what it reports to systemd as ready): done, or
+        # failed as a whole (no usable host profile); a watcher left running would record the
+        # guests of every later test, so it is stopped when it never gets there.
+        try:
+            self.wait_event(lambda e: e["action"] == "reconciled" or (
+                e["action"] == "failed" and e["trigger"] == "reconcile" and not e["domain"]),
+                30, "the watcher's first pass")
+        except AssertionError:
+            self.stop()
+            raise
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.hosts.read_log(self.host, self.log_start).splitlines():
+            if '"psci-hook.record"' in line:
+                out.append(json.loads(line[line.index("{") :]))
+        return out
+
+    def wait_event(self, match: Any, timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events() if match(e)]
+            if found:
+                return found[-1]
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"the watcher exited ({self.proc.returncode}): {self.err_path.read_text()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; events: {self.events()}")
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd stops it; its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)

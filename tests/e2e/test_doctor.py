@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from .conftest import Watch
-from .harness import TwoHosts
-from .product import (
+from tests.e2e.harness import TwoHosts
+from tests.e2e.product import (
     HOOK_PATH,
+    Watch,
     config_text,
     configure,
     profile_data,

@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from .harness import CLEAN_PATH, TwoHosts, _wait_for
+from tests.e2e.harness import CLEAN_PATH, TwoHosts, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -158,7 +158,7 @@ def test_restore_goes_through_the_restore_hook(hosts: TwoHosts, guest_name: str)
 def test_guest_powers_off_on_virsh_shutdown(hosts: TwoHosts, guest_name: str) -> None:
     hosts.define_and_start("b", guest_name)
     hosts.virsh("b", "shutdown", guest_name)
-    _wait_for(lambda: hosts.domstate("b", guest_name) == "shut off", 15, "guest power-off")
+    wait_for(lambda: hosts.domstate("b", guest_name) == "shut off", 15, "guest power-off")
     reason = hosts.virsh("b", "domstate", "--reason", guest_name).stdout.strip()
     assert reason == "shut off (shutdown)"
 
@@ -172,7 +172,7 @@ def test_daemon_restart_and_reload(hosts: TwoHosts, guest_name: str) -> None:
     assert hosts.is_running("a", guest_name)
     assert hosts.qemu_pid("a", guest_name) == qemu
     # libvirtd reconnects to running guests in the background after it starts answering.
-    _wait_for(
+    wait_for(
         lambda: ops(hosts.hook_calls("a"))[-1] == ("reconnect", "begin"), 10, "reconnect hook"
     )
 

@@ -16,18 +16,18 @@ UNPAUSED.
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 from typing import Any
 
 import pytest
 
-from .harness import TwoHosts, guest_xml
-from .product import (
+from tests.e2e.harness import TwoHosts, guest_xml
+from tests.e2e.product import (
     audit,
     configure,
+    decisions,
     hook_failure_prefix,
-    psci_hook_command,
+    record_all,
     record_of,
     stamped_xml,
     veto_line,
@@ -36,23 +36,6 @@ from .product import (
 pytestmark = pytest.mark.e2e
 
 PSCI_1_3, PSCI_1_1 = 0x10003, 0x10001
-
-
-def decisions(hosts: TwoHosts, host: str, domain: str) -> list[dict[str, Any]]:
-    """The hook's decision events for ``domain`` in a host's syslog."""
-    out = []
-    for line in hosts.read_log(host).splitlines():
-        if '"psci-hook.decision"' in line:
-            event = json.loads(line[line.index("{"):])
-            if event.get("domain") == domain:
-                out.append(event)
-    return out
-
-
-def record_all(hosts: TwoHosts, host: str) -> dict[str, str]:
-    res = hosts.run_in(host, psci_hook_command(), "record", "--all")
-    assert res.rc == 0, res.stderr
-    return dict(line.split(": ", 1) for line in res.stdout.splitlines()[:-1])
 
 
 def boot_as_at_host_start(hosts: TwoHosts, host: str) -> None:

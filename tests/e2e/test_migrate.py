@@ -16,9 +16,11 @@ import re
 
 import pytest
 
-from .harness import TwoHosts, _wait_for
-from .product import (
+from tests.e2e.harness import TwoHosts, wait_for
+from tests.e2e.product import (
+    REFUSE_LATE,
     Record,
+    assert_migration_vetoed,
     audit,
     configure,
     hook_failure_prefix,
@@ -26,53 +28,13 @@ from .product import (
     psci_hook,
     psci_hook_command,
     record_of,
-    stamped_xml,
+    start_stamped,
     veto_line,
 )
 
 pytestmark = pytest.mark.e2e
 
 WA1, WA2, WA3 = (f"SMCCC_ARCH_WORKAROUND_{n}" for n in (1, 2, 3))
-# What the hook's veto line adds for vetoes that QEMU or KVM would otherwise make late.
-REFUSE_LATE = "the destination would refuse this only after copying all guest memory"
-
-
-def start_stamped(hosts: TwoHosts, host: str, name: str, guest_profile: str) -> int:
-    """Define and start a guest whose record says it booted on a `guest_profile` host."""
-    hosts.define(host, stamped_xml(hosts, name, guest_profile, hosts.spec(host).name))
-    hosts.start(host, name)
-    pid = hosts.qemu_pid(host, name)
-    assert pid, f"{name} has no QEMU process on {host}"
-    return pid
-
-
-def assert_migration_vetoed(
-    hosts: TwoHosts,
-    res,
-    src: str,
-    dst: str,
-    name: str,
-    code: str,
-    qemu_pid: int,
-    dst_domains: list[str] | None = None,
-) -> str:  # type: ignore[no-untyped-def]
-    """The veto as the user and libvirt show it; returns our reason text."""
-    assert res.rc == 1, f"migration was not refused: rc={res.rc} stderr={res.stderr!r}"
-    assert res.stderr.startswith(
-        "error: Hook script execution failed: internal error: Child process (LC_ALL=C PATH="
-    ), res.stderr
-    prefix = hook_failure_prefix(name, "migrate") + veto_line(code, name)
-    assert prefix in res.stderr, res.stderr
-    reason = res.stderr.split(prefix, 1)[1]
-    assert reason.endswith("\n\n") and "\n" not in reason[:-2], "not one line: " + repr(reason)
-    # libvirt leaves the guest alone: same QEMU process on the source, nothing on the destination.
-    assert hosts.is_running(src, name)
-    assert hosts.qemu_pid(src, name) == qemu_pid
-    assert hosts.domains(dst) == (dst_domains or [])
-    assert not hosts.is_running(dst, name)
-    return reason.strip()
-
-
 # ---------------------------------------------------------------- 1. compatible hosts
 
 
@@ -371,7 +333,7 @@ def test_watcher_records_a_freshly_started_guest_before_it_migrates(
         def live_record() -> Record | None:
             return record_of(hosts.dumpxml("a", guest_name))
 
-        record = _wait_for(live_record, 20, "the watcher's record")
+        record = wait_for(live_record, 20, "the watcher's record")
         a57 = profile_data("6.12__a57")
         assert record.origin["event"] == "booted"
         assert record.origin["host"] == "host-a"

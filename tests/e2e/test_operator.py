@@ -12,10 +12,16 @@ import json
 import pytest
 
 from psci_hook.auditlog import events_from_lines
-
-from .harness import TwoHosts
-from .product import configure, profile, psci_hook_command, record_of
-from .test_migrate import REFUSE_LATE, assert_migration_vetoed, start_stamped
+from tests.e2e.harness import TwoHosts
+from tests.e2e.product import (
+    REFUSE_LATE,
+    assert_migration_vetoed,
+    configure,
+    profile,
+    psci_hook_command,
+    record_of,
+    start_stamped,
+)
 
 pytestmark = pytest.mark.e2e
 

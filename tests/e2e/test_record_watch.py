@@ -19,26 +19,18 @@ from typing import Any
 
 import pytest
 
-from .harness import TwoHosts, guest_xml
-from .product import Record, configure, profile_data, psci_hook_command, stamped_xml
+from tests.e2e.harness import TwoHosts, guest_xml
+from tests.e2e.product import (
+    RECORD_NS,
+    booted_here,
+    configure,
+    psci_hook_command,
+    stamped_xml,
+)
 
 pytestmark = pytest.mark.e2e
 
-RECORD_NS = "https://psci-hook.org/xmlns/record/1"
 HOST_A_UUID = "0e2e0000-0000-4000-8000-00000000000a"
-
-
-def firmware(profile_name: str) -> dict[str, int]:
-    return {k: int(v) for k, v in profile_data(profile_name)["registers"].items()}
-
-
-def booted_here(record: Record | None, host: str, profile_name: str) -> bool:
-    return (
-        record is not None
-        and record.origin.get("event") == "booted"
-        and record.origin.get("host") == host
-        and record.firmware == firmware(profile_name)
-    )
 
 
 # ---------------------------------------------------------------- refresh

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import nested_harness as harness
+from tests.nested import nested_harness as harness
 
 COMBOS = [(kernel, cpu) for kernel in harness.KERNELS for cpu in harness.CPUS]
 # The hook timings of the last nested run (hook_timings), for the terminal summary; the same

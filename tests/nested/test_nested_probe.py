@@ -17,11 +17,11 @@ import json
 import re
 from typing import Any
 
-import nested_harness as harness
 import pytest
 
 from psci_hook import registers as regs
 from psci_hook.profile import HostProfile
+from tests.nested import nested_harness as harness
 
 pytestmark = pytest.mark.nested
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from recordtools import booted, domain_xml, profile
 
 import psci_hook
 from psci_hook import auditlog, libvirt_client
@@ -18,6 +17,7 @@ from psci_hook import registers as regs
 from psci_hook.domainxml import parse_domain
 from psci_hook.profile import bundled_profiles
 from psci_hook.record import read_record
+from tests.record.recordtools import booted, domain_xml, profile
 
 PACKAGE = Path(psci_hook.__file__).resolve().parent
 HOOK = PACKAGE.parent / "hooks" / "50-psci-hook"

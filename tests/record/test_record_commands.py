@@ -10,13 +10,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import libvirt  # python3-libvirt, from scripts/deps/test.apt
 import pytest
-from recordtools import booted, profile
 
 from psci_hook import libvirt_client
 from psci_hook.cli import main
@@ -26,8 +24,8 @@ from psci_hook.environment import Environment
 from psci_hook.profile import bundled_profiles
 from psci_hook.record import GuestRecord, read_record
 from psci_hook.status import ExitStatus
-
-URI = "test:///default"
+from tests.helpers import TEST_URI
+from tests.record.recordtools import booted, profile
 
 
 def domain_xml(name: str, arch: str = "aarch64", record: GuestRecord | None = None) -> str:
@@ -39,23 +37,6 @@ def domain_xml(name: str, arch: str = "aarch64", record: GuestRecord | None = No
     return (f"<domain type='test'><name>{name}</name>{metadata}<memory unit='KiB'>65536"
             f"</memory><vcpu>1</vcpu><os><type arch='{arch}' machine='virt'>hvm</type></os>"
             "</domain>")
-
-
-@pytest.fixture
-def conn() -> Iterator[Any]:
-    """A connection to the shared test driver; domains made through it are removed after."""
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    c = libvirt.open(URI)
-    before = {d.UUIDString() for d in c.listAllDomains()}
-    yield c
-    for dom in c.listAllDomains():
-        if dom.UUIDString() in before:
-            continue
-        if dom.isActive():
-            dom.destroy()
-        if dom.isPersistent():
-            dom.undefine()
-    c.close()
 
 
 @pytest.fixture
@@ -89,12 +70,12 @@ def record_of(dom: Any, inactive: bool = False) -> GuestRecord | None:
 
 
 def test_refresh_caches_capabilities_and_the_hypervisor_version(env_for: Any) -> None:
-    env = env_for("refresh", "--uri", URI)
+    env = env_for("refresh", "--uri", TEST_URI)
     status, out, err = run(env)
     assert (status, err) == (ExitStatus.OK, "")
     caps = (env.run_dir / "capabilities.xml").read_text()
     assert caps.startswith("<capabilities>") and caps.endswith("</capabilities>\n")
-    version = libvirt.open(URI).getVersion()
+    version = libvirt.open(TEST_URI).getVersion()
     assert (env.run_dir / "qemu-version").read_text() == \
         libvirt_client.version_text(version) + "\n"
     assert out.count("wrote ") == 2
@@ -137,7 +118,7 @@ def test_record_all_records_unrecorded_guests_and_says_what_it_skipped(conn: Any
     foreign.create()
     assert foreign.state() == [1, 1]  # running, booted
     conn.defineXML(domain_xml("rec-off"))  # not running: not listed by --all
-    status, out, err = run(env_for("record", "--all", "--uri", URI))
+    status, out, err = run(env_for("record", "--all", "--uri", TEST_URI))
     assert (status, err) == (ExitStatus.OK, "")
     lines = dict(line.split(": ", 1) for line in out.splitlines()[:-1])
     assert lines["rec-fresh"].startswith("recorded: this host's values: PSCI_VERSION=1.1")
@@ -159,7 +140,7 @@ def test_record_force_replaces_a_record_from_elsewhere(conn: Any, env_for: Any) 
     dom = conn.defineXML(domain_xml("rec-force", record=booted("5.10__a57", "host-a",
                                                                event="migrated")))
     dom.create()
-    status, out, _ = run(env_for("record", "rec-force", "--force", "--uri", URI))
+    status, out, _ = run(env_for("record", "rec-force", "--force", "--uri", TEST_URI))
     assert status == ExitStatus.OK
     assert out.startswith("rec-force: replaced: ")
     record = record_of(dom)
@@ -169,7 +150,7 @@ def test_record_force_replaces_a_record_from_elsewhere(conn: Any, env_for: Any) 
 
 def test_record_named_domains_missing_or_shut_off(conn: Any, env_for: Any) -> None:
     conn.defineXML(domain_xml("rec-shutoff"))
-    status, out, err = run(env_for("record", "rec-shutoff", "rec-nosuch", "--uri", URI))
+    status, out, err = run(env_for("record", "rec-shutoff", "rec-nosuch", "--uri", TEST_URI))
     assert status == ExitStatus.VETO == 1  # some domains could not be recorded
     assert "rec-shutoff: skipped: not running" in out
     assert "rec-nosuch: failed: no domain named 'rec-nosuch'" in out
@@ -186,7 +167,7 @@ def test_record_usage(env_for: Any) -> None:
 def test_record_without_a_host_profile_says_why(tmp_path: Path) -> None:
     config = tmp_path / "psci-hook.conf"
     config.write_text(f"[host]\nprofile = {tmp_path}/missing.json\n")
-    env = Environment.for_test(["psci-hook", "record", "--all", "--uri", URI],
+    env = Environment.for_test(["psci-hook", "record", "--all", "--uri", TEST_URI],
                                environ={"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
     status, _, err = run(env)
     assert status == ExitStatus.INTERNAL_ERROR
@@ -200,8 +181,8 @@ def test_record_without_a_host_profile_says_why(tmp_path: Path) -> None:
 
 
 def test_watch_records_a_guest_as_it_boots(conn: Any, env_for: Any) -> None:
-    env = env_for("watch", "--uri", URI)
-    watcher = Watcher(env, URI)
+    env = env_for("watch", "--uri", TEST_URI)
+    watcher = Watcher(env, TEST_URI)
     thread = threading.Thread(target=watcher.run)
     thread.start()
     try:
@@ -229,7 +210,7 @@ def test_watch_records_a_guest_as_it_boots(conn: Any, env_for: Any) -> None:
 def test_incoming_migrations_are_acted_on_when_they_end(env_for: Any) -> None:
     """STARTED_MIGRATED comes before any memory is copied: the watcher waits for DEFINED
     (--persistent) or RESUMED; a STOPPED in between (a failed migration) forgets it."""
-    watcher = Watcher(env_for("watch"), URI)
+    watcher = Watcher(env_for("watch"), TEST_URI)
     acted: list[tuple[str, str, str]] = []
     watcher._act = lambda _client, item, trigger: acted.append(  # type: ignore[method-assign]
         (item.name, item.event, trigger))
@@ -276,7 +257,7 @@ def test_a_bug_in_one_domain_is_that_domains_failure_not_the_services_end(
         raise KeyError("boom")
 
     monkeypatch.setattr(watch_mod, "record_domain", broken)
-    watcher = Watcher(env_for("watch"), URI)
+    watcher = Watcher(env_for("watch"), TEST_URI)
     watcher._record(None, None, "booted", None, "vm9")  # type: ignore[arg-type]
     assert [(p.domain, p.action, p.reason) for p in logged] == [
         ("vm9", "failed", "internal error: KeyError: 'boom'")]
@@ -298,7 +279,7 @@ def test_a_configuration_mistake_does_not_stop_recording(conn: Any, tmp_path: Pa
                       f"{bundled_profiles()['6.1__a76']}\n[log]\ntarget = none\n")
     dom = conn.defineXML(domain_xml("rec-typo"))
     dom.create()
-    env = Environment.for_test(["psci-hook", "record", "rec-typo", "--uri", URI],
+    env = Environment.for_test(["psci-hook", "record", "rec-typo", "--uri", TEST_URI],
                                run_dir=tmp_path / "run",
                                environ={"PSCI_HOOK_CONFIG": str(config)})
     status, out, err = run(env)

@@ -7,7 +7,6 @@ import dataclasses
 import time
 
 import pytest
-from recordtools import EARLIER, NOW, UUID_A, UUID_B, booted, domain_xml, profile
 
 from psci_hook import registers as regs
 from psci_hook.domainxml import parse_domain
@@ -26,6 +25,7 @@ from psci_hook.recorder import (
     plan_for,
     plan_reconcile,
 )
+from tests.record.recordtools import EARLIER, NOW, UUID_A, UUID_B, booted, domain_xml, profile
 
 # host-b runs Debian 6.1 on a Cortex-A76 (WORKAROUND_1 = 2, WORKAROUND_3 = 1).
 host_b = ThisHost(profile("6.1__a76"), "host-b", UUID_B, Policy())

@@ -1,0 +1,1 @@
+"""Building and installing the Debian and RPM packages, and the manual page."""

@@ -1,0 +1,1 @@
+"""The recording service (refresh, record, watch) against libvirt's in-process test driver."""
