@@ -1,6 +1,9 @@
 """Named exit statuses of every psci-hook command and of the hook itself.
 
-One table, so the README, the hook and the tests agree on what a number means.
+One table, so the README, the man page, the hook and the tests agree on what a number means.
+Each number means one thing; the one exception is 1, which is a veto for the hook and for
+`check` (libvirt reports it) and "something failed" for `doctor`, `config --check` and
+`where`, as scripts expect of a checking tool.
 """
 
 from __future__ import annotations
@@ -9,15 +12,17 @@ import enum
 
 
 class ExitStatus(enum.IntEnum):
-    # Shared by all commands.
     OK = 0  # allowed / done / no disagreement
-    # The migration would fail (hook, check); conformance found a disagreement; record: some
-    # domains could not be recorded (each output line says why); doctor: a check failed; config:
-    # the file has mistakes.
+    # hook, check: the migration would fail; where: no host can take the guest.
     VETO = 1
+    # doctor: a check failed; config --check: the file has mistakes (the same number as VETO).
+    PROBLEMS_FOUND = 1
     BAD_INPUT = 2  # usage error or malformed input (argv, XML, JSON, configuration)
     INTERNAL_ERROR = 3  # hook: a bug or unreadable state, and the policy says on_error = veto
     TIMEOUT = 4  # hook: the run exceeded its time bound, and the policy says on_error = veto
+    NOT_ALL_RECORDED = 5  # record: some domains could not be recorded (each line says why)
+    DISAGREEMENT = 6  # conformance: the engine and this host's kernel disagree on a value
+    CONFLICT = 7  # install: a file psci-hook did not write is in the way (--force replaces it)
     # The KVM probe, rehearsal and conformance check (psci_hook.kvm).
     NO_KVM = 10  # /dev/kvm does not exist
     KVM_PERMISSION = 11  # /dev/kvm exists but cannot be opened

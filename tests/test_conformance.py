@@ -89,7 +89,7 @@ def test_disagreements_are_reported_and_fail(host: kvmfake.FakeKvm, tmp_path: Pa
 
     host.set_rule = lenient
     status, out, err = run_cli(["conformance"], tmp_path)
-    assert status == ExitStatus.VETO and err == ""
+    assert status == ExitStatus.DISAGREEMENT and err == ""
     lines = out.splitlines()
     assert "DISAGREE: PSCI_VERSION = 0x10003 (1.3): engine predicts refused, kernel accepted; " \
            "this host's value 1.1" in lines

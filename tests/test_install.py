@@ -19,6 +19,7 @@ import pytest
 from psci_hook.cli import main
 from psci_hook.commands import install
 from psci_hook.environment import Environment
+from psci_hook.status import ExitStatus
 
 REPO = Path(__file__).resolve().parent.parent
 HOOK = "etc/libvirt/hooks/qemu.d/50-psci-hook"
@@ -139,7 +140,7 @@ def test_a_hook_it_did_not_install_is_left_alone_unless_forced(root: Path, scrip
     hook.parent.mkdir(parents=True)
     hook.write_text("#!/bin/sh\nexit 0\n")  # a distribution package's, say
     status, out, err = run_cli("install", "--root", str(root), argv0=script)
-    assert status == 2
+    assert status == ExitStatus.CONFLICT == 7
     assert "refusing to replace /etc/libvirt/hooks/qemu.d/50-psci-hook" in err
     assert hook.read_text() == "#!/bin/sh\nexit 0\n"
     assert f"installed  /{UNITS[0]}" in out  # the rest is still installed

@@ -68,7 +68,7 @@ def validate(path: Path, explicit: bool) -> tuple[PolicyReading, list[str], bool
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     path = args.file or env.config_path
     reading, problems, exists = validate(path, explicit=args.file is not None)
-    status = ExitStatus.VETO if problems else ExitStatus.OK
+    status = ExitStatus.PROBLEMS_FOUND if problems else ExitStatus.OK
     if args.json:
         env.write_out(json.dumps(_json(reading, problems, exists), indent=1) + "\n")
         return status

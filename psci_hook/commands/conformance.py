@@ -146,4 +146,4 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
             f"{registers_checked} firmware registers, {len(disagreements)} disagreement(s), "
             f"{len(unverified)} the engine cannot predict\n"
         )
-    return ExitStatus.VETO if disagreements else ExitStatus.OK
+    return ExitStatus.DISAGREEMENT if disagreements else ExitStatus.OK

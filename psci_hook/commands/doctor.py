@@ -563,4 +563,4 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         env.write_out(doctor.render_json(checks, __version__))
     else:
         env.write_out(doctor.render_text(checks))
-    return ExitStatus.VETO if doctor.failed(checks) else ExitStatus.OK
+    return ExitStatus.PROBLEMS_FOUND if doctor.failed(checks) else ExitStatus.OK

@@ -341,7 +341,7 @@ def _install(root: Path, python: str, units: bool, force: bool, env: Environment
             "  systemctl enable psci-hook-refresh.service psci-hook-watch.service\n"
         )
     env.write_out(f"  {RELOAD_HINT}\n")
-    return ExitStatus.BAD_INPUT if conflicts else ExitStatus.OK
+    return ExitStatus.CONFLICT if conflicts else ExitStatus.OK
 
 
 # --- uninstall --------------------------------------------------------------------------------
