@@ -445,72 +445,119 @@ def decide(
     # guest's own are assumed (what the lists cannot show is LISTS_NOT_COMPARED, not missing).
     features = guest.features if destination_features is None or not destination.cpreg_lists \
         else destination_features
-    findings: list[Finding] = _feature_findings(guest.features, features, destination)
-    vls = destination.sve_lengths
-    lacking = sorted(sve_lengths - set(vls)) if vls is not None else []
-    if lacking:
-        findings.append(Finding(
-            "FEATURE_MISSING", FindingOutcome.FEATURES,
-            f"the domain asks for SVE vector length(s) {', '.join(map(str, lacking))} bits, "
-            f"which this host's KVM does not offer ({', '.join(map(str, vls or ())) or 'none'}"
-            "): its QEMU refuses to start (\"cannot enable sve...\")."))
-
-    dest_list: tuple[int, ...] | None = None
-    if destination.cpreg_lists is not None:
-        dest_list = destination.cpreg_list(features)
-        if dest_list is None:
-            offered = ", ".join(sorted(destination.cpreg_lists)) or "none"
-            whose = ("the guest's vCPU features" if features == guest.features
-                     else "the vCPU features the domain gets")
-            findings.append(Finding(
-                "FEATURE_MISSING", FindingOutcome.FEATURES,
-                f"{whose} ({feature_key(features)}) are not available "
-                f"on the destination (it offers: {offered}); QEMU cannot create the vCPU."))
+    findings = _feature_findings(guest.features, features, destination)
+    findings += _sve_findings(sve_lengths, destination)
+    dest_list, missing = _destination_list(guest, destination, features)
+    findings += missing
     lists_compared = guest.cpreg_list is not None and dest_list is not None
     if lists_compared:
         assert guest.cpreg_list is not None and dest_list is not None
         source_ids, dest_ids = guest.cpreg_list, dest_list
+        findings += _count_check(source_ids, dest_ids, generation)
     else:
         source_ids = tuple(sorted(guest.registers))
         dest_ids = tuple(sorted(destination.registers))
-        findings.append(Finding(
-            "LISTS_NOT_COMPARED", FindingOutcome.NOT_COMPARED,
-            "no migrated register list on "
-            + ("either side" if guest.cpreg_list is None and destination.cpreg_lists is None
-               else "the guest's side" if guest.cpreg_list is None
-               else "the destination's side for these vCPU features")
-            + ": only the firmware registers were compared; the count check and the other "
-            "registers were not."))
+        findings.append(_lists_not_compared(guest, destination))
+    findings += _merge_findings(guest, source_ids, dest_ids, generation, veto_dropped_workarounds)
+    findings += _write_findings(guest, destination, source_ids, dest_ids, generation)
+    dest_values = destination.id_values(features)
+    compared = set(dest_ids) & set(source_ids) if lists_compared else set()
+    findings += _id_findings(guest, destination, features, dest_values, compared)
+    return Decision(
+        findings=tuple(findings),
+        guest_after=_guest_after(guest, destination, dest_list, features, dest_values),
+        generation=generation,
+        lists_compared=lists_compared,
+    )
 
-    # 1. The count check (legacy: |S| <= |D|; tolerant: room for anomalies and tolerances).
-    if lists_compared:
-        limit = len(dest_ids) + (
-            MAX_CPREG_VMSTATE_ANOMALIES + TOLERANCE_COUNT
-            if generation == QemuGeneration.TOLERANT else 0)
-        if len(source_ids) > limit:
-            findings.append(Finding(
-                "CPREG_COUNT", FindingOutcome.COUNT_CHECK,
-                f"the source QEMU will send {len(source_ids)} registers but the destination "
-                f"{generation} QEMU accepts at most {limit} (Failed to load "
-                "cpu:cpreg_vmstate_array_len)."))
 
-    # 2. The merge: registers the source sends that the destination does not list.
-    dest_set, source_set = set(dest_ids), set(source_ids)
+def _sve_findings(sve_lengths: frozenset[int], destination: HostProfile) -> list[Finding]:
+    """The SVE vector lengths the domain asks for and the destination's KVM does not offer."""
+    vls = destination.sve_lengths
+    lacking = sorted(sve_lengths - set(vls)) if vls is not None else []
+    if not lacking:
+        return []
+    return [Finding(
+        "FEATURE_MISSING", FindingOutcome.FEATURES,
+        f"the domain asks for SVE vector length(s) {', '.join(map(str, lacking))} bits, "
+        f"which this host's KVM does not offer ({', '.join(map(str, vls or ())) or 'none'}"
+        "): its QEMU refuses to start (\"cannot enable sve...\").")]
+
+
+def _destination_list(guest: GuestState, destination: HostProfile, features: FeatureSet
+                      ) -> tuple[tuple[int, ...] | None, list[Finding]]:
+    """The destination's migrated list for the vCPU it will create, or FEATURE_MISSING when
+    its profile has lists but none for these features."""
+    if destination.cpreg_lists is None:
+        return None, []
+    dest_list = destination.cpreg_list(features)
+    if dest_list is not None:
+        return dest_list, []
+    offered = ", ".join(sorted(destination.cpreg_lists)) or "none"
+    whose = ("the guest's vCPU features" if features == guest.features
+             else "the vCPU features the domain gets")
+    return None, [Finding(
+        "FEATURE_MISSING", FindingOutcome.FEATURES,
+        f"{whose} ({feature_key(features)}) are not available "
+        f"on the destination (it offers: {offered}); QEMU cannot create the vCPU.")]
+
+
+def _lists_not_compared(guest: GuestState, destination: HostProfile) -> Finding:
+    return Finding(
+        "LISTS_NOT_COMPARED", FindingOutcome.NOT_COMPARED,
+        "no migrated register list on "
+        + ("either side" if guest.cpreg_list is None and destination.cpreg_lists is None
+           else "the guest's side" if guest.cpreg_list is None
+           else "the destination's side for these vCPU features")
+        + ": only the firmware registers were compared; the count check and the other "
+        "registers were not.")
+
+
+def _count_check(source_ids: tuple[int, ...], dest_ids: tuple[int, ...], generation: str
+                 ) -> list[Finding]:
+    """docs/design.md#count-check: legacy QEMU takes at most the destination's own count;
+    tolerant QEMU leaves room for the anomalies and tolerances (docs/design.md#tolerant-qemu)."""
+    limit = len(dest_ids) + (
+        MAX_CPREG_VMSTATE_ANOMALIES + TOLERANCE_COUNT
+        if generation == QemuGeneration.TOLERANT else 0)
+    if len(source_ids) <= limit:
+        return []
+    return [Finding(
+        "CPREG_COUNT", FindingOutcome.COUNT_CHECK,
+        f"the source QEMU will send {len(source_ids)} registers but the destination "
+        f"{generation} QEMU accepts at most {limit} (Failed to load "
+        "cpu:cpreg_vmstate_array_len).")]
+
+
+def _merge_findings(guest: GuestState, source_ids: tuple[int, ...], dest_ids: tuple[int, ...],
+                    generation: str, veto_dropped_workarounds: bool) -> list[Finding]:
+    """docs/design.md#merge: the registers the source sends that the destination does not
+    list."""
     highest = max(dest_ids) if dest_ids else 0
-    for reg_id in sorted(source_set - dest_set):
-        findings.append(_merge_finding(reg_id, guest, highest, generation,
-                                       veto_dropped_workarounds))
+    return [_merge_finding(reg_id, guest, highest, generation, veto_dropped_workarounds)
+            for reg_id in sorted(set(source_ids) - set(dest_ids))]
 
-    # 3. The write: every destination register, with the stream's value where it has one.
+
+def _write_findings(guest: GuestState, destination: HostProfile, source_ids: tuple[int, ...],
+                    dest_ids: tuple[int, ...], generation: str) -> list[Finding]:
+    """docs/design.md#write: every destination register, with the stream's value where it has
+    one."""
+    source_set = set(source_ids)
+    findings = []
     for reg_id in dest_ids:
         if reg_id not in source_set:
             findings.append(_default_finding(reg_id, destination, generation))
         elif regs.is_firmware(reg_id) and reg_id in guest.registers:
             findings.append(_fw_finding(reg_id, guest.registers[reg_id], destination))
-    dest_values = destination.id_values(features)
-    if dest_values is not None:
-        findings += _value_findings(guest, destination, dest_values,
-                                    dest_set & source_set if lists_compared else ())
+    return findings
+
+
+def _id_findings(guest: GuestState, destination: HostProfile, features: FeatureSet,
+                 dest_values: IdValues | None, compared: set[int]) -> list[Finding]:
+    """docs/design.md#id-registers: the ID registers and cache geometry, or why they were not
+    compared."""
+    findings = [] if dest_values is None else \
+        _value_findings(guest, destination, dest_values, compared)
     if guest.id_registers is None or dest_values is None or dest_values.id_registers is None:
         if guest.id_registers is not None and destination.id_registers is not None:
             why = (f"the destination's profile has no ID register values for a vCPU with "
@@ -521,13 +568,7 @@ def decide(
         findings.append(Finding(
             "ID_REGS_NOT_COMPARED", FindingOutcome.NOT_COMPARED,
             f"{why}: not compared; a rehearsal on the destination settles them."))
-
-    return Decision(
-        findings=tuple(findings),
-        guest_after=_guest_after(guest, destination, dest_list, features, dest_values),
-        generation=generation,
-        lists_compared=lists_compared,
-    )
+    return findings
 
 
 def _feature_findings(source: FeatureSet, destination_features: FeatureSet,

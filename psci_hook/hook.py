@@ -36,7 +36,7 @@ from psci_hook.engine import Decision, Finding, FindingOutcome, decide, signific
 from psci_hook.environment import Environment
 from psci_hook.errors import first_line, with_type
 from psci_hook.policy import Policy, PolicyReading, read_policy
-from psci_hook.profile import feature_key
+from psci_hook.profile import FeatureSet, HostProfile, feature_key
 from psci_hook.record import (
     GuestRecord,
     HistoryEntry,
@@ -122,18 +122,9 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
         return _error_outcome(policy, "XML_INVALID", str(exc), name)
     base: dict[str, Any] = {"domain": domain.name, "uuid": domain.uuid}
     if domain.type not in policy.domain_types or not domain.is_aarch64:
-        reason = f"type={domain.type} arch={domain.arch or '?'}"
-        if domain.arch == "armv7l":
-            reason += (": a 32-bit guest (-cpu host,aarch64=off, KVM_ARM_VCPU_EL1_32BIT), whose "
-                       "vCPU this version of psci-hook does not probe or model; unchecked")
-        return Outcome(ExitStatus.OK, HookVerdict.ALLOW, ["NOT_APPLICABLE"], event={
-            **base, "reason": reason})
-
-    unvouched = ""  # why the domain's record does not count as the guest's register state
+        return _not_applicable(domain, base)
     try:
-        record = read_record(domain.root)
-    except RecordVersionUnknown as exc:
-        record, unvouched = None, str(exc)
+        record, unvouched = _guest_record(domain)
     except RecordError as exc:
         return _veto_or_warn(policy, op, domain,
                              [Finding("RECORD_INVALID", FindingOutcome.INVALID,
@@ -147,56 +138,21 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
         return outcome
     identity = host_identity(env, profile)
     base["destination"] = identity
-
-    if record is not None and not record.vouched:
-        unvouched = _UNVOUCHED.get(record.status, f"its record's status is {record.status!r}")
     if record is None or unvouched:
-        finding = Finding("NO_RECORD", FindingOutcome.UNKNOWN, (
-            f"the domain's psci-hook record does not vouch for the guest's register state "
-            f"({unvouched})" if unvouched else
-            "the domain carries no psci-hook record, so the source's register values are "
-            "unknown"))
-        if unvouched:
-            base["record_not_used"] = unvouched
-        if policy.unrecorded == "veto":
-            return _veto_or_warn(policy, op, domain, [finding], base)
-        return Outcome(ExitStatus.OK, HookVerdict.ALLOW, ["NO_RECORD"], event={
-            **base, "policy_unrecorded": policy.unrecorded})
+        return _unrecorded(policy, op, domain, unvouched, base)
 
-    generation = None if policy.qemu_generation == "auto" else policy.qemu_generation
     # The vCPU this host's QEMU will create for the incoming guest: from the domain XML and
     # this host's features, not the source's (a feature the guest lacked is on here).
     features = requested_features(domain, profile.default_features())
+    generation = None if policy.qemu_generation == "auto" else policy.qemu_generation
     decision = decide(record.state, profile, generation, policy.veto_dropped_workarounds,
                       destination_features=features,
                       sve_lengths=requested_sve_lengths(domain))
-    findings = list(decision.findings)
-    findings += [Finding("FW_UNVERIFIED", FindingOutcome.UNVERIFIED,
-                         f"the record names {name}, which this version of psci-hook does not "
-                         "know (a newer release wrote it): not judged") for name in record.unknown]
-    rehearser = env.rehearser or (rehearsal.kvm_rehearser if rehearsal.available() else None)
-    if rehearser is not None and policy.rehearse:
-        try:
-            result = rehearser(features, rehearsal.values_to_rehearse(record.state))
-        except Exception as exc:  # e.g. KVM refused the scratch VM: the model's verdict stands
-            base["rehearsal"] = f"not run: {first_line(exc)}"
-        else:
-            findings = rehearsal.reconcile(findings, result)
-            base["rehearsal"] = "refused" if result.refused_id is not None else "accepted"
-            decision = dataclasses.replace(decision, findings=tuple(findings))
+    findings = [*decision.findings, *_unknown_register_findings(record)]
+    decision, findings = _rehearse(record, features, decision, findings, policy, env, base)
     findings += _apply_override(record, decision, policy)
-    base.update({
-        "guest": guest_summary(record.state),
-        "guest_origin": {"host": record.origin.host, "kernel": record.origin.kernel,
-                         "event": record.origin.event},
-        "destination_registers": guest_summary(decision.guest_after),
-        "qemu_generation": decision.generation,
-        "lists_compared": decision.lists_compared,
-        "vcpu_features": {"guest": feature_key(record.state.features),
-                          "destination": feature_key(features)},
-    })
-    overridden = any(f.code == "OVERRIDE" for f in findings)
-    if decision.vetoed and not overridden:
+    base.update(_decision_fields(record, decision, features))
+    if decision.vetoed and not any(f.code == "OVERRIDE" for f in findings):
         outcome = _veto_or_warn(policy, op, domain, findings, base)
         outcome.engine = decision
         return outcome
@@ -205,23 +161,109 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     outcome = Outcome(ExitStatus.OK, HookVerdict.ALLOW, codes, event=base)
     outcome.engine = decision
     if policy.annotate:
-        history_op = HistoryOp.MIGRATE if op == "migrate" else HistoryOp.RESTORE
-        entry = HistoryEntry(utc_now(env), history_op, identity["hostname"], HookVerdict.ALLOW,
-                             tuple(codes))
-        updated = GuestRecord(
-            state=decision.guest_after,
-            origin=Origin(OriginEvent.MIGRATED if op == "migrate" else OriginEvent.RESTORED,
-                          identity["hostname"], profile.kernel_release, utc_now(env),
-                          identity.get("uuid", "")),
-            history=record.history,
-            override=record.override,
-        ).with_check(entry, policy.history_limit)
+        updated = _record_here(op, record, decision, profile, identity, codes, policy, env)
         try:
             outcome.output = splice_record(data, lambda indent: record_xml(updated, indent)).data
         except SpliceError as exc:
             return _error_outcome(policy, "INTERNAL_ERROR", f"cannot annotate: {exc}",
                                   domain.name)
     return outcome
+
+
+def _not_applicable(domain: Domain, base: dict[str, Any]) -> Outcome:
+    """Allowed untouched: not an aarch64 domain of a type the policy acts on."""
+    reason = f"type={domain.type} arch={domain.arch or '?'}"
+    if domain.arch == "armv7l":
+        reason += (": a 32-bit guest (-cpu host,aarch64=off, KVM_ARM_VCPU_EL1_32BIT), whose "
+                   "vCPU this version of psci-hook does not probe or model; unchecked")
+    return Outcome(ExitStatus.OK, HookVerdict.ALLOW, ["NOT_APPLICABLE"], event={
+        **base, "reason": reason})
+
+
+def _guest_record(domain: Domain) -> tuple[GuestRecord | None, str]:
+    """The domain's record, and why it does not count as the guest's register state ("" when
+    it does). Raises RecordError for a malformed record."""
+    try:
+        record = read_record(domain.root)
+    except RecordVersionUnknown as exc:
+        return None, str(exc)
+    if record is not None and not record.vouched:
+        return record, _UNVOUCHED.get(record.status,
+                                      f"its record's status is {record.status!r}")
+    return record, ""
+
+
+def _unrecorded(policy: Policy, op: str, domain: Domain, unvouched: str,
+                base: dict[str, Any]) -> Outcome:
+    """No record that vouches for the guest's registers: the policy's `unrecorded` decides."""
+    finding = Finding("NO_RECORD", FindingOutcome.UNKNOWN, (
+        f"the domain's psci-hook record does not vouch for the guest's register state "
+        f"({unvouched})" if unvouched else
+        "the domain carries no psci-hook record, so the source's register values are "
+        "unknown"))
+    if unvouched:
+        base["record_not_used"] = unvouched
+    if policy.unrecorded == "veto":
+        return _veto_or_warn(policy, op, domain, [finding], base)
+    return Outcome(ExitStatus.OK, HookVerdict.ALLOW, ["NO_RECORD"], event={
+        **base, "policy_unrecorded": policy.unrecorded})
+
+
+def _unknown_register_findings(record: GuestRecord) -> list[Finding]:
+    return [Finding("FW_UNVERIFIED", FindingOutcome.UNVERIFIED,
+                    f"the record names {name}, which this version of psci-hook does not "
+                    "know (a newer release wrote it): not judged") for name in record.unknown]
+
+
+def _rehearse(record: GuestRecord, features: FeatureSet, decision: Decision,
+              findings: list[Finding], policy: Policy, env: Environment, base: dict[str, Any]
+              ) -> tuple[Decision, list[Finding]]:
+    """The decision and findings with the rehearsal's verdicts (docs/design.md#rehearsal),
+    where this host can rehearse and the policy asks for it; the event says how it went."""
+    rehearser = env.rehearser or (rehearsal.kvm_rehearser if rehearsal.available() else None)
+    if rehearser is None or not policy.rehearse:
+        return decision, findings
+    try:
+        result = rehearser(features, rehearsal.values_to_rehearse(record.state))
+    except Exception as exc:  # e.g. KVM refused the scratch VM: the model's verdict stands
+        base["rehearsal"] = f"not run: {first_line(exc)}"
+        return decision, findings
+    reconciled = rehearsal.reconcile(findings, result)
+    base["rehearsal"] = "refused" if result.refused_id is not None else "accepted"
+    return dataclasses.replace(decision, findings=tuple(reconciled)), reconciled
+
+
+def _decision_fields(record: GuestRecord, decision: Decision, features: FeatureSet
+                     ) -> dict[str, Any]:
+    """What the audit event says of a decision: the facts, not the prose."""
+    return {
+        "guest": guest_summary(record.state),
+        "guest_origin": {"host": record.origin.host, "kernel": record.origin.kernel,
+                         "event": record.origin.event},
+        "destination_registers": guest_summary(decision.guest_after),
+        "qemu_generation": decision.generation,
+        "lists_compared": decision.lists_compared,
+        "vcpu_features": {"guest": feature_key(record.state.features),
+                          "destination": feature_key(features)},
+    }
+
+
+def _record_here(op: str, record: GuestRecord, decision: Decision, profile: HostProfile,
+                 identity: dict[str, str], codes: list[str], policy: Policy,
+                 env: Environment) -> GuestRecord:
+    """The record an allowed arrival carries on: the guest's state on this host, this host as
+    its origin, and this check in its history."""
+    now = utc_now(env)
+    entry = HistoryEntry(now, HistoryOp.MIGRATE if op == "migrate" else HistoryOp.RESTORE,
+                         identity["hostname"], HookVerdict.ALLOW, tuple(codes))
+    return GuestRecord(
+        state=decision.guest_after,
+        origin=Origin(OriginEvent.MIGRATED if op == "migrate" else OriginEvent.RESTORED,
+                      identity["hostname"], profile.kernel_release, now,
+                      identity.get("uuid", "")),
+        history=record.history,
+        override=record.override,
+    ).with_check(entry, policy.history_limit)
 
 
 # What a record's status says (psci_hook.record), for the NO_RECORD finding. libvirt passes the
