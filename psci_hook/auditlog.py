@@ -21,9 +21,9 @@ from typing import Any, NamedTuple
 
 import structlog
 
+from psci_hook.environment import JOURNAL_SOCKET, SYSLOG_SOCKET
+
 IDENTIFIER = "psci-hook"
-JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
-SYSLOG_SOCKET = Path("/dev/log")
 EVENT = "psci-hook.decision"
 
 # `psci-hook record` and `watch`: one event per action (psci_hook.recorder.RecordAction) and

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from psci_hook import kvm as kvm_mod
 from psci_hook import probe as probe_mod
+from psci_hook.errors import UnreadableFile, read_text_file
 from psci_hook.profile import HostProfile, ProfileError, loads_profile
 from psci_hook.status import ExitStatus
 from psci_hook.vocab import QemuGeneration
@@ -69,7 +70,7 @@ def write_atomic(path: Path, text: str | bytes, mode: int = FILE_MODE) -> None:
     """Write ``text`` (str as UTF-8, or bytes as they are) to ``path`` so that readers see the
     old file or the new one, never a part: a temporary file in the same directory, fsync,
     rename, then fsync the directory."""
-    import tempfile  # here, not at the top: it costs ~2.5 ms of every hook run, which only reads
+    import tempfile  # here: the hook only reads (docs/architecture.md#the-hook-path)
 
     path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -111,15 +112,12 @@ def read_cached(run_dir: Path, boot_id: str, kernel_release: str) -> HostProfile
     """The cached profile if it is this boot's and this kernel's, else CacheProblem."""
     path = profile_path(run_dir)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CacheProblem(f"{path} does not exist", "missing") from None
-    except OSError as exc:
-        raise CacheProblem(
-            f"{path}: cannot read: {exc.strerror or exc}", "unreadable"
-        ) from None
-    except UnicodeDecodeError:
-        raise CacheProblem(f"{path}: not UTF-8 text", "corrupt") from None
+        text = read_text_file(path)
+    except UnreadableFile as exc:
+        if exc.reason == "missing":
+            raise CacheProblem(f"{path} does not exist", "missing") from None
+        raise CacheProblem(str(exc), "corrupt" if exc.reason == "not-text" else exc.reason
+                           ) from None
     try:
         profile = loads_profile(text, str(path))
     except ProfileError as exc:

@@ -95,20 +95,6 @@ class GuestState(NamedTuple):
             cache_geometry=None if values is None else values.cache_geometry,
         )
 
-    def as_profile(self, kernel_release: str, extra: Mapping[str, Any] | None = None
-                   ) -> HostProfile:
-        """This state in the profile format (a guest profile)."""
-        return HostProfile(
-            kernel_release=kernel_release,
-            machine="aarch64",
-            registers=dict(self.registers),
-            cpreg_lists=(None if self.cpreg_list is None
-                         else {feature_key(self.features): self.cpreg_list}),
-            id_registers=self.id_registers,
-            cache_geometry=self.cache_geometry,
-            extra=dict(extra or {}),
-        )
-
 
 class Finding(NamedTuple):
     """One outcome of the decision: a code, the register and both values where they apply,

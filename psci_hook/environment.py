@@ -19,6 +19,11 @@ from typing import Any, BinaryIO, Callable, TextIO
 DEFAULT_CONFIG_PATH = Path("/etc/psci-hook/psci-hook.conf")
 DEFAULT_RUN_DIR = Path("/run/psci-hook")
 CONFIG_ENV_VAR = "PSCI_HOOK_CONFIG"
+# The KVM device (psci_hook.kvm opens it; the rehearsal and doctor look for it).
+DEV_KVM = "/dev/kvm"
+# Where the audit events go by default (psci_hook.auditlog; the policy's [log] may move them).
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+SYSLOG_SOCKET = Path("/dev/log")
 # Where libvirt runs the hook from (`psci-hook install` writes it, `doctor` checks it).
 HOOK = PurePosixPath("/etc/libvirt/hooks/qemu.d/50-psci-hook")
 

@@ -60,7 +60,7 @@ ACTED_ON = {("migrate", "begin"), ("restore", "begin")}
 
 # BaseException, not Exception: raised from a signal handler anywhere in the decision, they must
 # not be swallowed by an ``except Exception`` on the way (the profile load, the rehearsal, the
-# capabilities read), which turned a timeout into some other error or none at all.
+# capabilities read): a timeout is reported as a timeout.
 class HookTimeout(BaseException):
     pass
 
@@ -72,7 +72,8 @@ class HookInterrupted(BaseException):
 class Outcome:
     """What one hook run decided: the exit status, the stderr line, the stdout bytes.
 
-    A plain class, not a dataclass: creating a dataclass costs ~0.5 ms of every hook run.
+    A plain class: per-run state, filled in as the decision goes
+    (docs/architecture.md#the-hook-path).
     """
 
     def __init__(self, status: ExitStatus, decision: HookVerdict, codes: list[str],
@@ -411,8 +412,8 @@ def main(env: Environment, sink: auditlog.Sink | None = None) -> ExitStatus:
                                             policy.syslog_socket)
     if reading.problems and not outcome.message:  # the one stderr line, when it is free
         outcome.message = f"psci-hook: CONFIG {reading.summary_line()}"
-    # Decided: a SIGTERM from here on is ignored (it used to be held back, then delivered after
-    # the write with its default action, killing the hook of an allowed migration).
+    # Decided: a SIGTERM from here on is ignored, so that the answer is written whole and the
+    # hook exits with the decided status (its default action would kill an allowed migration).
     old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         auditlog.emit_decision(sink, **event)
@@ -455,8 +456,8 @@ def _write_once(env: Environment, outcome: Outcome) -> None:
     """stdout gets the whole new XML or nothing; stderr gets at most one line.
 
     A stream whose reader went away is pointed at /dev/null, so that the interpreter's final
-    flush of the unwritten rest does not fail too (that was exit 120 and "Exception ignored ...
-    BrokenPipeError" on stderr: a refusal where the decision was allow).
+    flush of the unwritten rest does not fail too: that would exit 120 with "Exception ignored
+    ... BrokenPipeError" on stderr, a refusal where the decision was allow.
     """
     if outcome.output:
         try:

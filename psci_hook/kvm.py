@@ -27,9 +27,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import ClassVar, Protocol, Union
 
 from psci_hook import registers as regs
+from psci_hook.environment import DEV_KVM
 from psci_hook.status import ExitStatus
 
-DEV_KVM = "/dev/kvm"
 KVM_API_VERSION = 12
 AARCH64 = "aarch64"
 
@@ -376,6 +376,11 @@ class Kvm:
 
     def close(self) -> None:
         fd, self.fd = getattr(self, "fd", -1), -1
+        self.release(fd)
+
+    def release(self, fd: int) -> None:
+        """Close one of this device's descriptors (the device's own, a VM's, a vCPU's), once;
+        a descriptor already closed is not an error here."""
         if fd >= 0:
             with contextlib.suppress(OSError):
                 self.sys.close(fd)
@@ -430,9 +435,7 @@ class ScratchVm:
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                self.kvm.sys.close(fd)
+        self.kvm.release(fd)
 
     def preferred_target(self) -> int:
         buf = bytearray(KVM_VCPU_INIT.size)
@@ -476,9 +479,7 @@ class ScratchVcpu:
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                self.kvm.sys.close(fd)
+        self.kvm.release(fd)
 
     def init(self, feature_bits: int) -> None:
         arg = bytearray(pack_vcpu_init(self.target, feature_bits))

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+from psci_hook.environment import JOURNAL_SOCKET, SYSLOG_SOCKET
 from psci_hook.vocab import QemuGeneration
 
 
@@ -73,8 +74,8 @@ class Policy(NamedTuple):
     history_limit: int = 8
     # Where decision events go: auto (journal if present, else syslog), journal, syslog, none.
     log_target: str = "auto"
-    journal_socket: Path = Path("/run/systemd/journal/socket")
-    syslog_socket: Path = Path("/dev/log")
+    journal_socket: Path = JOURNAL_SOCKET
+    syslog_socket: Path = SYSLOG_SOCKET
 
     @property
     def enforcing(self) -> bool:
@@ -224,9 +225,9 @@ SETTINGS: tuple[Setting, ...] = (
             _choice(GENERATIONS)),
     Setting("log", "target", "log_target", "auto", "auto, journal, syslog, none",
             _choice(LOG_TARGETS)),
-    Setting("log", "journal_socket", "journal_socket", "/run/systemd/journal/socket",
+    Setting("log", "journal_socket", "journal_socket", str(JOURNAL_SOCKET),
             "an absolute path", _absolute_path),
-    Setting("log", "syslog_socket", "syslog_socket", "/dev/log", "an absolute path",
+    Setting("log", "syslog_socket", "syslog_socket", str(SYSLOG_SOCKET), "an absolute path",
             _absolute_path),
 )
 SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS))

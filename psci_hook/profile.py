@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from psci_hook import registers as regs
+from psci_hook.errors import UnreadableFile, read_text_file
 from psci_hook.vocab import QemuGeneration
 
 SCHEMA = "psci-hook.host-profile/v1"
 FEATURE_ORDER = ("pmu", "pauth", "sve")
 NO_FEATURES = "none"
-U64_MAX = (1 << 64) - 1
 _KNOWN_KEYS = {
     "schema", "kernel_release", "machine", "registers", "cpreg_lists", "id_registers",
     "cache_geometry", "qemu_version", "qemu_generation", "id_registers_features",
@@ -244,11 +244,9 @@ def qemu_generation_for_version(version: str) -> str:
 
 def load_profile(path: str | Path) -> HostProfile:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ProfileError(f"{path}: not UTF-8 text") from None
+        text = read_text_file(path)
+    except UnreadableFile as exc:
+        raise ProfileError(str(exc)) from None
     return loads_profile(text, str(path))
 
 
@@ -263,7 +261,7 @@ def loads_profile(text: str, origin: str = "profile") -> HostProfile:
         raise ProfileError(f"{origin}: {exc}") from None
 
 
-def _uint(value: Any, what: str, limit: int = U64_MAX) -> int:
+def _uint(value: Any, what: str, limit: int = regs.U64_MAX) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ProfileError(f"{what} must be a non-negative integer, not {json.dumps(value)}")
     if value < 0 or value > limit:
@@ -450,7 +448,3 @@ def _profile_sort_key(path: Path) -> tuple[int, tuple[int, ...], str]:
     synthetic = kernel.startswith("synthetic-")
     version = tuple(int(p) for p in re.findall(r"\d+", kernel)[:2])
     return (int(synthetic), version, cpu)
-
-
-def profile_name(path: Path) -> str:
-    return path.stem

@@ -89,7 +89,6 @@ class RecordStatus(StrEnum):
     UNVERIFIED = "unverified"  # not known to describe the running QEMU process
 MAX_LIST = 4096  # far above any real kernel's migrated list (~370)
 MAX_TEXT = 256
-U64_MAX = (1 << 64) - 1
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # UTC to the second: every time in a record
 _TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")  # a catalogue name (not a hex id)
@@ -97,7 +96,8 @@ _Q = "{" + NAMESPACE + "}"
 
 
 def _builtin_sha256() -> Callable[[bytes], Any]:
-    """Python's own SHA-256: `import hashlib` initialises OpenSSL, ~2 ms of every hook run."""
+    """Python's own SHA-256: `import hashlib` initialises OpenSSL, which the hook does not
+    need (docs/architecture.md#the-hook-path)."""
     for name in ("_sha256", "_sha2"):  # Python <= 3.11, 3.12+
         try:
             return cast(Callable[[bytes], Any], importlib.import_module(name).sha256)
@@ -242,7 +242,7 @@ def _uint_attr(elem: Any, name: str) -> int:
     if not re.fullmatch(r"0x[0-9a-fA-F]{1,16}|[0-9]{1,20}", text):
         raise RecordError(f"{name}={text[:40]!r} is not a non-negative integer")
     value = int(text, 0)
-    if value > U64_MAX:
+    if value > regs.U64_MAX:
         raise RecordError(f"{name}={text!r} does not fit in 64 bits")
     return value
 

@@ -20,6 +20,7 @@ KVM_REG_ARM64 = 0x6000000000000000
 KVM_REG_SIZE_MASK = 0x00F0000000000000
 KVM_REG_SIZE_U32 = 0x0020000000000000
 KVM_REG_SIZE_U64 = 0x0030000000000000
+U64_MAX = (1 << 64) - 1  # a 64-bit register's largest value
 COPROC_SHIFT = 16
 COPROC_MASK = 0x0FFF0000
 
@@ -137,10 +138,6 @@ class FirmwareRegister(NamedTuple):
     kept: bool
     value_names: Mapping[int, str] = _NO_NAMES
     bit_names: Mapping[int, str] = _NO_NAMES
-
-    @property
-    def hex_id(self) -> str:
-        return format_id(self.reg_id)
 
 
 WA_NOT_AVAIL = 0
@@ -396,10 +393,6 @@ def cache_geometry_id(name: str) -> int:
     raise ValueError(f"not a cache geometry register: {name!r} (CLIDR_EL1 or CCSIDR_<n>)")
 
 
-def is_cache_geometry(reg_id: int) -> bool:
-    return reg_class(reg_id) == RegClass.DEMUX or reg_id == SYSREG_BY_NAME[CLIDR_EL1]
-
-
 def register_name(reg_id: int) -> str:
     """The name an operator knows a register by; its hex id when it has no name here."""
     fw = FW_BY_ID.get(reg_id)
@@ -412,11 +405,6 @@ def register_name(reg_id: int) -> str:
     if cls == RegClass.DEMUX and reg_id & 0xFF00 == 0:
         return ccsidr_name(reg_id & 0xFF)
     return format_id(reg_id)
-
-
-def ccsidr_level(csselr: int) -> str:
-    """What a CSSELR value selects, e.g. "L2 I" or "L1 D/unified"."""
-    return f"L{(csselr >> 1) + 1} {'I' if csselr & 1 else 'D/unified'}"
 
 
 def firmware_id_from_name(name: str) -> int:

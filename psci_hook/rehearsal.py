@@ -21,8 +21,7 @@ from psci_hook.engine import (
     FindingOutcome,
     GuestState,
 )
-
-KVM_DEVICE = "/dev/kvm"
+from psci_hook.environment import DEV_KVM
 
 
 class Result(NamedTuple):
@@ -52,7 +51,7 @@ def values_to_rehearse(guest: GuestState) -> dict[int, int]:
 
 
 def available() -> bool:
-    return platform.machine() == "aarch64" and os.path.exists(KVM_DEVICE)
+    return platform.machine() == "aarch64" and os.path.exists(DEV_KVM)
 
 
 def kvm_rehearser(features: frozenset[str], values: Mapping[int, int]) -> Result:

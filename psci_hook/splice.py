@@ -18,8 +18,7 @@ class SpliceError(ValueError):
     pass
 
 
-# NamedTuples, not dataclasses: the hook imports this module on every migration, and creating a
-# dataclass costs ~0.5 ms (it compiles its methods), a NamedTuple a tenth of that.
+# A NamedTuple: the hook imports this module (docs/architecture.md#the-hook-path).
 class _Span(NamedTuple):
     start: int
     end: int  # exclusive

@@ -231,19 +231,19 @@ def test_units_fall_back_to_python_dash_m(
 
 def test_the_interpreter_must_import_this_psci_hook(tmp_path: Path) -> None:
     env = Environment.for_test(["psci-hook"])
-    install.check_interpreter(sys.executable, env)  # this venv imports this very package
+    install.require_importable(sys.executable, env)  # this venv imports this very package
     assert env.stderr.getvalue() == ""  # type: ignore[attr-defined]
 
     cannot = tmp_path / "user-site-python"
     cannot.write_text("#!/bin/sh\nexit 1\n")
     cannot.chmod(0o755)
     with pytest.raises(install.InstallError, match="cannot import psci_hook"):
-        install.check_interpreter(str(cannot), env)
+        install.require_importable(str(cannot), env)
 
     other = tmp_path / "other-python"
     other.write_text("#!/bin/sh\necho /usr/lib/python3/dist-packages/psci_hook/__init__.py\n")
     other.chmod(0o755)
-    install.check_interpreter(str(other), env)
+    install.require_importable(str(other), env)
     assert "imports psci_hook from /usr/lib/python3/dist-packages/psci_hook" in \
         env.stderr.getvalue()  # type: ignore[attr-defined]
 

@@ -22,6 +22,7 @@ from psci_hook import cache
 from psci_hook.commands._common import InputError
 from psci_hook.domainxml import MAX_DOMAIN_XML, DomainXMLError, parse_domain
 from psci_hook.engine import GuestState
+from psci_hook.errors import UnreadableFile, read_text_file
 from psci_hook.fleet import HOST_IDENTITY_KEYS, Fleet, profile_identity
 from psci_hook.profile import HostProfile, ProfileError, loads_profile
 from psci_hook.record import RecordError, read_record
@@ -101,11 +102,9 @@ def load_fleet(directory: Path) -> Fleet:
 
 def _read_host_file(path: Path) -> tuple[dict[str, Any], str]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text") from None
+        text = read_text_file(path)
+    except UnreadableFile as exc:
+        raise InputError(str(exc)) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

@@ -32,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="nothing on stdout; mistakes still go to stderr")
 
 
-def value_text(value: Any) -> str:
+def setting_text(value: Any) -> str:
     """A setting's value as the file writes it."""
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -103,7 +103,7 @@ def _table(reading: PolicyReading, path: Path, exists: bool) -> str:
         source = f"line {line}" if line else "default"
         if line and value == getattr(default, setting.field):
             source += ", the default"
-        lines.append(f"{setting.key + ' = ' + value_text(value):<43} # {source}")
+        lines.append(f"{setting.key + ' = ' + setting_text(value):<43} # {source}")
     return "\n".join(lines) + "\n"
 
 
@@ -112,6 +112,6 @@ def _json(reading: PolicyReading, problems: list[str], exists: bool) -> dict[str
     for setting in SETTINGS:
         value = getattr(reading.policy, setting.field)
         settings.setdefault(setting.section, {})[setting.key] = {
-            "value": value_text(value), "line": reading.lines.get(setting.field)}
+            "value": setting_text(value), "line": reading.lines.get(setting.field)}
     return {"file": reading.origin, "exists": exists, "valid": not problems,
             "problems": problems, "settings": settings}

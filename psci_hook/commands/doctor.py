@@ -27,7 +27,7 @@ from typing import Any, Callable
 from psci_hook import __version__, cache, doctor
 from psci_hook.auditlog import EVENT, RECORD_EVENT, events_from_lines, read_journal
 from psci_hook.doctor import Check
-from psci_hook.environment import HOOK, Environment
+from psci_hook.environment import DEV_KVM, HOOK, JOURNAL_SOCKET, Environment
 from psci_hook.errors import first_line
 from psci_hook.policy import Policy, read_policy
 from psci_hook.profile import (
@@ -286,7 +286,7 @@ def log_lines(system: System, files: Sequence[Path]) -> tuple[list[str], str, st
                 return [], "", f"{path}: {exc.strerror or exc}"
         return lines, ", ".join(map(str, files)), ""
     if system.which("journalctl") is not None and \
-            system.path("/run/systemd/journal/socket").exists():
+            system.path(str(JOURNAL_SOCKET)).exists():
         try:
             return read_journal(), "the journal", ""
         except (OSError, subprocess.SubprocessError) as exc:
@@ -373,7 +373,7 @@ def selinux(system: System) -> doctor.SELinux:
 
 
 def profile_facts(system: System, env: Environment, policy: Policy) -> doctor.ProfileFacts:
-    kvm = system.path("/dev/kvm").exists()
+    kvm = system.path(DEV_KVM).exists()
     configured = str(policy.host_profile) if policy.host_profile is not None else None
     source = configured or str(cache.profile_path(env.run_dir))
     profile = None

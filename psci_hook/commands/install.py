@@ -34,10 +34,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
+from psci_hook.cache import write_atomic
 from psci_hook.environment import HOOK, Environment
 from psci_hook.status import ExitStatus
 
@@ -177,7 +177,7 @@ def render_hook(python: str) -> bytes:
     return line.encode() + b"\n" + body
 
 
-def check_interpreter(python: str, env: Environment) -> None:
+def require_importable(python: str, env: Environment) -> None:
     """On this host (no --root): ``python -I`` must import this very psci_hook, as libvirt will
     run the hook. A ``pip install --user`` fails this (-I ignores the user site directory)."""
     ours = Path(__file__).resolve().parents[1]
@@ -260,20 +260,6 @@ def _file_sha256(path: Path) -> str | None:
     return _sha256(path.read_bytes())
 
 
-def _write(path: Path, content: bytes, mode: int) -> None:
-    """Write atomically: a temporary file in the same directory, then rename over."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _make_dirs(root: Path, path: PurePosixPath, manifest: Manifest) -> None:
     """Create the parents of ``path`` under root, recording the ones this command created."""
     for parent in reversed(path.parents):
@@ -292,7 +278,7 @@ def _install(root: Path, python: str, units: bool, force: bool, env: Environment
         raise InstallError(f"--root {root}: not a directory")
     items = planned_items(python, find_command(env, python), units)
     if root.resolve() == Path("/"):
-        check_interpreter(python, env)
+        require_importable(python, env)
     manifest_path = _under(root, MANIFEST)
     manifest = Manifest.load(manifest_path) or Manifest()
     conflicts = 0
@@ -322,14 +308,14 @@ def _install(root: Path, python: str, units: bool, force: bool, env: Environment
             _make_dirs(root, item.path, manifest)
             if target.is_symlink():
                 target.unlink()
-            _write(target, item.content, item.mode)
+            write_atomic(target, item.content, item.mode)
         elif (target.stat().st_mode & 0o7777) != item.mode:
             os.chmod(target, item.mode)
         manifest.files[key] = _sha256(item.content)
         detail = f" (#!{python} -I)" if item.path == HOOK else ""
         env.write_out(f"{verb:<10} {key}{detail}\n")
     _make_dirs(root, MANIFEST, manifest)
-    _write(manifest_path, manifest.to_json().encode("utf-8"), 0o644)
+    write_atomic(manifest_path, manifest.to_json().encode("utf-8"), 0o644)
     env.write_out(f"{'recorded':<10} {MANIFEST}\n")
     if str(root.resolve()) != "/":
         env.write_out(f"(all paths above are below {root})\n")

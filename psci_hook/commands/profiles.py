@@ -78,9 +78,9 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
         mark = "  SYNTHETIC" if info["synthetic"] else ""
         lines.append(f"  {name.ljust(width)}  {info['kernel']:<24} "
                      f"{', '.join(info['features']) or 'firmware registers only'}{mark}")
-    return _write(env, lines)
+    return _print_lines(env, lines)
 
 
-def _write(env: Environment, lines: list[str]) -> ExitStatus:
+def _print_lines(env: Environment, lines: list[str]) -> ExitStatus:
     env.write_out("\n".join(lines) + "\n")
     return ExitStatus.OK
