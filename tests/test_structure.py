@@ -7,9 +7,8 @@ import collections
 import runpy
 from pathlib import Path
 
-from conftest import REPO
-
 from psci_hook import hook
+from tests.helpers import REPO
 
 PACKAGE = REPO / "psci_hook"
 # Each command module defines these: the protocol psci_hook.cli calls, and its own renderers.
