@@ -270,46 +270,55 @@ def parse_policy_text(data: bytes | str, origin: str = "configuration") -> Polic
         header = _HEADER.fullmatch(line)
         if header:
             section = header.group(1).lower()
-            if section not in SECTIONS:
-                name = header.group(1) if header.group(1).isprintable() else \
-                    repr(header.group(1))
-                problems.append(Problem(number, f"unknown section [{name}]"
-                                        f"{did_you_mean(section, SECTIONS)}; its settings are "
-                                        f"read by their names"))
+            problems += _section_problems(number, header.group(1), section)
             continue
-        line = _INLINE_COMMENT.sub("", line)
-        assignment = _ASSIGNMENT.fullmatch(line)
-        if not assignment:
-            what = "a section header cut short" if line.startswith("[") else \
-                "not 'key = value'"
-            problems.append(Problem(number, f"{what}: {_clip(line)!r} ignored"))
-            continue
-        key, value = assignment.group(1).lower(), assignment.group(2).strip()
-        setting = _BY_KEY.get(key)
-        if setting is None:
-            problems.append(Problem(number, f"unknown setting {key!r}"
-                                    f"{did_you_mean(key, _BY_KEY)}; ignored"))
-            continue
-        if section != setting.section:
-            where = f"[{section}]" if section else "no section"
-            problems.append(Problem(number, f"{key} belongs in [{setting.section}], not "
-                                    f"{where}; applied as [{setting.section}] {key}"))
-        if setting.field in lines:
-            problems.append(Problem(number, f"{key} is set twice (line {lines[setting.field]} "
-                                    f"and here); the last valid value applies"))
-        if not value:  # "profile =" as shipped: the default
-            values.pop(setting.field, None)
-            lines[setting.field] = number
-            continue
-        parsed = setting.parse(value)
-        if parsed.problem:
-            fallback = "" if parsed.value is not None else \
-                f"; the default ({setting.default or 'none'}) applies"
-            problems.append(Problem(number, f"{key} {parsed.problem}{fallback}"))
-        if parsed.value is not None:
-            values[setting.field] = parsed.value
-            lines[setting.field] = number
+        problems += _assign(number, _INLINE_COMMENT.sub("", line), section, values, lines)
     return PolicyReading(Policy()._replace(**values), origin, tuple(problems), lines)
+
+
+def _section_problems(number: int, written: str, section: str) -> list[Problem]:
+    """A section header: an unknown section is a problem (its settings still apply)."""
+    if section in SECTIONS:
+        return []
+    name = written if written.isprintable() else repr(written)
+    return [Problem(number, f"unknown section [{name}]{did_you_mean(section, SECTIONS)}; its "
+                            f"settings are read by their names")]
+
+
+def _assign(number: int, line: str, section: str | None, values: dict[str, Any],
+            lines: dict[str, int]) -> list[Problem]:
+    """One ``key = value`` line: sets ``values[field]`` (and its line) when the value can be
+    read; returns its problems."""
+    assignment = _ASSIGNMENT.fullmatch(line)
+    if not assignment:
+        what = "a section header cut short" if line.startswith("[") else "not 'key = value'"
+        return [Problem(number, f"{what}: {_clip(line)!r} ignored")]
+    key, value = assignment.group(1).lower(), assignment.group(2).strip()
+    setting = _BY_KEY.get(key)
+    if setting is None:
+        return [Problem(number, f"unknown setting {key!r}{did_you_mean(key, _BY_KEY)}; "
+                                "ignored")]
+    problems = []
+    if section != setting.section:
+        where = f"[{section}]" if section else "no section"
+        problems.append(Problem(number, f"{key} belongs in [{setting.section}], not "
+                                f"{where}; applied as [{setting.section}] {key}"))
+    if setting.field in lines:
+        problems.append(Problem(number, f"{key} is set twice (line {lines[setting.field]} "
+                                f"and here); the last valid value applies"))
+    if not value:  # "profile =" as shipped: the default
+        values.pop(setting.field, None)
+        lines[setting.field] = number
+        return problems
+    parsed = setting.parse(value)
+    if parsed.problem:
+        fallback = "" if parsed.value is not None else \
+            f"; the default ({setting.default or 'none'}) applies"
+        problems.append(Problem(number, f"{key} {parsed.problem}{fallback}"))
+    if parsed.value is not None:
+        values[setting.field] = parsed.value
+        lines[setting.field] = number
+    return problems
 
 
 def _clip(text: str, limit: int = 60) -> str:

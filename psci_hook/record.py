@@ -22,22 +22,10 @@ state; what a shut-off guest carries) or `unverified` (psci-hook could not tell 
 running guest cold-booted after the record was written). Readers treat any status as "no
 vouched-for register state".
 
-    <psci:record xmlns:psci="https://psci-hook.org/xmlns/record/1" version="1">
-      <psci:origin event="booted" host="host-a" host-uuid="..." kernel="6.1.0-26-arm64"
-                   time="2026-11-30T10:00:00Z"/>
-      <psci:vcpu features="pmu"/>
-      <psci:firmware>
-        <psci:reg name="PSCI_VERSION" value="0x10001"/>
-        ...
-      </psci:firmware>
-      <psci:cpreg-list count="241" digest="...">6020000000110000 1 1 ...</psci:cpreg-list>
-      <psci:id-registers>...</psci:id-registers>
-      <psci:cache-geometry>...</psci:cache-geometry>
-      <psci:override codes="WA_LEVEL_TOO_HIGH" reason="..."/>
-      <psci:history>
-        <psci:check time="..." op="migrate" host="host-b" verdict="allow" codes="WA_RATCHET"/>
-      </psci:history>
-    </psci:record>
+The elements, in order: origin, vcpu, firmware, cpreg-list, id-registers, cache-geometry,
+override, history. Their attributes are declared once below (ORIGIN, CHECK, OVERRIDE,
+VALUE_GROUPS) and serve the reader and the writer; tests/golden/records/ holds whole version-1
+records, pinned in both directions (tests/test_record_golden.py).
 """
 
 from __future__ import annotations
@@ -174,6 +162,75 @@ class GuestRecord:
 
 
 # ---------------------------------------------------------------------------------------------
+# The format, declared once: every attribute of every element, for the reader and the writer
+# (in the manner of virtinst's XMLProperty). An element's attributes are written in this order.
+# ---------------------------------------------------------------------------------------------
+
+
+class XMLAttr(NamedTuple):
+    """One attribute of one element, and the field of the value it carries."""
+
+    xml: str  # the attribute's name
+    field: str  # the NamedTuple field
+    kind: str = "text"  # text; time (TIME_FORMAT); words (a space-separated tuple)
+    required: bool = True  # a reader refuses the element without it
+    omit_empty: bool = False  # a writer leaves it out when empty
+
+
+ORIGIN = (XMLAttr("event", "event"), XMLAttr("host", "host"),
+          XMLAttr("host-uuid", "host_uuid", required=False, omit_empty=True),
+          XMLAttr("kernel", "kernel"), XMLAttr("time", "time", kind="time"))
+CHECK = (XMLAttr("time", "time", kind="time"), XMLAttr("op", "op"), XMLAttr("host", "host"),
+         XMLAttr("verdict", "verdict"), XMLAttr("codes", "codes", kind="words", required=False))
+OVERRIDE = (XMLAttr("codes", "codes", kind="words"), XMLAttr("reason", "reason"))
+
+
+class ValueGroup(NamedTuple):
+    """A group of named register values (<reg name value> children) and its GuestState field."""
+
+    xml: str
+    field: str
+    check: Callable[[str], object]  # raises ValueError or KeyError for a name not in the group
+    order: Callable[[str], int]  # the order a writer lists them in
+
+
+def _check_id_register(name: str) -> None:
+    if name not in regs.ID_REGISTER_NAMES:
+        raise ValueError("not an ID register")
+
+
+VALUE_GROUPS = (
+    ValueGroup("id-registers", "id_registers", _check_id_register,
+               lambda name: regs.SYSREG_BY_NAME[name]),
+    ValueGroup("cache-geometry", "cache_geometry", regs.cache_geometry_id,
+               regs.cache_geometry_id),
+)
+
+
+def _read_attrs(elem: Any, attrs: tuple[XMLAttr, ...], what: str) -> dict[str, Any]:
+    """The fields ``attrs`` declare, read and validated from ``elem``."""
+    out: dict[str, Any] = {}
+    for attr in attrs:
+        text = _text_attr(elem, attr.xml, attr.required)
+        if attr.kind == "time":
+            text = _time(text, what)
+        out[attr.field] = tuple(text.split()) if attr.kind == "words" else text
+    return out
+
+
+def _write_attrs(value: Any, attrs: tuple[XMLAttr, ...]) -> dict[str, str]:
+    """The attributes ``attrs`` declare, from ``value``'s fields."""
+    out: dict[str, str] = {}
+    for attr in attrs:
+        field = getattr(value, attr.field)
+        text = " ".join(sorted(field) if isinstance(field, frozenset) else field) \
+            if attr.kind == "words" else field
+        if text or not attr.omit_empty:
+            out[attr.xml] = text
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # The migrated list, compactly but exactly: the first id in hex, then hex deltas.
 # ---------------------------------------------------------------------------------------------
 
@@ -298,11 +355,6 @@ def _named_values(elem: Any, check_name: Any, unknown: list[str] | None = None
     return out
 
 
-def _check_id_register(name: str) -> None:
-    if name not in regs.ID_REGISTER_NAMES:
-        raise ValueError("not an ID register")
-
-
 def _features(text: str, unknown: list[str]) -> frozenset[str]:
     """The vCPU feature set; a feature of a newer catalogue goes to ``unknown`` (as
     "feature <name>") and is left out."""
@@ -327,17 +379,9 @@ def parse_record(elem: Any) -> GuestRecord:
                                        f"reads (version {VERSION})")
         raise RecordError(f"record version {version!r} is not {VERSION!r}")
     status = _text_attr(elem, "status", required=False)
-    origin_elem = _one(elem, "origin")
-    event = _text_attr(origin_elem, "event")
-    if not event:
+    origin = Origin(**_read_attrs(_one(elem, "origin"), ORIGIN, "origin"))
+    if not origin.event:
         raise RecordError("the origin event is empty")
-    origin = Origin(
-        event=event,
-        host=_text_attr(origin_elem, "host"),
-        kernel=_text_attr(origin_elem, "kernel"),
-        time=_time(_text_attr(origin_elem, "time"), "origin"),
-        host_uuid=_text_attr(origin_elem, "host-uuid", required=False),
-    )
     vcpu = _one(elem, "vcpu")
     unknown: list[str] = []
     features = _features(_text_attr(vcpu, "features"), unknown)
@@ -357,35 +401,32 @@ def parse_record(elem: Any) -> GuestRecord:
         if not set(fw_by_id) <= listed_fw or len(listed_fw - set(fw_by_id)) > len(unknown):
             raise RecordError("cpreg-list and <firmware> disagree on the firmware registers")
 
-    id_elem = _one(elem, "id-registers", required=False)
-    id_registers = (None if id_elem is None
-                    else _named_values(id_elem, _check_id_register, unknown))
-    cache_elem = _one(elem, "cache-geometry", required=False)
-    cache = (None if cache_elem is None
-             else _named_values(cache_elem, regs.cache_geometry_id, unknown))
+    groups: dict[str, dict[str, int] | None] = {}
+    for group in VALUE_GROUPS:
+        group_elem = _one(elem, group.xml, required=False)
+        groups[group.field] = None if group_elem is None else \
+            _named_values(group_elem, group.check, unknown)
 
     override = None
     override_elem = _one(elem, "override", required=False)
     if override_elem is not None:
-        codes = frozenset(split_list(_text_attr(override_elem, "codes")))
+        fields = _read_attrs(override_elem, OVERRIDE, "override")
+        codes = frozenset(split_list(" ".join(fields["codes"])))
         strange = sorted(c for c in codes if c not in CODES)
         if not codes or strange:
             raise RecordError(f"override names unknown codes: {' '.join(strange) or '(none)'}")
-        override = Override(codes, _text_attr(override_elem, "reason"))
+        override = Override(codes, fields["reason"])
 
     history: list[HistoryEntry] = []
     history_elem = _one(elem, "history", required=False)
     if history_elem is not None:
         # Ops, verdicts and codes of another release are kept as they are: history is read by
         # people and `audit`, never by a decision.
-        for check in history_elem.findall(_Q + "check"):
-            op, verdict = _text_attr(check, "op"), _text_attr(check, "verdict")
-            codes_text = _text_attr(check, "codes", required=False).split()
-            history.append(HistoryEntry(_time(_text_attr(check, "time"), "history"), op,
-                                        _text_attr(check, "host"), verdict, tuple(codes_text)))
+        history = [HistoryEntry(**_read_attrs(check, CHECK, "history"))
+                   for check in history_elem.findall(_Q + "check")]
 
     state = GuestState(registers=dict(sorted(fw_by_id.items())), features=features,
-                       cpreg_list=cpreg_list, id_registers=id_registers, cache_geometry=cache)
+                       cpreg_list=cpreg_list, **groups)
     return GuestRecord(state, origin, tuple(history), override, status, tuple(unknown))
 
 
@@ -417,12 +458,7 @@ def record_element(record: GuestRecord) -> Any:
     if record.status:
         attributes["status"] = record.status
     root = etree.Element(_Q + "record", attributes, nsmap={PREFIX: NAMESPACE})
-    o = record.origin
-    attrs = {"event": o.event, "host": o.host}
-    if o.host_uuid:
-        attrs["host-uuid"] = o.host_uuid
-    attrs.update({"kernel": o.kernel, "time": o.time})
-    _sub(root, "origin", attrs)
+    _sub(root, "origin", _write_attrs(record.origin, ORIGIN))
     state = record.state
     _sub(root, "vcpu", {"features": feature_key(state.features)})
     _values(root, "firmware",
@@ -431,20 +467,17 @@ def record_element(record: GuestRecord) -> Any:
         lst = _sub(root, "cpreg-list", {"count": str(len(state.cpreg_list)),
                                         "digest": list_digest(state.cpreg_list)})
         lst.text = encode_list(state.cpreg_list)
-    if state.id_registers is not None:
-        _values(root, "id-registers", dict(sorted(
-            state.id_registers.items(), key=lambda kv: regs.SYSREG_BY_NAME[kv[0]])))
-    if state.cache_geometry is not None:
-        _values(root, "cache-geometry", dict(sorted(
-            state.cache_geometry.items(), key=lambda kv: regs.cache_geometry_id(kv[0]))))
+    for group in VALUE_GROUPS:
+        values: Mapping[str, int] | None = getattr(state, group.field)
+        if values is not None:
+            _values(root, group.xml, dict(sorted(values.items(),
+                                                 key=lambda kv: group.order(kv[0]))))
     if record.override is not None:
-        _sub(root, "override", {"codes": " ".join(sorted(record.override.codes)),
-                                "reason": record.override.reason})
+        _sub(root, "override", _write_attrs(record.override, OVERRIDE))
     if record.history:
         history = _sub(root, "history")
-        for h in record.history:
-            _sub(history, "check", {"time": h.time, "op": h.op, "host": h.host,
-                                    "verdict": h.verdict, "codes": " ".join(h.codes)})
+        for entry in record.history:
+            _sub(history, "check", _write_attrs(entry, CHECK))
     return root
 
 
