@@ -82,10 +82,11 @@ class GuestState(NamedTuple):
         values = host.id_values(chosen)
         registers = dict(host.registers)
         own_psci = registers.get(regs.PSCI_VERSION.reg_id)
-        if psci_version is not None and own_psci is not None and \
-                psci_version in psci_versions_known(own_psci):
+        if psci_version is not None and own_psci is not None and (
+                psci_version == PSCI_0_1 or psci_version in psci_versions_known(own_psci)):
             # A version the host does not implement stops QEMU at start (kvm_arch_init_vcpu:
-            # "PSCI version ... is not supported by KVM"): no guest runs with it.
+            # "PSCI version ... is not supported by KVM"): no guest runs with it. 0.1 is every
+            # kernel's, on a vCPU QEMU creates without KVM_ARM_VCPU_PSCI_0_2 for it.
             registers[regs.PSCI_VERSION.reg_id] = psci_version
         return cls(
             registers=registers,
@@ -94,6 +95,11 @@ class GuestState(NamedTuple):
             id_registers=None if values is None else values.id_registers,
             cache_geometry=None if values is None else values.cache_geometry,
         )
+
+    def with_psci_version(self, version: int) -> GuestState:
+        """This guest as a cold boot with kvm-psci-version=``version`` would make it (the
+        rest of the vCPU is the same)."""
+        return self._replace(registers={**self.registers, regs.PSCI_VERSION.reg_id: version})
 
 
 class Finding(NamedTuple):
@@ -213,6 +219,12 @@ class Judgement(NamedTuple):
     inferred: bool = False
 
 
+# PSCI 0.1 (include/kvm/arm_psci.h KVM_ARM_PSCI_0_1): the version of a vCPU created without
+# KVM_ARM_VCPU_PSCI_0_2, which QEMU 11.x does for kvm-psci-version=0.1 (target/arm/kvm.c
+# kvm_arch_init_vcpu) and for nothing else.
+PSCI_0_1 = regs.psci_value(0, 1)
+
+
 def psci_versions_known(default: int) -> list[int]:
     """PSCI versions a kernel whose default is ``default`` implements: 0.2, then 1.0..default.
 
@@ -241,10 +253,14 @@ def wa2_simplified(profile: HostProfile) -> tuple[bool, bool]:
     return version >= WA2_SIMPLIFIED_SINCE, True
 
 
-def judge_firmware_value(reg_id: int, value: int, destination: HostProfile) -> Judgement:
+def judge_firmware_value(reg_id: int, value: int, destination: HostProfile,
+                         psci_0_1_vcpu: bool = False) -> Judgement:
     """Would the destination kernel's KVM_SET_ONE_REG accept ``value`` for ``reg_id``?
 
     Assumes the register is listed by the destination (the merge decides the rest).
+    ``psci_0_1_vcpu``: the destination's vCPU is created without KVM_ARM_VCPU_PSCI_0_2
+    (kvm-psci-version=0.1); arch/arm64/kvm/hypercalls.c kvm_arm_set_fw_reg then takes PSCI
+    0.1 and nothing else, and a vCPU with the feature takes every version but 0.1.
     """
     reg = regs.FW_BY_ID.get(reg_id)
     own = destination.registers.get(reg_id)
@@ -253,9 +269,20 @@ def judge_firmware_value(reg_id: int, value: int, destination: HostProfile) -> J
                          f"{regs.firmware_name(reg_id)} is not known to this version of "
                          "psci-hook; its value cannot be judged offline")
     if reg.kind is regs.FwKind.PSCI:
+        if psci_0_1_vcpu:
+            if value == PSCI_0_1:
+                return Judgement(True, "ACCEPTED", "a vCPU created for PSCI 0.1 "
+                                 "(kvm-psci-version=0.1) takes it on every kernel")
+            return Judgement(False, "PSCI_UNSUPPORTED",
+                             "the destination's vCPU is created for PSCI 0.1 (kvm-psci-version"
+                             "=0.1 in its domain XML), which takes no other version")
         known = psci_versions_known(own)
         if value in known:
             return Judgement(True, "ACCEPTED", "the destination implements this PSCI version")
+        if value == PSCI_0_1:
+            return Judgement(False, "PSCI_UNSUPPORTED",
+                             "PSCI 0.1 loads only into a vCPU created for it, and the "
+                             "destination's domain XML does not set kvm-psci-version=0.1")
         offered = ", ".join(regs.psci_version_text(v) for v in known)
         return Judgement(False, "PSCI_UNSUPPORTED",
                          f"the destination kernel implements PSCI {offered} only")
@@ -338,11 +365,12 @@ def predict_value(reg_id: int, value: int, destination: HostProfile) -> bool | N
 # ---------------------------------------------------------------------------------------------
 
 
-def _fw_finding(reg_id: int, guest_value: int, dest: HostProfile) -> Finding:
+def _fw_finding(reg_id: int, guest_value: int, dest: HostProfile, psci_0_1_vcpu: bool
+                ) -> Finding:
     reg = regs.FW_BY_ID.get(reg_id)
     name = regs.firmware_name(reg_id)
     own = dest.registers.get(reg_id)
-    judgement = judge_firmware_value(reg_id, guest_value, dest)
+    judgement = judge_firmware_value(reg_id, guest_value, dest, psci_0_1_vcpu)
     g_text = regs.value_text(reg_id, guest_value)
     d_text = regs.value_text(reg_id, own) if own is not None else "?"
     if judgement.accepted is None:
@@ -415,6 +443,7 @@ def decide(
     veto_dropped_workarounds: bool = True,
     destination_features: FeatureSet | None = None,
     sve_lengths: frozenset[int] = frozenset(),
+    destination_psci_0_1: bool | None = None,
 ) -> Decision:
     """What QEMU (``generation``: legacy or tolerant; default: the destination's) and the
     destination kernel will do with ``guest``, and whether to veto (default policy).
@@ -423,7 +452,12 @@ def decide(
     with (domainxml.requested_features: -cpu host enables every feature the destination
     supports unless the domain XML turns it off); default: the guest's own. ``sve_lengths``:
     the SVE vector lengths the domain XML names (domainxml.requested_sve_lengths).
+    ``destination_psci_0_1``: the destination's QEMU creates the vCPU for PSCI 0.1 (the domain
+    XML sets kvm-psci-version=0.1); default: as the guest's was (its PSCI_VERSION is 0.1), the
+    destination's QEMU being started from the same domain XML.
     """
+    psci_0_1_vcpu = (guest.registers.get(regs.PSCI_VERSION.reg_id) == PSCI_0_1
+                     if destination_psci_0_1 is None else destination_psci_0_1)
     generation = generation or destination.generation
     if generation not in tuple(QemuGeneration):
         raise ValueError(f"unknown QEMU generation {generation!r}")
@@ -445,7 +479,8 @@ def decide(
         dest_ids = tuple(sorted(destination.registers))
         findings.append(_lists_not_compared(guest, destination))
     findings += _merge_findings(guest, source_ids, dest_ids, generation, veto_dropped_workarounds)
-    findings += _write_findings(guest, destination, source_ids, dest_ids, generation)
+    findings += _write_findings(guest, destination, source_ids, dest_ids, generation,
+                                psci_0_1_vcpu)
     dest_values = destination.id_values(features)
     compared = set(dest_ids) & set(source_ids) if lists_compared else set()
     findings += _id_findings(guest, destination, features, dest_values, compared)
@@ -525,16 +560,18 @@ def _merge_findings(guest: GuestState, source_ids: tuple[int, ...], dest_ids: tu
 
 
 def _write_findings(guest: GuestState, destination: HostProfile, source_ids: tuple[int, ...],
-                    dest_ids: tuple[int, ...], generation: str) -> list[Finding]:
+                    dest_ids: tuple[int, ...], generation: str, psci_0_1_vcpu: bool
+                    ) -> list[Finding]:
     """docs/design.md#write: every destination register, with the stream's value where it has
-    one."""
+    one (``psci_0_1_vcpu``: the destination's vCPU is created for PSCI 0.1)."""
     source_set = set(source_ids)
     findings = []
     for reg_id in dest_ids:
         if reg_id not in source_set:
             findings.append(_default_finding(reg_id, destination, generation))
         elif regs.is_firmware(reg_id) and reg_id in guest.registers:
-            findings.append(_fw_finding(reg_id, guest.registers[reg_id], destination))
+            findings.append(_fw_finding(reg_id, guest.registers[reg_id], destination,
+                                        psci_0_1_vcpu))
     return findings
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from psci_hook.codes import Severity, severity
-from psci_hook.domainxml import Domain, requested_features
-from psci_hook.engine import Decision, GuestState, decide
+from psci_hook.domainxml import Domain, psci_version_override, requested_features
+from psci_hook.engine import PSCI_0_1, Decision, GuestState, decide
 from psci_hook.profile import HostProfile, feature_key
+from psci_hook.report import psci_remedy_version, psci_setting
 
 # Keys of a probed profile that say which host was probed, when and how, not what its kernel
 # does (psci_hook/probe.py writes the first three; provenance is free text). Every other key
@@ -78,9 +79,8 @@ class Verdict(NamedTuple):
     allowed: bool
     codes: tuple[str, ...]  # check's "codes": warning and blocking, most severe first
     one_way: bool  # allowed, and the guest's WORKAROUND levels rise (WA_RATCHET)
-    # How a refused move could be made to work (e.g. a kvm-psci-version for a guest whose only
-    # blocker is its PSCI version). The engine does not report remedies yet; when it does,
-    # Verdict.of sets this from the decision, and where, plan and to_dict show it.
+    # How a refused move is made to work: "kvm-psci-version=1.1" when a cold boot with that
+    # property makes the same engine allow it (movable_with_psci).
     remedy: str | None = None
 
     @classmethod
@@ -98,6 +98,27 @@ class Verdict(NamedTuple):
         if self.remedy is not None:
             out["remedy"] = self.remedy
         return out
+
+
+def movable_with_psci(guest: GuestState, decision: Decision,
+                      decide_again: Callable[[GuestState], Decision]) -> str | None:
+    """The kvm-psci-version setting that makes a refused move work, or None.
+
+    When the PSCI version is all that blocks the guest (report.psci_remedy_version), the guest
+    as a cold boot with the destination's highest version would make it is decided again, by
+    the caller's own ``decide_again``; only an allowed decision counts. The source implements
+    that version: it is below the guest's own, and every kernel implements 0.2 up to its own
+    (engine.psci_versions_known).
+    """
+    version = psci_remedy_version(decision.findings)
+    if version is None or decide_again(guest.with_psci_version(version)).vetoed:
+        return None
+    return psci_setting(version)
+
+
+def remedy_note(remedy: str | None) -> str:
+    """How `where`, `plan` and `matrix` mark a refused move that a remedy makes work."""
+    return f" (Y(psci): movable after a cold boot with {remedy})" if remedy else ""
 
 
 GuestKey = tuple[Any, ...]
@@ -135,9 +156,18 @@ class Decider:
         if found is None:
             features = None if self.domain is None else requested_features(
                 self.domain, profile.default_features())
-            found = Verdict.of(decide(guest, profile, self.generation,
-                                      destination_features=features))
-            self.decisions += 1
+            psci_0_1 = None if self.domain is None else \
+                psci_version_override(self.domain) == PSCI_0_1
+
+            def decide_here(state: GuestState) -> Decision:
+                self.decisions += 1
+                return decide(state, profile, self.generation, destination_features=features,
+                              destination_psci_0_1=psci_0_1)
+
+            decision = decide_here(guest)
+            found = Verdict.of(decision)
+            if decision.vetoed:
+                found = found._replace(remedy=movable_with_psci(guest, decision, decide_here))
             self._verdicts[(key, identity)] = found
         return found
 

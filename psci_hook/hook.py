@@ -29,10 +29,18 @@ from psci_hook.domainxml import (
     Domain,
     DomainXMLError,
     parse_domain,
+    psci_version_override,
     requested_features,
     requested_sve_lengths,
 )
-from psci_hook.engine import Decision, Finding, FindingOutcome, decide, significant_codes
+from psci_hook.engine import (
+    PSCI_0_1,
+    Decision,
+    Finding,
+    FindingOutcome,
+    decide,
+    significant_codes,
+)
 from psci_hook.environment import Environment
 from psci_hook.errors import first_line, with_type
 from psci_hook.policy import Policy, PolicyReading, read_policy
@@ -146,11 +154,14 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     # this host's features, not the source's (a feature the guest lacked is on here).
     features = requested_features(domain, profile.default_features())
     generation = None if policy.qemu_generation == "auto" else policy.qemu_generation
+    psci_0_1_vcpu = psci_version_override(domain) == PSCI_0_1
     decision = decide(record.state, profile, generation, policy.veto_dropped_workarounds,
                       destination_features=features,
-                      sve_lengths=requested_sve_lengths(domain))
+                      sve_lengths=requested_sve_lengths(domain),
+                      destination_psci_0_1=psci_0_1_vcpu)
     findings = [*decision.findings, *_unknown_register_findings(record)]
-    decision, findings = _rehearse(record, features, decision, findings, policy, env, base)
+    decision, findings = _rehearse(record, features, psci_0_1_vcpu, decision, findings, policy,
+                                   env, base)
     findings += _apply_override(record, decision, policy)
     base.update(_decision_fields(record, decision, features))
     if decision.vetoed and not any(f.code == "OVERRIDE" for f in findings):
@@ -216,16 +227,17 @@ def _unknown_register_findings(record: GuestRecord) -> list[Finding]:
                     "know (a newer release wrote it): not judged") for name in record.unknown]
 
 
-def _rehearse(record: GuestRecord, features: FeatureSet, decision: Decision,
-              findings: list[Finding], policy: Policy, env: Environment, base: dict[str, Any]
-              ) -> tuple[Decision, list[Finding]]:
+def _rehearse(record: GuestRecord, features: FeatureSet, psci_0_1_vcpu: bool,
+              decision: Decision, findings: list[Finding], policy: Policy, env: Environment,
+              base: dict[str, Any]) -> tuple[Decision, list[Finding]]:
     """The decision and findings with the rehearsal's verdicts (docs/design.md#rehearsal),
-    where this host can rehearse and the policy asks for it; the event says how it went."""
+    where this host can rehearse and the policy asks for it; the event says how it went.
+    ``psci_0_1_vcpu``: this host's vCPU is created for PSCI 0.1 (rehearsal.values_to_rehearse)."""
     rehearser = env.rehearser or (rehearsal.kvm_rehearser if rehearsal.available() else None)
     if rehearser is None or not policy.rehearse:
         return decision, findings
     try:
-        result = rehearser(features, rehearsal.values_to_rehearse(record.state))
+        result = rehearser(features, rehearsal.values_to_rehearse(record.state, psci_0_1_vcpu))
     except Exception as exc:  # e.g. KVM refused the scratch VM: the model's verdict stands
         base["rehearsal"] = f"not run: {first_line(exc)}"
         return decision, findings

@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 
 from psci_hook import registers as regs
 from psci_hook.engine import (
+    PSCI_0_1,
     Finding,
     FindingOutcome,
     GuestState,
@@ -37,10 +38,19 @@ class Result(NamedTuple):
 Rehearser = Callable[[frozenset[str], Mapping[int, int]], Result]
 
 
-def values_to_rehearse(guest: GuestState) -> dict[int, int]:
+def values_to_rehearse(guest: GuestState, psci_0_1_vcpu: bool = False) -> dict[int, int]:
     """Every value the source QEMU sends that the kernel judges (docs/design.md#rehearsal), by
-    register id."""
+    register id.
+
+    The scratch vCPU has KVM_ARM_VCPU_PSCI_0_2, as QEMU gives every vCPU but a PSCI 0.1 one
+    (kvm-psci-version=0.1). Where either side is PSCI 0.1 (``psci_0_1_vcpu``: the
+    destination's), PSCI_VERSION is left to the model, which applies the kernel's whole rule
+    for it (engine.judge_firmware_value); the scratch vCPU would answer for another vCPU.
+    """
     values = dict(guest.registers)
+    psci = regs.PSCI_VERSION.reg_id
+    if psci_0_1_vcpu or values.get(psci) == PSCI_0_1:
+        values.pop(psci, None)
     for name, value in (guest.id_registers or {}).items():
         values[regs.SYSREG_BY_NAME[name]] = value
     for name, value in (guest.cache_geometry or {}).items():

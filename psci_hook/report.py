@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from psci_hook import registers as regs
 from psci_hook.codes import Severity
+from psci_hook.domainxml import PSCI_PROPERTY
 from psci_hook.engine import Decision, Finding, GuestState
 
 _MARK = {Severity.BLOCKING: "VETO", Severity.WARNING: "warn", Severity.INFO: "info"}
@@ -41,23 +42,34 @@ def decision_text(decision: Decision, verbose: bool = False, after: bool = True)
 
 
 # QEMU's vCPU property (target/arm/kvm.c, QEMU 11.x) and the -global spelling for -cpu host.
-PSCI_GLOBAL = "host-arm-cpu.kvm-psci-version"
+PSCI_GLOBAL = f"host-arm-cpu.{PSCI_PROPERTY}"
 
 
-def psci_remedy(findings: Iterable[Finding]) -> str | None:
-    """How to make the guest movable here when its PSCI version is all that blocks it: a cold
-    boot with QEMU's kvm-psci-version set to this host's highest version. None otherwise
-    (another blocker, which the property cannot change, remains)."""
+def psci_remedy_version(findings: Iterable[Finding]) -> int | None:
+    """The PSCI version (this host's highest) a cold boot with QEMU's kvm-psci-version would
+    give the guest, when its PSCI version is all that blocks it; None otherwise (another
+    blocker, which the property cannot change, remains)."""
     blocking = [f for f in findings if f.blocking]
     psci = regs.PSCI_VERSION.reg_id
     if not blocking or any(f.reg_id != psci or f.code not in _PSCI_CODES for f in blocking):
         return None
-    highest = next((f.destination_value for f in blocking if f.destination_value is not None),
-                   None)
+    return next((f.destination_value for f in blocking if f.destination_value is not None),
+                None)
+
+
+def psci_setting(version: int) -> str:
+    """The property setting for ``version``, as `where`, `plan` and `matrix` show it."""
+    return f"{PSCI_PROPERTY}={regs.psci_version_text(version)}"
+
+
+def psci_remedy(findings: Iterable[Finding]) -> str | None:
+    """How to make the guest movable here when its PSCI version is all that blocks it: a cold
+    boot with QEMU's kvm-psci-version set to this host's highest version."""
+    highest = psci_remedy_version(findings)
     if highest is None:
         return None
     version = regs.psci_version_text(highest)
-    return (f"cold-boot the guest with kvm-psci-version={version} (QEMU 11.x on the source; in "
+    return (f"cold-boot the guest with {psci_setting(highest)} (QEMU 11.x on the source; in "
             f"the domain XML <qemu:commandline><qemu:arg value='-global'/><qemu:arg "
             f"value='{PSCI_GLOBAL}={version}'/></qemu:commandline>), then it can move here")
 

@@ -57,6 +57,16 @@ def test_psci_version_against_each_destination(default: int, guest: int, accepte
     assert judgement.code == ("ACCEPTED" if accepted else "PSCI_UNSUPPORTED")
 
 
+@pytest.mark.parametrize("default", [V(1, 0), V(1, 1), V(1, 3)])
+def test_a_psci_0_1_vcpu_takes_0_1_and_nothing_else(default: int) -> None:
+    """kvm_arm_set_fw_reg: a vCPU without KVM_ARM_VCPU_PSCI_0_2 (QEMU's kvm-psci-version=0.1)
+    takes 0.1 whatever the kernel's default; PSCI_CASES above are vCPUs with the feature."""
+    for guest in (V(0, 1), V(0, 2), V(1, 0), V(1, 1), V(1, 3)):
+        judgement = judge_firmware_value(PSCI, guest, dest(PSCI_VERSION=default),
+                                         psci_0_1_vcpu=True)
+        assert judgement.accepted is (guest == V(0, 1)), guest
+
+
 def test_psci_known_versions_follow_the_default() -> None:
     assert psci_versions_known(V(1, 1)) == [V(0, 2), V(1, 0), V(1, 1)]
     assert psci_versions_known(V(1, 3))[-1] == V(1, 3)

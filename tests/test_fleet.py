@@ -125,9 +125,14 @@ def test_identical_profiles_are_decided_once(every_profile_fleet: tuple[Path, di
     decider = Decider()
     guest = GuestState.booted_on(load_profile(PROBED["6.1__a57"]))
     verdicts = where(guest, fleet, decider)
-    assert len(verdicts) == len(fleet.hosts) and decider.decisions == len(sources)
+    # One decision per distinct profile, and one more where the PSCI version alone blocks
+    # (the guest decided again as a kvm-psci-version boot would make it: Y(psci)).
+    psci_only = sum(1 for v in decider.per_profile(guest, fleet).values()
+                    if v.blocking_codes and set(v.blocking_codes) == {"PSCI_UNSUPPORTED"})
+    assert psci_only and len(verdicts) == len(fleet.hosts)
+    assert decider.decisions == len(sources) + psci_only
     where(guest, fleet, decider)
-    assert decider.decisions == len(sources)  # memoised: the second question costs nothing
+    assert decider.decisions == len(sources) + psci_only  # memoised: asked again, no cost
 
 
 def test_profile_identity_ignores_only_which_host_and_when() -> None:
@@ -359,3 +364,97 @@ def test_two_hosts_probed_alike_have_one_identity(tmp_path: Path) -> None:
     values[kvmfake.WA1] = 1  # a CPU that needs no Spectre-v2 workaround
     other = probed("host-c", str(uuid.uuid4()), 1_780_000_000.0, values=values)
     assert profile_identity(other) != profile_identity(first)
+
+
+# ---------------------------------------------------------------------------------------------
+# Y(psci): refused moves that a cold boot with kvm-psci-version makes work
+# ---------------------------------------------------------------------------------------------
+
+PSCI_GLOBAL = (b"<qemu:commandline><qemu:arg value='-global'/>"
+               b"<qemu:arg value='host-arm-cpu.kvm-psci-version=1.1'/></qemu:commandline>")
+
+
+def _capped_domain(path: Path) -> Path:
+    """A domain whose QEMU sets kvm-psci-version=1.1, recorded by `stamp` with a 7.2 host's
+    state: what `record` and `watch` write for it on a 7.2 host."""
+    bare = path.with_suffix(".bare.xml")
+    bare.write_bytes(DOMAIN.replace(b"<domain type='kvm'>", b"<domain type='kvm' xmlns:qemu="
+                                    b"'http://libvirt.org/schemas/domain/qemu/1.0'>")
+                     .replace(b"</domain>", PSCI_GLOBAL + b"</domain>"))
+    status, out, err = run("stamp", "--guest-profile", str(PROBED["7.2__a57"]),
+                           "--domain-xml", str(bare))
+    assert status == ExitStatus.OK, err
+    path.write_text(out)
+    return path
+
+
+def test_where_marks_hosts_a_kvm_psci_version_boot_would_open(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path / "fleet", {"h61": PROBED["6.1__a57"],
+                                            "h612": PROBED["6.12__a57"],
+                                            "h72": PROBED["7.2__a57"]})
+    plain = guest_file(tmp_path / "guests", "vm72", PROBED["7.2__a57"])
+    status, out, _ = run("where", "--domain-xml", str(plain), "--fleet", str(fleet), "--json")
+    hosts = {h["host"]: h for h in json.loads(out)["hosts"]}
+    assert status == ExitStatus.OK and hosts["h72"]["allowed"]
+    assert not hosts["h612"]["allowed"] and hosts["h612"]["codes"][0] == "PSCI_UNSUPPORTED"
+    assert hosts["h612"]["remedy"] == "kvm-psci-version=1.1"
+    # 6.1 lacks registers 7.2 lists: no PSCI version makes that move work.
+    assert not hosts["h61"]["allowed"] and "remedy" not in hosts["h61"]
+    text = run("where", "--domain-xml", str(plain), "--fleet", str(fleet))[1]
+    assert ("  veto   h612  PSCI_UNSUPPORTED (Y(psci): movable after a cold boot with "
+            "kvm-psci-version=1.1)") in text.splitlines()
+    # The remedy holds: the same guest booted with the property, recorded as `stamp` does.
+    capped = _capped_domain(tmp_path / "capped.xml")
+    assert "PSCI_VERSION" in capped.read_text()
+    hosts = {h["host"]: h for h in json.loads(run("where", "--domain-xml", str(capped),
+                                                    "--fleet", str(fleet), "--json")[1])["hosts"]}
+    assert hosts["h612"]["allowed"] and hosts["h72"]["allowed"] and not hosts["h61"]["allowed"]
+    assert run("check", "--host-profile", str(PROBED["6.12__a57"]), "--domain-xml",
+               str(capped))[0] == ExitStatus.OK
+
+
+def test_plan_marks_pairs_movable_with_kvm_psci_version(tmp_path: Path) -> None:
+    """Half of a 6.12 fleet moves to 7.2: fresh 7.2 guests cannot come back, unless booted
+    with kvm-psci-version=1.1; a 7.2 guest loses the 6.12 hosts, with the same way out."""
+    fleet = make_fleet(tmp_path / "fleet", {f"n{i}": PROBED["6.12__a57"] for i in range(4)})
+    guests = tmp_path / "guests"
+    guest_file(guests, "vm612", PROBED["6.12__a57"])
+    args = ["plan", "--fleet", str(fleet), "--change", f"n[01]={PROBED['7.2__a57']}",
+            "--guests", str(guests)]
+    result = json.loads(run(*args, "--format", "json")[1])
+    changed = next(c["class"] for c in result["classes"] if c["changed"])
+    back = next(p for p in result["pairs"] if p["source"] == changed
+                and p["destination"] != changed)
+    assert back["before"]["allowed"] and not back["after"]["allowed"]
+    assert back["after"]["codes"][0] == "PSCI_UNSUPPORTED"
+    assert back["after"]["remedy"] == "kvm-psci-version=1.1"
+    text = run(*args)[1]
+    assert "=>  veto PSCI_UNSUPPORTED (Y(psci): movable after a cold boot with " \
+           "kvm-psci-version=1.1)" in text
+
+
+def test_matrix_marks_y_psci_exactly_where_a_capped_guest_is_allowed(tmp_path: Path) -> None:
+    names = ("6.1__a57", "6.12__a57", "7.2__a57", "7.2__max", "6.12__max")
+    files = [str(PROBED[n]) for n in names]
+    cells = json.loads(run("matrix", *files, "--format", "json")[1])["cells"]
+    marked = {(c["source"], c["destination"]): c["remedy"] for c in cells if "remedy" in c}
+    assert marked == {("7.2__a57", "6.12__a57"): "kvm-psci-version=1.1",
+                      ("7.2__a57", "6.12__max"): "kvm-psci-version=1.1",
+                      ("7.2__max", "6.12__max"): "kvm-psci-version=1.1"}
+    # Each mark is check's own answer for a guest booted with the property, and no other
+    # refused pair turns allowed with it.
+    for cell in cells:
+        if cell["verdict"] == "allow":
+            continue
+        source = load_profile(PROBED[cell["source"]])
+        capped = tmp_path / f"{cell['source']}-{cell['destination']}.xml"
+        capped.write_bytes(stamped(DOMAIN, GuestState.booted_on(source, psci_version=0x10001)))
+        status = run("check", "--host-profile", str(PROBED[cell["destination"]]),
+                     "--domain-xml", str(capped))[0]
+        assert (status == ExitStatus.OK) == ((cell["source"], cell["destination"]) in marked)
+    grid = run("matrix", *files)[1]
+    assert grid.splitlines()[6].split() == ["3", "7.2__a57", "N", "Y(psci)", "Y", "Y*", "Y(psci)"]
+    assert "7.2__a57 -> 6.12__a57: PSCI_UNSUPPORTED (Y(psci): movable after a cold boot with " \
+           "kvm-psci-version=1.1)" in grid
+    page = run("matrix", *files, "--format", "html")[1]
+    assert page.count('<td class="psci"') == 3 and "movable with <b>kvm-psci-version=1.1" in page

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from psci_hook import cli, kvm
+from psci_hook import cli, kvm, rehearsal
 from psci_hook import probe as probe_mod
 from psci_hook import registers as regs
 from psci_hook.domainxml import (
@@ -376,6 +376,46 @@ def test_a_psci_version_the_host_cannot_give_is_not_recorded() -> None:
     state = GuestState.booted_on(host("6.12.118+deb13-arm64", psci=0x10001), ALL,
                                  psci_version=0x10003)
     assert state.registers[PSCI] == 0x10001
+
+
+PSCI_0_1_GLOBAL = ("<qemu:commandline><qemu:arg value='-global'/><qemu:arg "
+                   "value='host-arm-cpu.kvm-psci-version=0.1'/></qemu:commandline>")
+
+
+def test_a_psci_0_1_guest_moves_where_the_domain_keeps_its_0_1_vcpu(tmp_path: Path) -> None:
+    """kvm-psci-version=0.1 makes QEMU create the vCPU without KVM_ARM_VCPU_PSCI_0_2
+    (target/arm/kvm.c kvm_arch_init_vcpu); for such a vCPU kvm_arm_set_fw_reg
+    (arch/arm64/kvm/hypercalls.c) takes PSCI 0.1 and nothing else, on every kernel, and a vCPU
+    with the feature takes everything but 0.1. The destination's QEMU runs the same domain
+    XML, so the guest lands in a 0.1 vCPU exactly when that XML keeps the property."""
+    source, destination = host(), host("6.12.118+deb13-arm64", psci=0x10001)
+    guest = GuestState.booted_on(source, ALL, psci_version=0x1)
+    assert guest.registers[PSCI] == 0x1  # recorded as 0.1, not the host's 1.3
+    assert psci_version_override(parse_domain(xml(extra=PSCI_0_1_GLOBAL))) == 0x1
+    # Same XML on both sides (the default): accepted on an older kernel too.
+    assert not decide(guest, destination, destination_features=ALL).vetoed
+    # A destination XML without the property: a 0.2+ vCPU, which refuses 0.1.
+    refused = decide(guest, destination, destination_features=ALL, destination_psci_0_1=False)
+    [finding] = refused.blocking
+    assert finding.code == "PSCI_UNSUPPORTED" and "kvm-psci-version=0.1" in finding.message
+    # ... and a 0.1 vCPU refuses a 1.x guest.
+    plain = GuestState.booted_on(source, ALL)
+    assert decide(plain, source, destination_features=ALL,
+                  destination_psci_0_1=True).blocking[0].code == "PSCI_UNSUPPORTED"
+    # The scratch vCPU of the rehearsal is a 0.2+ one: PSCI_VERSION is the model's there.
+    assert PSCI not in rehearsal.values_to_rehearse(guest)
+    assert PSCI not in rehearsal.values_to_rehearse(plain, psci_0_1_vcpu=True)
+    assert PSCI in rehearsal.values_to_rehearse(plain)
+    # The real hook file, on the destination, with the domain XML it is given.
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, destination), None)
+    hook = install_hook(tmp_path)
+    kept = run_hook(hook, ["g", "migrate", "begin", "-"],
+                    stamped(xml(extra=PSCI_0_1_GLOBAL), guest), config)
+    assert kept.returncode == 0, kept.stderr
+    dropped = run_hook(hook, ["g", "migrate", "begin", "-"], stamped(xml(), guest), config)
+    assert dropped.returncode == 1
+    assert dropped.stderr.startswith("psci-hook: VETO PSCI_UNSUPPORTED")
+    assert "guest=0.1 destination=1.1" in dropped.stderr
 
 
 def test_a_32_bit_guest_is_not_applicable_and_says_why(tmp_path: Path) -> None:

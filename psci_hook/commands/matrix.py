@@ -8,6 +8,7 @@ grid with the reasons below it, or as JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import json
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 from psci_hook.codes import Severity, severity
 from psci_hook.engine import Decision, GuestState, decide
 from psci_hook.environment import Environment
-from psci_hook.fleet import profile_identity
+from psci_hook.fleet import movable_with_psci, profile_identity, remedy_note
 from psci_hook.profile import HostProfile, ProfileError, bundled_profiles, load_profile
 from psci_hook.report import veto_reason
 from psci_hook.status import ExitStatus
@@ -35,9 +36,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="html: a self-contained page, identical profiles grouped")
 
 
-def _cell_mark(decision: Decision) -> str:
+Cell = tuple[str, str, Decision]
+# (source, destination) -> the kvm-psci-version setting that makes a refused pair work.
+Remedies = dict[tuple[str, str], str]
+
+
+def _cell_mark(decision: Decision, remedy: str | None = None) -> str:
     if decision.vetoed:
-        return "N"
+        return "Y(psci)" if remedy else "N"
     return "Y*" if any(severity(c) >= Severity.WARNING for c in decision.codes) else "Y"
 
 
@@ -50,33 +56,48 @@ def _warning_codes(decision: Decision) -> list[str]:
                               if severity(c) is Severity.WARNING))
 
 
-def compute(profiles: dict[str, HostProfile], generation: str
-            ) -> list[tuple[str, str, Decision]]:
+def _decide_on(profile: HostProfile, generation: str, guest: GuestState) -> Decision:
+    return decide(guest, profile, generation)
+
+
+def compute(profiles: dict[str, HostProfile], generation: str) -> tuple[list[Cell], Remedies]:
+    """Every pair's decision, and the refused pairs a guest booted on the source with
+    kvm-psci-version set to the destination's highest would pass (fleet.movable_with_psci)."""
     cells = []
+    remedies: Remedies = {}
     guests = {name: GuestState.booted_on(p) for name, p in profiles.items()}
     for source in profiles:
         for destination, profile in profiles.items():
-            cells.append((source, destination, decide(guests[source], profile, generation)))
-    return cells
+            decision = decide(guests[source], profile, generation)
+            cells.append((source, destination, decision))
+            if decision.vetoed:
+                remedy = movable_with_psci(guests[source], decision,
+                                           functools.partial(_decide_on, profile, generation))
+                if remedy:
+                    remedies[(source, destination)] = remedy
+    return cells, remedies
 
 
-def render_json(names: list[str], cells: list[tuple[str, str, Decision]]) -> str:
+def render_json(names: list[str], cells: list[Cell], remedies: Remedies) -> str:
     out: dict[str, Any] = {
         "profiles": names,
         "cells": [{"source": s, "destination": d, "verdict": dec.verdict,
-                   "codes": [c for c in dec.codes if severity(c) >= Severity.WARNING]}
+                   "codes": [c for c in dec.codes if severity(c) >= Severity.WARNING],
+                   **({"remedy": remedies[(s, d)]} if (s, d) in remedies else {})}
                   for s, d, dec in cells],
     }
     return json.dumps(out, indent=1) + "\n"
 
 
-def render_grid(names: list[str], cells: list[tuple[str, str, Decision]], generation: str,
+def render_grid(names: list[str], cells: list[Cell], remedies: Remedies, generation: str,
                 markdown: bool) -> str:
-    marks = {(s, d): _cell_mark(dec) for s, d, dec in cells}
+    marks = {(s, d): _cell_mark(dec, remedies.get((s, d))) for s, d, dec in cells}
     lines = [f"Source (rows) -> destination (columns), guest booted on the source with -cpu "
              f"host, destination QEMU {generation}.",
              "Y = allowed, Y* = allowed with warnings, N = vetoed: QEMU or the destination "
-             "kernel would fail it (the codes below say how).", ""]
+             "kernel would fail it (the codes below say how); Y(psci) = vetoed, but allowed "
+             "for a guest booted with the kvm-psci-version below (QEMU 11.x on the source).",
+             ""]
     if markdown:
         lines.append("| src \\ dst | " + " | ".join(names) + " |")
         lines.append("|---" * (len(names) + 1) + "|")
@@ -85,7 +106,7 @@ def render_grid(names: list[str], cells: list[tuple[str, str, Decision]], genera
     else:
         # Numbered columns keep the grid narrow; the rows carry the names.
         width = max(len(n) for n in names) + 5
-        col = len(str(len(names))) + 3
+        col = max(len(str(len(names))) + 3, max(map(len, marks.values())) + 1)
         lines.append(" " * width + "".join(str(i).rjust(col) for i in range(1, len(names) + 1)))
         for i, s in enumerate(names, 1):
             lines.append(f"{i:>2} {s}".ljust(width)
@@ -95,8 +116,9 @@ def render_grid(names: list[str], cells: list[tuple[str, str, Decision]], genera
     if vetoed:
         lines += ["", "Why not (blocking codes):"]
         lines += [f"{bullet}{s} -> {d}: {', '.join(_blocking_codes(dec))}"
+                  + remedy_note(remedies.get((s, d)))
                   for s, d, dec in vetoed]
-    warned = [(s, d, dec) for s, d, dec in cells if _cell_mark(dec) == "Y*"]
+    warned = [(s, d, dec) for s, d, dec in cells if marks[(s, d)] == "Y*"]
     if warned:
         lines += ["", "Why Y* (warning codes; the README's table of finding codes says what "
                   "each means):"]
@@ -133,6 +155,7 @@ th .codes, td .codes { display: block; font-weight: normal; font-size: .7em; lin
 .warn { background: #fff59d; }
 .oneway { background: #90caf9; }
 .veto { background: #ef9a9a; }
+.psci { background: #ffcc80; }
 .legend span.swatch { display: inline-block; width: 1.4em; height: 1em; border: 1px solid #777;
   vertical-align: middle; margin: 0 .3em 0 1em; }
 ol.reasons li { margin: .3em 0; }
@@ -144,21 +167,23 @@ _KINDS = (
     ("allow", "Y", "allowed, nothing to note"),
     ("warn", "Y*", "allowed with warnings"),
     ("oneway", "Y*", "allowed, one-way: WORKAROUND levels rise, no way back until a cold boot"),
+    ("psci", "Y(psci)", "vetoed, but allowed for a guest booted with the kvm-psci-version "
+     "named (QEMU 11.x on the source)"),
     ("veto", "N", "vetoed: QEMU or the destination kernel would fail it after copying all "
      "memory"),
 )
 
 
-def _cell_kind(decision: Decision) -> str:
+def _cell_kind(decision: Decision, remedy: str | None = None) -> str:
     if decision.vetoed:
-        return "veto"
+        return "psci" if remedy else "veto"
     if decision.one_way:
         return "oneway"
     return "warn" if _cell_mark(decision) != "Y" else "allow"
 
 
 def render_html(groups: list[list[str]], profiles: dict[str, HostProfile],
-                cells: list[tuple[str, str, Decision]], generation: str) -> str:
+                cells: list[Cell], remedies: Remedies, generation: str) -> str:
     """One page, no scripts and no network resources (its Content-Security-Policy refuses
     them): the grid coloured by verdict, one row and column per group of identical profiles,
     each cell's codes, every reason listed below the grid, and a legend."""
@@ -191,18 +216,21 @@ def render_html(groups: list[list[str]], profiles: dict[str, HostProfile],
                    f"{esc(profiles[s].kernel_release)}</span></th>")
         for d in order:
             decision = by_pair[(s, d)]
-            kind = _cell_kind(decision)
+            remedy = remedies.get((s, d))
+            kind = _cell_kind(decision, remedy)
             shown = [c for c in decision.codes if severity(c) >= Severity.WARNING]
             codes = (_blocking_codes(decision) if decision.vetoed else shown)
             anchor = f"r{order.index(s)}-{order.index(d)}"
             link = f'<a href="#{anchor}">' if shown else "<a>"
             title = f"{s} -> {d}: {decision.verdict}" + (" (reasons below)" if shown else "")
             out.append(f'<td class="{kind}" title="{esc(title)}">{link}'
-                       f'<span class="mark">{esc(_cell_mark(decision))}</span>'
+                       f'<span class="mark">{esc(_cell_mark(decision, remedy))}</span>'
                        f'<span class="codes">{esc(" ".join(codes))}</span></a></td>')
             if shown:
                 items = "".join(f"<li><b>{esc(f.code)}</b> {esc(veto_reason(f))}</li>"
                                 for f in decision.findings if f.severity >= Severity.WARNING)
+                if remedy:
+                    items += f"<li>movable with <b>{esc(remedy)}</b> at the guest's boot</li>"
                 reasons.append(f'<li id="{anchor}" class="{kind}-text"><b>{esc(s)} &rarr; '
                                f"{esc(d)}</b>: {esc(decision.verdict)}<ul>{items}</ul></li>")
         out.append("</tr>")
@@ -234,12 +262,12 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if args.format == "html":
         groups = group_identical(profiles)
         distinct = {names[0]: profiles[names[0]] for names in groups}
-        env.write_out(render_html(groups, distinct, compute(distinct, args.qemu), args.qemu))
+        env.write_out(render_html(groups, distinct, *compute(distinct, args.qemu), args.qemu))
         return ExitStatus.OK
     names = list(profiles)
-    cells = compute(profiles, args.qemu)
+    cells, remedies = compute(profiles, args.qemu)
     if args.format == "json":
-        env.write_out(render_json(names, cells))
+        env.write_out(render_json(names, cells, remedies))
     else:
-        env.write_out(render_grid(names, cells, args.qemu, args.format == "markdown"))
+        env.write_out(render_grid(names, cells, remedies, args.qemu, args.format == "markdown"))
     return ExitStatus.OK

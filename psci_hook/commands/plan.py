@@ -26,7 +26,16 @@ from psci_hook.commands._fleet import (
 )
 from psci_hook.engine import GuestState
 from psci_hook.environment import Environment
-from psci_hook.fleet import Decider, Fleet, Plan, Verdict, first_hosts, plan, profile_label
+from psci_hook.fleet import (
+    Decider,
+    Fleet,
+    Plan,
+    Verdict,
+    first_hosts,
+    plan,
+    profile_label,
+    remedy_note,
+)
 from psci_hook.profile import HostProfile
 from psci_hook.status import ExitStatus
 from psci_hook.vocab import QemuGeneration
@@ -107,8 +116,7 @@ def _class_id(index: int) -> str:
 def verdict_text(verdict: Verdict) -> str:
     if verdict.allowed:
         return "allow, one-way" if verdict.one_way else "allow"
-    remedy = f" (movable with {verdict.remedy})" if verdict.remedy else ""
-    return f"veto {' '.join(verdict.blocking_codes)}{remedy}"
+    return f"veto {' '.join(verdict.blocking_codes)}{remedy_note(verdict.remedy)}"
 
 
 def _count(n: int, what: str) -> str:
@@ -166,6 +174,7 @@ def _guest_lines(result: Plan, skipped: list[str], bullet: str, head: str, markd
         ("lose destinations", [
             f"{g.name}: {g.destinations_before} -> {g.destinations_after} hosts; loses "
             + "; ".join(f"{_hosts_text(result, i)}: {' '.join(v.blocking_codes)}"
+                        + remedy_note(v.remedy)
                         for i, v in g.lost)
             for g in losing]),
         ("left with no destination", [

@@ -21,7 +21,7 @@ from psci_hook.commands._fleet import (
 )
 from psci_hook.domainxml import parse_domain
 from psci_hook.environment import Environment
-from psci_hook.fleet import Decider, HostVerdict, Verdict, where
+from psci_hook.fleet import Decider, HostVerdict, Verdict, remedy_note, where
 from psci_hook.status import ExitStatus
 from psci_hook.vocab import QemuGeneration
 
@@ -99,7 +99,6 @@ def render_text(name: str, verdicts: list[HostVerdict]) -> str:
                    "cold boot" if verdict.one_way else ""
             lines.append(f"  allow  {hv.host.ljust(width)}{note}".rstrip())
         else:
-            remedy = f" (movable with {verdict.remedy})" if verdict.remedy else ""
             lines.append(f"  veto   {hv.host.ljust(width)}  "
-                         f"{', '.join(verdict.blocking_codes)}{remedy}")
+                         f"{', '.join(verdict.blocking_codes)}{remedy_note(verdict.remedy)}")
     return "\n".join(lines) + "\n"
