@@ -63,12 +63,15 @@ REAL_QEMU = {"bookworm": REAL_QEMU_72, "sid": REAL_QEMU_111}
 CI_ARGS = "--migrate-guest default"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("arm64-stack")
+# The sid part (QEMU 11.x, issue 17): a 7.2 guest started with kvm-psci-version=1.1 and one
+# without, saved on 7.2 and restored on 6.12 (and each kernel's own image, the controls).
+SID_ARGS = ("--userland sid --kernel 6.12 --kernel 7.2 --guest default --guest psci-1.1-global "
+            "--no-migrate")
+
+
+def _run_stack(out: Path, args: str) -> dict[str, Any]:
     command = [sys.executable, str(REPO / "scripts" / "arm64-stack"), "--json",
-               str(out / "stack.json"), "--keep", str(out / "consoles"),
-               *shlex.split(os.environ.get("ARM64_STACK_ARGS", CI_ARGS))]
+               str(out / "stack.json"), "--keep", str(out / "consoles"), *shlex.split(args)]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
     sys.stdout.write(run.stdout)
     if run.returncode not in (0, 1) or not (out / "stack.json").is_file():
@@ -77,6 +80,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     report: dict[str, Any] = json.loads((out / "stack.json").read_text(encoding="utf-8"))
     report["exit"] = run.returncode
     return report
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _run_stack(tmp_path_factory.mktemp("arm64-stack"),
+                      os.environ.get("ARM64_STACK_ARGS", CI_ARGS))
+
+
+@pytest.fixture(scope="module")
+def sid_stack(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _run_stack(tmp_path_factory.mktemp("arm64-stack-sid"), SID_ARGS)
 
 
 def _pairs(report: dict[str, Any], path: str = "restore") -> list[dict[str, Any]]:
@@ -173,3 +187,28 @@ def test_live_migration_between_two_hosts(stack: dict[str, Any]) -> None:
         elif not (after["source_running"] and after["source_same_pc"]):
             wrong.append(f"{_name(pair)}: vetoed but the source guest is not running: {after}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_sid_kvm_psci_version_makes_a_7_2_guest_movable_to_6_12(sid_stack: dict[str, Any]
+                                                                 ) -> None:
+    """Issue 17 on real QEMU 11.x: the guest started on 7.2 with kvm-psci-version=1.1 has PSCI
+    1.1 in its vCPU and in its record, real QEMU loads it on 6.12, the hook allows it and it
+    runs there; without the property real QEMU fails on 6.12 and the hook vetoes it first,
+    naming the remedy."""
+    assert int(sid_stack["qemu"].split(".")[0]) >= 11, sid_stack["qemu"]
+    pairs = {(p["guest"], p["source"], p["destination"]): p for p in _pairs(sid_stack)}
+    capped = pairs[("psci-1.1-global", "7.2", "6.12")]
+    assert capped["source_firmware"]["PSCI_VERSION"] == "0x10001"  # what QEMU migrates
+    assert capped["source_record"]["psci_version"] == "0x10001"  # what the watcher recorded
+    assert capped["baseline"]["loaded"] and capped["hook"]["allowed"], capped
+    assert capped["after"]["running_after"] and capped["after"]["same_pc"]
+    assert capped["after"]["annotated"]
+    plain = pairs[("default", "7.2", "6.12")]
+    assert plain["source_firmware"]["PSCI_VERSION"] == "0x10003"
+    assert not plain["baseline"]["loaded"] and not plain["hook"]["allowed"], plain
+    line = plain["hook"]["line"]
+    assert line.startswith("psci-hook: VETO PSCI_UNSUPPORTED") and \
+        "remedy: cold-boot the guest with kvm-psci-version=1.1" in line, line
+    assert not plain["after"]["running_after"] and not plain["after"]["left_defined"]
+    differ = [_name(p) for p in pairs.values() if p["baseline"]["loaded"] != p["hook"]["allowed"]]
+    assert not differ and sid_stack["exit"] == 0, differ
