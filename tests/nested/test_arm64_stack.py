@@ -189,6 +189,7 @@ def test_live_migration_between_two_hosts(stack: dict[str, Any]) -> None:
     assert not wrong, "\n".join(wrong)
 
 
+@pytest.mark.arm64sid
 def test_sid_kvm_psci_version_makes_a_7_2_guest_movable_to_6_12(sid_stack: dict[str, Any]
                                                                  ) -> None:
     """Issue 17 on real QEMU 11.x: the guest started on 7.2 with kvm-psci-version=1.1 has PSCI
