@@ -32,7 +32,9 @@ _CODES = (
          "Accepted, but the guest now takes the destination's higher WORKAROUND level: it "
          "cannot return to hosts with its old level until it cold-boots (one-way move)."),
     Code("PSCI_UNSUPPORTED", Severity.BLOCKING,
-         "The destination kernel does not implement the guest's PSCI version."),
+         "The destination kernel does not implement the guest's PSCI version, or the "
+         "destination's vCPU and the guest differ in PSCI 0.1 (a vCPU QEMU creates for "
+         "`kvm-psci-version=0.1` takes 0.1 only; every other vCPU refuses 0.1)."),
     Code("WA_LEVEL_TOO_HIGH", Severity.BLOCKING,
          "The guest relies on a better WORKAROUND level than the destination host offers."),
     Code("WA_INVALID_VALUE", Severity.BLOCKING,
