@@ -9,14 +9,13 @@ no libvirt, no lxml.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from psci_hook import registers as regs
 from psci_hook.codes import Severity, severity
 from psci_hook.profile import FeatureSet, HostProfile, IdValues, feature_key
-from psci_hook.vocab import QemuGeneration, StrEnum
+from psci_hook.vocab import HookVerdict, QemuGeneration, StrEnum
 
 # docs/design.md#tolerant-qemu: QEMU with the tolerance series enlarges the incoming array by the
 # number of registered tolerances plus MAX_CPREG_VMSTATE_ANOMALIES = 10 (cpu_pre_load).
@@ -149,8 +148,7 @@ class Finding(NamedTuple):
         return out
 
 
-@dataclasses.dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """The verdict, every finding, and the guest's state after the migration."""
 
     findings: tuple[Finding, ...]
@@ -159,9 +157,9 @@ class Decision:
     lists_compared: bool
 
     @property
-    def verdict(self) -> str:
-        """"veto" exactly when a finding is blocking (the default policy), else "allow"."""
-        return "veto" if self.vetoed else "allow"
+    def verdict(self) -> HookVerdict:
+        """VETO exactly when a finding is blocking (the default policy), else ALLOW."""
+        return HookVerdict.VETO if self.vetoed else HookVerdict.ALLOW
 
     @property
     def vetoed(self) -> bool:

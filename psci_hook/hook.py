@@ -13,7 +13,6 @@ libvirt, and the source it comes from: docs/design.md#hook-contract.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import os
 import re
 import signal
@@ -243,7 +242,7 @@ def _rehearse(record: GuestRecord, features: FeatureSet, psci_0_1_vcpu: bool,
         return decision, findings
     reconciled = rehearsal.reconcile(findings, result)
     base["rehearsal"] = "refused" if result.refused_id is not None else "accepted"
-    return dataclasses.replace(decision, findings=tuple(reconciled)), reconciled
+    return decision._replace(findings=tuple(reconciled)), reconciled
 
 
 def _decision_fields(record: GuestRecord, decision: Decision, features: FeatureSet

@@ -31,7 +31,6 @@ records, pinned in both directions (tests/test_record_golden.py).
 from __future__ import annotations
 
 import calendar
-import dataclasses
 import importlib
 import re
 import time
@@ -136,8 +135,7 @@ class Override(NamedTuple):
     reason: str
 
 
-@dataclasses.dataclass(frozen=True)
-class GuestRecord:
+class GuestRecord(NamedTuple):
     """The whole record: the guest's state, its origin, its history, an operator override."""
 
     state: GuestState
@@ -154,11 +152,11 @@ class GuestRecord:
         return not self.status
 
     def with_status(self, status: str) -> GuestRecord:
-        return dataclasses.replace(self, status=status)
+        return self._replace(status=status)
 
     def with_check(self, entry: HistoryEntry, limit: int) -> GuestRecord:
         history = (*self.history, entry)
-        return dataclasses.replace(self, history=history[-limit:] if limit else ())
+        return self._replace(history=history[-limit:] if limit else ())
 
 
 # ---------------------------------------------------------------------------------------------

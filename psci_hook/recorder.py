@@ -307,7 +307,7 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: Trigger)
         # its PSCI version and bitmaps are at most this host's, and its WORKAROUND levels are
         # exactly this host's: this host's values are a safe upper bound.
         record = booted_record(live, host, now, None, observed.qemu_argv)
-        record = dataclasses.replace(record, origin=host.origin(event, now)).with_check(
+        record = record._replace(origin=host.origin(event, now)).with_check(
             HistoryEntry(now, op, host.hostname, "allow", ("NO_RECORD",)),
             host.policy.history_limit)
         plan = Plan(live.name, live.uuid, trigger, RecordAction.RECORDED,

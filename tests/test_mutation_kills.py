@@ -922,8 +922,8 @@ def test_a_record_keeps_what_it_says() -> None:
                                            ("WA_DROPPED",)),)
     # Written back, then read again: the same record (the comment is not kept).
     assert _parse(record_xml(record)) == record
-    assert "host-uuid" not in record_xml(dataclasses.replace(
-        record, origin=record.origin._replace(host_uuid="")))
+    assert "host-uuid" not in record_xml(record._replace(
+        origin=record.origin._replace(host_uuid="")))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import collections
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 from psci_hook import hook
@@ -57,3 +59,26 @@ def test_no_two_modules_define_a_function_of_the_same_name() -> None:
     shared = {name: files for name, files in where.items()
               if len(files) > 1 and name not in COMMAND_PROTOCOL}
     assert shared == {}
+
+
+# docs/architecture.md#the-hook-path: the dataclasses still on the hook's import path, to be
+# converted; no other may be added.
+HOOK_PATH_DATACLASSES = {"environment.Environment", "profile.HostProfile", "kvm.Capabilities",
+                         "kvm.Refusal"}
+
+
+def test_no_new_dataclass_on_the_hook_path() -> None:
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", "import sys, psci_hook.hook, psci_hook.thishost, "
+         "psci_hook.cache; print(' '.join(m for m in sys.modules if m.startswith('psci_hook')))"],
+        capture_output=True, text=True, check=True, cwd=REPO)
+    found = set()
+    for module in done.stdout.split():
+        path = PACKAGE.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        if module == "psci_hook" or not path.exists():
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and any(
+                    "dataclass" in ast.unparse(d) for d in node.decorator_list):
+                found.add(f"{path.stem}.{node.name}")
+    assert found == HOOK_PATH_DATACLASSES

@@ -59,8 +59,7 @@ def test_boot_without_record_records_this_hosts_values() -> None:
 
 
 def test_boot_replaces_a_stale_record_from_another_host_keeping_the_override() -> None:
-    stale = dataclasses.replace(
-        booted("5.10__a57", "host-a", UUID_A),
+    stale = booted("5.10__a57", "host-a", UUID_A)._replace(
         override=Override(frozenset({"WA_LEVEL_TOO_HIGH"}), "ticket 4711"),
         history=(HistoryEntry(EARLIER, "migrate", "host-c", "allow", ()),))
     plan = plan_boot(persistent(domain_xml(stale)), host_b, NOW)
@@ -115,8 +114,7 @@ def test_tcg_domains_are_recorded_when_the_policy_says_so() -> None:
 def test_arrival_annotated_by_the_hook_only_syncs_the_persistent_definition() -> None:
     incoming = booted("5.10__a57", "host-a", UUID_A)
     after = decide(incoming.state, host_b.profile).guest_after
-    annotated = dataclasses.replace(incoming, state=after)
-    annotated = dataclasses.replace(annotated, origin=host_b.origin("migrated", EARLIER))
+    annotated = incoming._replace(state=after, origin=host_b.origin("migrated", EARLIER))
     stale_config = domain_xml(incoming)
     plan = plan_arrival(Observed(domain_xml(annotated), stale_config), host_b, NOW,
                         Trigger.MIGRATED)
