@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from psci_hook import __version__, cache, doctor
-from psci_hook.auditlog import EVENT, RECORD_EVENT, events_from_lines, read_journal
+from psci_hook.auditlog import (
+    EVENT,
+    RECORD_EVENT,
+    SYSLOG_FILES,
+    events_from_lines,
+    read_journal,
+)
 from psci_hook.doctor import Check
 from psci_hook.environment import DEV_KVM, HOOK, JOURNAL_SOCKET, Environment
 from psci_hook.errors import first_line
@@ -46,7 +52,6 @@ CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 HOOK_ENV = {"LC_ALL": "C", "PATH": CLEAN_PATH, "HOME": "/root"}
 IMPORT_CHECK = ("import os, psci_hook; print(psci_hook.__version__); "
                 "print(os.path.dirname(os.path.abspath(psci_hook.__file__)))")
-SYSLOG_FILES = ("/var/log/syslog", "/var/log/messages")
 APPARMOR_PROFILES = ("/etc/apparmor.d/usr.sbin.libvirtd", "/etc/apparmor.d/usr.sbin.virtqemud")
 _HOOK_RULE_RE = re.compile(r"^\s*/etc/libvirt/hooks/\*\*\s+[a-z]*x[a-z]*\s*,", re.MULTILINE)
 # The watcher's service events that say whether it is connected (psci_hook.commands.watch).
@@ -293,14 +298,15 @@ def log_lines(system: System, files: Sequence[Path]) -> tuple[list[str], str, st
             journal_error = str(exc)
     else:
         journal_error = "no journal"
-    for name in SYSLOG_FILES:
+    for name in map(str, SYSLOG_FILES):
         path = system.path(name)
         if path.is_file():
             try:
                 return path.read_text(encoding="utf-8", errors="replace").splitlines(), name, ""
             except OSError as exc:
                 return [], "", f"{name}: {exc.strerror or exc}"
-    return [], "", f"{journal_error} and no {' or '.join(SYSLOG_FILES)} (name one with --log)"
+    looked = " or ".join(map(str, SYSLOG_FILES))
+    return [], "", f"{journal_error} and no {looked} (name one with --log)"
 
 
 def iso_epoch(text: Any) -> float | None:
