@@ -8,9 +8,14 @@ among the mutants that ran), and every survivor with its diff. Survivors judged 
 listed with the reason in benchmarks/mutation-equivalents.md; the score in the README counts them
 out.
 
-It runs by hand and once per release, not in CI: a whole run is CPU-bound for a long time.
+It runs by hand and once per release, not in CI: a whole run is CPU-bound for a long time, so
+it runs at the lowest priority (it needs no daemon, address or package the heavy suites share):
 
-    nice -n 10 .venv/bin/python benchmarks/mutation.py --lock /tmp/psci-heavy.lock [MODULE...]
+    nice -n 19 .venv/bin/python benchmarks/mutation.py --children 2 [MODULE...]
+
+The tests it runs include the `slow` marker's in-process ones (the fleet cross-check, the
+splice property tests), which the fast checks leave out: mutmut only runs, per mutant, the tests
+that call the mutated function, fastest first.
 
 The run happens in a scratch tree (never the checkout: mutmut rewrites the files under test)
 with its own virtualenv (Debian's libraries, plus scripts/deps/test-requirements.txt and
@@ -43,12 +48,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CORE = ("engine", "record", "splice", "hook", "policy", "profile")
 FAST_TESTS = "not nested and not e2e and not packaging"
-# Fast tests that cannot kill a mutant: the benchmark judges nothing (it prints figures) and is
+# Fast tests that cannot kill a mutant: the benchmarks judge nothing (they print figures) and are
 # the slowest; fifty concurrent hook processes run the package as subprocesses (never the active
 # mutant) and fail on their time bound when the machine is busy; the pip test installs a wheel of
 # the mutated tree into a fresh virtualenv, without mutmut's runtime the trampolines import.
 NOT_FOR_MUTANTS = (
     "tests/test_bench.py",
+    "tests/test_bench_fleet.py",
     "tests/test_hardening.py::test_fifty_hooks_at_once_share_the_cache_and_the_profile",
     "tests/test_install.py::test_pip_install_into_a_venv_then_psci_hook_install",
 )
@@ -137,6 +143,12 @@ def make_venv(workdir: Path) -> None:
                           check=True, capture_output=True, text=True).stdout.strip()
     # mutmut writes the mutated package to mutants/ and runs the tests from there.
     (Path(site) / "psci_hook_mutants.pth").write_text(f"{workdir / 'mutants'}\n")
+    # The command the tests run as an operator does (setup.cfg's console_scripts entry), as pip
+    # would write it; installing the tree instead would put the unmutated package on the path.
+    script = venv / "bin" / "psci-hook"
+    script.write_text(f"#!{python}\nimport sys\n\nfrom psci_hook.cli import main\n\n"
+                      "sys.exit(main())\n")
+    script.chmod(0o755)
 
 
 def mutmut(workdir: Path, *args: str, capture: bool = False) -> str:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.helpers import run_quick_benchmark
+
+pytestmark = pytest.mark.slow
 
 
 def test_the_benchmark_runs_and_prints_every_figure(capsys: Any) -> None:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from psci_hook.policy import SETTINGS
 from tests.helpers import REPO
 
@@ -84,6 +86,7 @@ def test_a_mistyped_command_gets_a_did_you_mean() -> None:
                            "`psci-hook --help` lists them\n")
 
 
+@pytest.mark.slow
 def test_profiles_lists_this_host_and_the_bundled_ones(tmp_path: Path) -> None:
     done = psci_hook("profiles")
     assert done.returncode == 0, done.stderr

@@ -73,6 +73,7 @@ def every_profile_fleet(tmp_path_factory: Any) -> tuple[Path, dict[str, Path]]:
     return make_fleet(fleet, hosts), sources
 
 
+@pytest.mark.slow
 def test_where_agrees_with_check_for_every_host_of_a_fleet_of_every_profile(
         every_profile_fleet: tuple[Path, dict[str, Path]], tmp_path: Path) -> None:
     fleet, sources = every_profile_fleet

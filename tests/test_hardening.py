@@ -70,6 +70,10 @@ from psci_hook.record import read_record
 from psci_hook.status import ExitStatus
 from tests.hooktools import DOMAIN, HookResult, SyslogListener, install_hook, stamped
 
+# Every case runs the real hook as a process (about 150 of them, most of the non-heavy
+# suite's time): see the slow marker in pyproject.toml.
+pytestmark = pytest.mark.slow
+
 ARGS = ["vm1", "migrate", "begin", "-"]
 ON_ERROR = ("allow", "veto")
 LIBVIRT_ENV = {"LC_ALL": "C", "PATH": "/usr/bin:/bin", "HOME": "/root"}

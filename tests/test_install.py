@@ -274,6 +274,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return found
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_real_copies_of_the_hook_and_units(wheel: Path) -> None:
     import zipfile
 
@@ -292,6 +293,7 @@ def test_the_wheel_carries_real_copies_of_the_hook_and_units(wheel: Path) -> Non
     assert any(n.startswith("psci_hook/data/profiles/") for n in names)
 
 
+@pytest.mark.slow
 def test_pip_install_into_a_venv_then_psci_hook_install(wheel: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     # The distribution's python3 and its lxml and structlog, as on a host.

@@ -117,6 +117,7 @@ def readme_fleet(tmp: Path) -> list[str]:
     return [str(directory / f"{h}.json") for h in hosts]
 
 
+@pytest.mark.slow
 def test_the_console_check_sees_what_the_page_policy_refuses(tmp_path: Path) -> None:
     """The detector's positive control: a page under the matrix's Content-Security-Policy that
     asks for a network image gets a console message."""
@@ -130,6 +131,7 @@ def test_the_console_check_sees_what_the_page_policy_refuses(tmp_path: Path) -> 
     assert messages and any("Content Security Policy" in m for m in messages), messages
 
 
+@pytest.mark.slow
 def test_the_html_matrix_renders_without_console_messages_and_is_not_blank(
         tmp_path: Path, regenerate: bool) -> None:
     status, out, err = run("matrix", *readme_fleet(tmp_path), "--format", "html")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -260,6 +261,7 @@ def _render(record: GuestRecord) -> Callable[[str], str]:
     return lambda indent: record_xml(record, indent)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.data_too_large])
 @given(documents(), records())
@@ -304,6 +306,7 @@ def test_the_splice_changes_nothing_but_our_element(document: tuple[bytes, str],
     assert splice_record(out, _render(record)).data == out
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(documents(), records(), records())
 def test_a_new_record_replaces_the_old_one_in_place(document: tuple[bytes, str],

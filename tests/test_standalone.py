@@ -9,6 +9,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import REPO
 
 DESIGN = REPO / "docs" / "design.md"
@@ -72,6 +74,7 @@ def test_every_design_citation_names_a_section() -> None:
     assert not dangling, "no such section in docs/design.md:\n" + "\n".join(dangling)
 
 
+@pytest.mark.slow
 def test_the_design_note_is_in_the_sdist(tmp_path: Path) -> None:
     # Built from a copy, so that the egg-info setuptools writes does not land in the work tree.
     tree = tmp_path / "tree"
