@@ -201,6 +201,11 @@ def test_values_of_a_feature_set_probed_derived_or_unknown() -> None:
         **FEATURE_VALUES, "pauth": {**FEATURE_VALUES["pauth"], ISAR1: 1},
         "sve": {**FEATURE_VALUES["sve"], ISAR1: 2}})
     assert clash.id_values(NO_PMU) is None
+    # A single-feature read missing, or the featureless one: not derivable either.
+    for missing in ("sve", "none"):
+        partial = dataclasses.replace(profile, feature_values={
+            k: v for k, v in FEATURE_VALUES.items() if k != missing})
+        assert partial.id_values(NO_PMU) is None, missing
 
 
 @pytest.mark.parametrize("bad", [

@@ -1231,3 +1231,101 @@ def test_without_a_sink_the_policy_chooses_the_log(
                     bundled["6.12__a57"])
     assert main(env) == ExitStatus.OK
     assert env.stdout.getvalue().startswith(b"<domain")  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------
+# Survivors of the 2026-12-06 mutation run over engine, record and hook
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_values_conformance_tries_for_each_kind_of_register() -> None:
+    """`psci-hook conformance` sets exactly these values on the real kernel and compares its
+    answer with the engine's: the boundaries of each rule (docs/design.md), each value once."""
+    wa2 = [0, 1, 2, 3, 4, 0xF, 0x10, 0x12, 0x13, 0x20]
+    workaround = [0, 1, 2, 3, 0xF, 0x10]
+    bitmap = [0, 1, 2, 3, 4, 7, 1 << 63]
+    assert candidate_values(regs.SMCCC_ARCH_WORKAROUND_2.reg_id) == wa2
+    for reg in regs.FIRMWARE_REGISTERS:
+        values = candidate_values(reg.reg_id)
+        assert len(set(values)) == len(values), reg.name
+        if reg.kind is regs.FwKind.WORKAROUND and reg is not regs.SMCCC_ARCH_WORKAROUND_2:
+            assert values == workaround, reg.name
+        elif reg.kind not in (regs.FwKind.WORKAROUND, regs.FwKind.PSCI):
+            assert values == bitmap, reg.name
+    assert candidate_values(0x6030_0000_0014_FFFF) == []  # not a firmware register
+
+
+def _veto_on_error_env(tmp_path: Path, argv: list[str], stdin: bytes,
+                       destination: HostProfile) -> Environment:
+    config = tmp_path / "veto.conf"
+    config.write_text(f"[hook]\non_error = veto\n[host]\nprofile = "
+                      f"{profile_file(tmp_path, destination)}\n[log]\ntarget = none\n")
+    return Environment.for_test(argv, stdin, {"PSCI_HOOK_CONFIG": str(config)},
+                                run_dir=tmp_path)
+
+
+def test_a_bug_under_on_error_veto_is_exit_internal_error(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    env = _veto_on_error_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                             bundled["6.12__a57"])
+    env.rehearser = lambda features, values: None  # not a Result: reconciling it fails
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.INTERNAL_ERROR
+    assert env.stderr.getvalue().startswith(  # type: ignore[attr-defined]
+        "psci-hook: ERROR INTERNAL_ERROR domain vm1: AttributeError: ")
+    assert env.stderr.getvalue().endswith(  # type: ignore[attr-defined]
+        "; migration refused (on_error = veto)\n")
+
+
+def test_an_error_without_a_domain_name_says_question_mark_and_four_arguments_are_enough(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    env = _veto_on_error_env(tmp_path, ["hook", "", "migrate", "begin", "-"], b"<not xml",
+                             bundled["6.12__a57"])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.BAD_INPUT
+    assert env.stderr.getvalue().startswith(  # type: ignore[attr-defined]
+        "psci-hook: ERROR XML_INVALID domain ?: malformed domain XML: ")
+    # libvirt passes "-" as a fourth argument; the operation is read from the second and third.
+    env = _veto_on_error_env(tmp_path, ["hook", "vm1", "migrate", "begin"], b"<not xml",
+                             bundled["6.12__a57"])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.BAD_INPUT
+    assert sink.events[0]["op"] == "migrate"
+
+
+@pytest.mark.parametrize("typos", [12, 13, 15])
+def test_the_event_lists_twelve_configuration_problems_and_counts_the_rest(
+        tmp_path: Path, bundled: dict[str, HostProfile], typos: int) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    config = tmp_path / "typos.conf"
+    config.write_text("[hook]\n" + "".join(f"typo{i} = 1\n" for i in range(typos))
+                      + f"[host]\nprofile = {profile_file(tmp_path, bundled['6.12__a57'])}\n"
+                      "[log]\ntarget = none\n")
+    env = Environment.for_test(["hook", "vm1", "migrate", "begin", "-"], domain,
+                               {"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    event = sink.events[0]
+    assert len(event["config_problems"]) == 12
+    assert event.get("more_config_problems") == (typos - 12 or None)
+    assert "more_config_problems" in event or typos == 12
+
+
+def test_the_timeout_counts_the_time_spent_before_deciding(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    """Reading the input and the configuration took 9.8 of the default 10 s: 0.2 s are left."""
+
+    def slow(features: frozenset[str], values: object) -> object:
+        time.sleep(2)
+        raise AssertionError("the decision was not stopped at the timeout")
+
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                    bundled["6.12__a57"], monotonic=[100.0, 109.8, 110.0, 110.0])
+    env.rehearser = slow
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert sink.events[0]["codes"] == ["TIMEOUT"]
+    assert env.stderr.getvalue().startswith(  # type: ignore[attr-defined]
+        "psci-hook: ERROR TIMEOUT domain vm1: no decision within 10 s; ")
