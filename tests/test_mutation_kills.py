@@ -63,7 +63,7 @@ from psci_hook.record import (
 from psci_hook.splice import SpliceError, layout, splice_record
 from psci_hook.status import ExitStatus
 from tests.helpers import fw, make_profile
-from tests.hooktools import DOMAIN, CollectingSink, profile_file, stamped
+from tests.hooktools import DOMAIN, CollectingSink, SyslogListener, profile_file, stamped
 
 V = regs.psci_value
 WA2 = regs.SMCCC_ARCH_WORKAROUND_2.reg_id
@@ -1291,7 +1291,7 @@ def test_an_error_without_a_domain_name_says_question_mark_and_four_arguments_ar
                              bundled["6.12__a57"])
     sink = CollectingSink()
     assert main(env, sink) == ExitStatus.BAD_INPUT
-    assert sink.events[0]["op"] == "migrate"
+    assert (sink.events[0]["op"], sink.events[0]["domain"]) == ("migrate", "vm1")
 
 
 @pytest.mark.parametrize("typos", [12, 13, 15])
@@ -1329,3 +1329,32 @@ def test_the_timeout_counts_the_time_spent_before_deciding(
     assert sink.events[0]["codes"] == ["TIMEOUT"]
     assert env.stderr.getvalue().startswith(  # type: ignore[attr-defined]
         "psci-hook: ERROR TIMEOUT domain vm1: no decision within 10 s; ")
+
+
+@pytest.mark.parametrize("target", ["syslog", "journal"])
+def test_without_a_sink_the_event_goes_to_the_configured_socket(
+        tmp_path: Path, bundled: dict[str, HostProfile], target: str) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    listener = SyslogListener(tmp_path / "log.sock")
+    config = tmp_path / "log.conf"
+    config.write_text(f"[host]\nprofile = {profile_file(tmp_path, bundled['6.12__a57'])}\n"
+                      f"[log]\ntarget = {target}\n{target}_socket = {listener.path}\n")
+    env = Environment.for_test(["hook", "vm1", "migrate", "begin", "-"], domain,
+                               {"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
+    try:
+        assert main(env) == ExitStatus.OK
+        received = listener.messages()
+    finally:
+        listener.close()
+    assert len(received) == 1
+    assert ("MESSAGE=" in received[0]) == (target == "journal")  # journald's native protocol
+
+
+def test_the_duration_is_in_milliseconds_to_one_decimal(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                    bundled["6.12__a57"], monotonic=[100.0, 100.0, 100.03125])  # 31.25 ms
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert sink.events[0]["duration_ms"] == 31.2  # round half to even
