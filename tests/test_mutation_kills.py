@@ -1308,6 +1308,7 @@ def test_the_event_lists_twelve_configuration_problems_and_counts_the_rest(
     assert main(env, sink) == ExitStatus.OK
     event = sink.events[0]
     assert len(event["config_problems"]) == 12
+    assert env.stderr.getvalue().startswith("psci-hook: CONFIG ")  # type: ignore[attr-defined]
     assert event.get("more_config_problems") == (typos - 12 or None)
     assert "more_config_problems" in event or typos == 12
 
@@ -1358,3 +1359,64 @@ def test_the_duration_is_in_milliseconds_to_one_decimal(
     sink = CollectingSink()
     assert main(env, sink) == ExitStatus.OK
     assert sink.events[0]["duration_ms"] == 31.2  # round half to even
+
+
+def test_the_json_decision_names_every_part() -> None:
+    guest = GuestState.booted_on(make_profile("6.1.0", fw(PSCI_VERSION=0x10001)))
+    decision = decide(guest, make_profile("6.12.0", fw(PSCI_VERSION=0x10001)), "legacy")
+    data = decision.to_dict()
+    assert list(data) == ["verdict", "codes", "qemu_generation", "lists_compared", "findings",
+                          "guest_after"]
+    assert data["lists_compared"] is decision.lists_compared
+
+
+class _CountingStdin(io.RawIOBase):
+    """An oversized input that remembers the largest read asked of it."""
+
+    def __init__(self, size: int) -> None:
+        self.left, self.largest = size, 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        asked = self.left if n is None or n < 0 else n
+        self.largest = max(self.largest, asked)
+        chunk = min(asked, self.left)
+        self.left -= chunk
+        return b" " * chunk
+
+
+def test_an_oversized_input_is_drained_without_being_kept(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], b"",
+                    bundled["6.12__a57"])
+    env.stdin = stdin = _CountingStdin(3 * MAX_DOMAIN_XML)
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert sink.events[0]["codes"] == ["XML_INVALID"]
+    assert stdin.left == 0 and stdin.largest == MAX_DOMAIN_XML + 1
+
+
+def test_an_input_of_exactly_the_limit_is_read(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    padded = domain + b" " * (MAX_DOMAIN_XML - len(domain))
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], padded,
+                    bundled["6.12__a57"])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert sink.events[0]["decision"] == "allow"
+
+
+def test_an_unreadable_stdin_is_an_empty_input(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+
+    class Broken(io.RawIOBase):
+        def read(self, n: int | None = -1) -> bytes:
+            raise OSError(5, "Input/output error")
+
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], b"",
+                    bundled["6.12__a57"])
+    env.stdin = Broken()
+    assert main(env, CollectingSink()) == ExitStatus.OK
+    assert env.stderr.getvalue() == (  # type: ignore[attr-defined]
+        "psci-hook: ERROR XML_INVALID domain vm1: empty domain XML; migration allowed unchecked "
+        "(on_error = allow)\n")
