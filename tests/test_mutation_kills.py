@@ -1368,6 +1368,12 @@ def test_the_json_decision_names_every_part() -> None:
     assert list(data) == ["verdict", "codes", "qemu_generation", "lists_compared", "findings",
                           "guest_after"]
     assert data["lists_compared"] is decision.lists_compared
+    assert data["guest_after"] == {"registers": {"PSCI_VERSION": 0x10001}, "features": "none",
+                                   "cpreg_list_length": None}
+    listed = make_profile("6.1.0", fw(PSCI_VERSION=0x10001),
+                          {"none": (0x6030_0000_0014_0000, 0x6030_0000_0014_0001)})
+    after = decide(GuestState.booted_on(listed), listed, "legacy").to_dict()["guest_after"]
+    assert after["cpreg_list_length"] == 2
 
 
 class _CountingStdin(io.RawIOBase):
@@ -1420,3 +1426,13 @@ def test_an_unreadable_stdin_is_an_empty_input(
     assert env.stderr.getvalue() == (  # type: ignore[attr-defined]
         "psci-hook: ERROR XML_INVALID domain vm1: empty domain XML; migration allowed unchecked "
         "(on_error = allow)\n")
+
+
+def test_a_malformed_id_register_name_is_refused_by_name() -> None:
+    state = GuestState(registers=fw(PSCI_VERSION=V(1, 1)), id_registers={"ID_AA64MMFR1_EL1": 0x11})
+    text = record_xml(GuestRecord(state, Origin("booted", "h", "6.1.0", "2026-11-30T00:00:00Z",
+                                                "u-1")))
+    bad = text.replace('name="ID_AA64MMFR1_EL1"', 'name="no such!"')
+    with pytest.raises(RecordError) as refused:
+        parse_record(etree.fromstring(bad))
+    assert str(refused.value) == "register 'no such!': not an ID register"
