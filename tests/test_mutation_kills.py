@@ -1436,3 +1436,22 @@ def test_a_malformed_id_register_name_is_refused_by_name() -> None:
     with pytest.raises(RecordError) as refused:
         parse_record(etree.fromstring(bad))
     assert str(refused.value) == "register 'no such!': not an ID register"
+
+
+@pytest.mark.parametrize(("op", "consequence"), [
+    ("migrate", "(the destination would refuse this only after copying all guest memory)"),
+    ("restore", "(QEMU would refuse this only after reading all guest memory from the saved "
+                "image)"),
+])
+def test_the_veto_line_names_the_late_failure_of_its_operation(
+        tmp_path: Path, bundled: dict[str, HostProfile], op: str, consequence: str) -> None:
+    config = tmp_path / "c.conf"
+    config.write_text(f"[hook]\nrehearse = no\n[host]\nprofile = "
+                      f"{profile_file(tmp_path, bundled['5.10__a57'])}\n[log]\ntarget = none\n")
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.12__a57"]))
+    env = Environment.for_test(["hook", "vm1", op, "begin", "-"], domain,
+                               {"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
+    assert main(env, CollectingSink()) == ExitStatus.VETO
+    line = env.stderr.getvalue()  # type: ignore[attr-defined]
+    assert line.startswith("psci-hook: VETO CPREG_COUNT domain vm1: ")
+    assert line.endswith(f" (+19: REG_MISSING x18, PSCI_UNSUPPORTED) {consequence}\n")
