@@ -62,7 +62,7 @@ from psci_hook.record import (
 )
 from psci_hook.splice import SpliceError, layout, splice_record
 from psci_hook.status import ExitStatus
-from tests.helpers import fw, make_profile
+from tests.helpers import REPO, fw, make_profile
 from tests.hooktools import DOMAIN, CollectingSink, SyslogListener, profile_file, stamped
 
 V = regs.psci_value
@@ -1455,3 +1455,20 @@ def test_the_veto_line_names_the_late_failure_of_its_operation(
     line = env.stderr.getvalue()  # type: ignore[attr-defined]
     assert line.startswith("psci-hook: VETO CPREG_COUNT domain vm1: ")
     assert line.endswith(f" (+19: REG_MISSING x18, PSCI_UNSUPPORTED) {consequence}\n")
+
+
+def test_a_psci_veto_line_ends_with_the_remedy(tmp_path: Path) -> None:
+    probed = REPO / "tests" / "data" / "probed-profiles"
+    guest, destination = (load_profile(probed / f"{k}__a57.json") for k in ("7.2", "6.12"))
+    config = tmp_path / "c.conf"
+    config.write_text(f"[hook]\nrehearse = no\n[host]\nprofile = "
+                      f"{profile_file(tmp_path, destination)}\n[log]\ntarget = none\n")
+    env = Environment.for_test(["hook", "vm1", "migrate", "begin", "-"],
+                               stamped(DOMAIN, GuestState.booted_on(guest)),
+                               {"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
+    assert main(env, CollectingSink()) == ExitStatus.VETO
+    line = env.stderr.getvalue()  # type: ignore[attr-defined]
+    assert line.startswith("psci-hook: VETO PSCI_UNSUPPORTED domain vm1: ")
+    assert "(the destination would refuse this only after copying all guest memory); remedy: " \
+           "cold-boot the guest with kvm-psci-version=1.1 " in line
+    assert line.endswith(", then it can move here\n")
