@@ -77,8 +77,8 @@ _CODES = (
          "An ID register differs; the destination kernel (6.7+) may accept it if the fields "
          "are writable: only the rehearsal can tell."),
     Code("CACHE_MISMATCH", Severity.BLOCKING,
-         "The cache geometry differs and the destination kernel (before 6.7) accepts only its "
-         "own."),
+         "The cache geometry differs and the destination kernel refuses it: before 6.3 it "
+         "accepts only its own, from 6.3 no cache line size below its own."),
     Code("CACHE_UNVERIFIED", Severity.WARNING,
          "The cache geometry differs; the destination kernel may accept it: only the "
          "rehearsal can tell."),

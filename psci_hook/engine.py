@@ -29,6 +29,8 @@ TOLERATED_IF_ZERO = {regs.VENDOR_HYP_BMAP_2.reg_id: 0}
 TOLERANCE_COUNT = len(TOLERATED_NOT_ON_BOTH_ENDS) + len(TOLERATED_IF_ZERO)
 
 WRITABLE_ID_REGS_SINCE = (6, 7)  # before 6.7 an ID register must equal the host's value
+WRITABLE_CACHE_GEOMETRY_SINCE = (6, 3)  # before 6.3 CLIDR_EL1 and CCSIDR must equal the host's
+CCSIDR_LINE_SIZE = 0x7  # CCSIDR_EL1.LineSize, bits [2:0]: log2(bytes per line) - 4
 WA2_SIMPLIFIED_SINCE = (5, 10)  # 29e8910a566a: WA2 narrowed to NOT_AVAIL / NOT_REQUIRED
 
 
@@ -398,40 +400,68 @@ def _value_findings(guest: GuestState, dest: HostProfile, values: IdValues,
     out: list[Finding] = []
     compared = set(compared_ids)
     version = dest.kernel_version()
-    writable = version is not None and version >= WRITABLE_ID_REGS_SINCE
-    when = (f"the destination kernel ({dest.kernel_release}) "
-            + ("has writable ID registers (6.7+)" if writable else "predates writable ID "
-               "registers (6.7) and accepts only its own value"))
-    pairs = (
-        (guest.id_registers, values.id_registers, regs.SYSREG_BY_NAME.__getitem__,
-         "ID_REG_MISMATCH", "ID_REG_UNVERIFIED"),
-        (guest.cache_geometry, values.cache_geometry, regs.cache_geometry_id,
-         "CACHE_MISMATCH", "CACHE_UNVERIFIED"),
-    )
-    for guest_values, dest_values, to_id, rejected_code, unverified_code in pairs:
-        if guest_values is None or dest_values is None:
-            continue
-        for name in sorted(set(guest_values) & set(dest_values), key=to_id):
-            reg_id = to_id(name)
-            if compared and reg_id not in compared:
-                continue
-            g, d = guest_values[name], dest_values[name]
-            if g == d:
-                continue
-            fields = ", ".join(regs.differing_fields(name, g, d)) if rejected_code.startswith(
-                "ID") else "geometry"
-            if writable:
-                out.append(Finding(
-                    unverified_code, FindingOutcome.UNVERIFIED,
-                    f"{name} differs in {fields} (guest 0x{g:x}, destination 0x{d:x}); {when}, "
-                    "so only a rehearsal on the destination can tell whether it is accepted.",
-                    name, reg_id, g, d, inferred=True))
-            else:
-                out.append(Finding(
-                    rejected_code, FindingOutcome.REJECTED,
-                    f"{name} differs in {fields} (guest 0x{g:x}, destination 0x{d:x}); {when}.",
-                    name, reg_id, g, d, inferred=True))
+    release = f"the destination kernel ({dest.kernel_release})"
+    for name, g, d in _differing_values(guest.id_registers, values.id_registers,
+                                        regs.SYSREG_BY_NAME.__getitem__, compared):
+        reg_id = regs.SYSREG_BY_NAME[name]
+        differs = (f"{name} differs in {', '.join(regs.differing_fields(name, g, d))} "
+                   f"(guest 0x{g:x}, destination 0x{d:x})")
+        if version is not None and version >= WRITABLE_ID_REGS_SINCE:
+            out.append(Finding(
+                "ID_REG_UNVERIFIED", FindingOutcome.UNVERIFIED,
+                f"{differs}; {release} has writable ID registers (6.7+), so only a rehearsal "
+                "on the destination can tell whether it is accepted.",
+                name, reg_id, g, d, inferred=True))
+        else:
+            out.append(Finding(
+                "ID_REG_MISMATCH", FindingOutcome.REJECTED,
+                f"{differs}; {release} predates writable ID registers (6.7) and accepts only "
+                "its own value.", name, reg_id, g, d, inferred=True))
+    for name, g, d in _differing_values(guest.cache_geometry, values.cache_geometry,
+                                        regs.cache_geometry_id, compared):
+        out.append(_cache_finding(name, g, d, version, release))
     return out
+
+
+def _differing_values(guest_values: Mapping[str, int] | None,
+                      dest_values: Mapping[str, int] | None, to_id: Any,
+                      compared: set[int]) -> list[tuple[str, int, int]]:
+    """(name, guest value, destination value) of the registers both sides have and the
+    destination will be sent (``compared``: the ids in both lists, empty for all)."""
+    if guest_values is None or dest_values is None:
+        return []
+    return [(name, guest_values[name], dest_values[name])
+            for name in sorted(set(guest_values) & set(dest_values), key=to_id)
+            if (not compared or to_id(name) in compared)
+            and guest_values[name] != dest_values[name]]
+
+
+def _cache_finding(name: str, g: int, d: int, version: tuple[int, int] | None,
+                   release: str) -> Finding:
+    """The destination kernel's cache geometry rule (arch/arm64/kvm/sys_regs.c):
+
+    - before 6.3 CLIDR_EL1 is an invariant register and demux_c15_set refuses any CCSIDR but
+      the host's own ("This is also invariant: you can't change it");
+    - from 6.3 (7af0c2534f4c "KVM: arm64: Normalize cache configuration") both are settable:
+      set_ccsidr refuses RES0 bits and a line size below the minimum the host derives from
+      CTR_EL0, which is the line size of its own (fabricated) CCSIDR; set_clidr has checks of
+      its own (RES0, IDC against CTR_EL0) that only the rehearsal settles.
+    """
+    reg_id = regs.cache_geometry_id(name)
+    differs = f"{name} differs in geometry (guest 0x{g:x}, destination 0x{d:x})"
+    if version is None or version < WRITABLE_CACHE_GEOMETRY_SINCE:
+        return Finding("CACHE_MISMATCH", FindingOutcome.REJECTED,
+                       f"{differs}; {release} predates settable cache geometry (6.3) and "
+                       "accepts only its own value.", name, reg_id, g, d, inferred=True)
+    if name != regs.CLIDR_EL1 and g & CCSIDR_LINE_SIZE < d & CCSIDR_LINE_SIZE:
+        return Finding("CACHE_MISMATCH", FindingOutcome.REJECTED,
+                       f"{differs}; {release} refuses a cache line size below its own minimum "
+                       f"(LineSize {g & CCSIDR_LINE_SIZE} < {d & CCSIDR_LINE_SIZE}, "
+                       "set_ccsidr).", name, reg_id, g, d, inferred=True)
+    return Finding("CACHE_UNVERIFIED", FindingOutcome.UNVERIFIED,
+                   f"{differs}; {release} has settable cache geometry (6.3+), so only a "
+                   "rehearsal on the destination can tell whether it is accepted.",
+                   name, reg_id, g, d, inferred=True)
 
 
 def decide(
