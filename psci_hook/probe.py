@@ -16,6 +16,8 @@ probe asks KVM, on scratch VMs that never run (docs/design.md#probe):
   differ there (KVM derives ID fields from the vCPU's features: a guest without a PMU, SVE or
   pointer authentication has other ID register values), so that a guest's record and the
   destination's vCPU get the values of their real features;
+* where KVM has 32-bit EL1 (KVM_CAP_ARM_EL1_32BIT), the same lists and values for the 32-bit
+  vCPUs of ``-cpu host,aarch64=off`` (keys ending in ``aarch32``: KVM_ARM_VCPU_EL1_32BIT);
 * ``sve_lengths``: the SVE vector lengths (bits) KVM offers (KVM_REG_ARM64_SVE_VLS), where
   it has SVE: QEMU's -cpu host gives a guest all of them up to its maximum;
 * ``id_writable_masks`` where the kernel has KVM_ARM_GET_REG_WRITABLE_MASKS (6.7+);
@@ -35,7 +37,7 @@ from typing import Any, Callable
 
 from psci_hook import kvm as kvm_mod
 from psci_hook import registers as regs
-from psci_hook.profile import FEATURE_ORDER, SCHEMA, feature_key, read_qemu_version
+from psci_hook.profile import AARCH32, FEATURE_ORDER, SCHEMA, feature_key, read_qemu_version
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 # Where the running system's identity comes from; module attributes so tests can replace them.
@@ -120,6 +122,19 @@ def _differing(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, in
     return out
 
 
+def aarch32_feature_sets(usable: Iterable[str]) -> list[frozenset[str]]:
+    """The 32-bit vCPUs QEMU's -cpu host,aarch64=off can run here: EL1_32BIT alone, with each
+    of PMU and pointer authentication, and with both. Not with SVE: QEMU skips
+    arm_cpu_sve_finalize for a CPU without AArch64 (target/arm/cpu.c
+    arm_cpu_finalize_features), so it sets an empty KVM_REG_ARM64_SVE_VLS, which KVM refuses
+    (arch/arm64/kvm/guest.c set_sve_vls): such a guest never starts."""
+    chosen = [f for f in FEATURE_ORDER if f in set(usable) and f != "sve"]
+    sets = [frozenset([AARCH32])] + [frozenset([AARCH32, f]) for f in chosen]
+    if len(chosen) > 1:
+        sets.append(frozenset([AARCH32, *chosen]))
+    return sets
+
+
 def probe_host(
     kvm: kvm_mod.Kvm,
     *,
@@ -173,6 +188,14 @@ def probe_host(
     if len(usable) > 1:
         read(default)  # what -cpu host enables: everything this host supports
     defaults = per_set[feature_key(default)]
+    if caps.el1_32bit:
+        for features in aarch32_feature_sets(usable):
+            try:
+                read(features)
+            except kvm_mod.KvmError as exc:
+                if type(exc) is not kvm_mod.KvmError:
+                    raise
+                feature_errors[feature_key(features)] = exc.message
 
     info = (uname or UNAME)()
     profile: dict[str, Any] = {

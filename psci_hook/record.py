@@ -43,7 +43,7 @@ from psci_hook import registers as regs
 from psci_hook.codes import CODES
 from psci_hook.engine import GuestState
 from psci_hook.policy import split_list
-from psci_hook.profile import FEATURE_ORDER, ProfileError, feature_key, parse_feature_key
+from psci_hook.profile import KEY_ORDER, ProfileError, feature_key, parse_feature_key
 from psci_hook.vocab import HookVerdict, StrEnum
 
 NAMESPACE = "https://psci-hook.org/xmlns/record/1"
@@ -360,8 +360,8 @@ def _features(text: str, unknown: list[str]) -> frozenset[str]:
         return parse_feature_key(text)
     except ProfileError as exc:
         parts = text.split("+")
-        known = [p for p in parts if p in FEATURE_ORDER]
-        newer = [p for p in parts if p not in FEATURE_ORDER]
+        known = [p for p in parts if p in KEY_ORDER]
+        newer = [p for p in parts if p not in KEY_ORDER]
         if not newer or not all(re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", p) for p in newer):
             raise RecordError(str(exc)) from None
         unknown.extend(f"feature {p}" for p in newer)

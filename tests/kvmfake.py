@@ -62,6 +62,7 @@ FEATURE_REGS: dict[str, dict[int, int]] = {
     "pmu": {PMCR: 0x41002000},
     "pauth": {APIA: 0},
     "sve": {ZCR: 0, SVE_Z0: 0, SVE_VLS: 0},
+    "aarch32": {},
 }
 DEFAULT_CAPS: dict[int, int] = {
     kvm.KVM_CAP_ONE_REG: 1,
@@ -207,6 +208,9 @@ class FakeKvm:
         target, features = kvm.unpack_vcpu_init(arg)
         if target != self.target or fd not in self.vcpus:
             raise _oserror(errno.EINVAL)
+        if features >> kvm.KVM_ARM_VCPU_EL1_32BIT & 1 and \
+                not self.caps.get(kvm.KVM_CAP_ARM_EL1_32BIT):
+            raise _oserror(errno.EINVAL)  # kvm_vcpu_init_check_features: no 32-bit EL1
         vcpu = self.vcpus[fd]
         vcpu.initialised, vcpu.features = True, features
         vcpu.values = dict(self.values)
