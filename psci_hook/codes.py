@@ -52,6 +52,10 @@ _CODES = (
     Code("FEATURE_MISSING", Severity.BLOCKING,
          "The guest uses a vCPU feature (PMU, pointer authentication, SVE) that the "
          "destination host does not offer."),
+    Code("SVE_LENGTH_LOST", Severity.BLOCKING,
+         "The destination's QEMU gives the guest's SVE vCPU fewer vector lengths than it booted "
+         "with (they are set when the vCPU is created, not migrated): the guest would lose "
+         "lengths it uses."),
     Code("FEATURE_GAINED", Severity.WARNING,
          "The destination's QEMU enables a vCPU feature the guest's vCPU did not have (-cpu "
          "host takes every feature the host offers unless the domain XML turns it off); the "

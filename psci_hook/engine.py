@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from psci_hook import registers as regs
 from psci_hook.codes import Severity, severity
-from psci_hook.profile import FeatureSet, HostProfile, IdValues, feature_key
+from psci_hook.profile import AARCH32, FeatureSet, HostProfile, IdValues, feature_key
 from psci_hook.vocab import HookVerdict, QemuGeneration, StrEnum
 
 # docs/design.md#tolerant-qemu: QEMU with the tolerance series enlarges the incoming array by the
@@ -59,6 +59,11 @@ class FindingOutcome(StrEnum):
 # ---------------------------------------------------------------------------------------------
 
 
+def _has_sve(features: FeatureSet) -> bool:
+    """A vCPU whose SVE vector lengths QEMU sets (a 32-bit one never gets any: see decide)."""
+    return "sve" in features and AARCH32 not in features
+
+
 class GuestState(NamedTuple):
     """What the source QEMU will send: register values, vCPU features and the migrated list."""
 
@@ -67,12 +72,18 @@ class GuestState(NamedTuple):
     cpreg_list: tuple[int, ...] | None = None
     id_registers: Mapping[str, int] | None = None
     cache_geometry: Mapping[str, int] | None = None
+    # The SVE vector lengths (bits) the vCPU has: QEMU sets them when it creates the vCPU
+    # (KVM_REG_ARM64_SVE_VLS) and does not migrate them. None: no SVE, or not known.
+    sve_lengths: tuple[int, ...] | None = None
 
     @classmethod
     def booted_on(cls, host: HostProfile, features: FeatureSet | None = None,
-                  psci_version: int | None = None) -> GuestState:
+                  psci_version: int | None = None,
+                  sve_named: frozenset[int] = frozenset()) -> GuestState:
         """A guest cold-booted on ``host`` with ``features`` (default: -cpu host's, all) and,
-        when its QEMU sets one (kvm-psci-version), ``psci_version`` instead of the host's.
+        when its QEMU sets one (kvm-psci-version), ``psci_version`` instead of the host's;
+        with SVE, the vector lengths its QEMU gives it for the lengths it names
+        (``sve_named``, domainxml.requested_sve_lengths; none: all the host offers).
 
         Its ID registers and cache geometry are those of a vCPU with exactly these features;
         where the profile cannot tell them (it predates per-feature values), the record
@@ -95,6 +106,7 @@ class GuestState(NamedTuple):
             cpreg_list=host.cpreg_list(chosen),
             id_registers=None if values is None else values.id_registers,
             cache_geometry=None if values is None else values.cache_geometry,
+            sve_lengths=host.guest_sve_lengths(sve_named) if _has_sve(chosen) else None,
         )
 
     def with_psci_version(self, version: int) -> GuestState:
@@ -494,9 +506,15 @@ def decide(
     features = guest.features if destination_features is None or not destination.cpreg_lists \
         else destination_features
     findings = _feature_findings(guest.features, features, destination)
-    findings += _sve_findings(sve_lengths, destination)
+    unstartable = _aarch32_sve_findings(features)
+    findings += unstartable
+    lacking = _sve_findings(sve_lengths, destination)
+    findings += lacking
+    dest_sve = destination.guest_sve_lengths(sve_lengths) if _has_sve(features) else None
+    if not lacking:
+        findings += _sve_length_findings(guest, features, dest_sve)
     dest_list, missing = _destination_list(guest, destination, features)
-    findings += missing
+    findings += [] if unstartable else missing
     lists_compared = guest.cpreg_list is not None and dest_list is not None
     if lists_compared:
         assert guest.cpreg_list is not None and dest_list is not None
@@ -514,10 +532,40 @@ def decide(
     findings += _id_findings(guest, destination, features, dest_values, compared)
     return Decision(
         findings=tuple(findings),
-        guest_after=_guest_after(guest, destination, dest_list, features, dest_values),
+        guest_after=_guest_after(guest, destination, dest_list, features, dest_values,
+                                 dest_sve),
         generation=generation,
         lists_compared=lists_compared,
     )
+
+
+def _aarch32_sve_findings(features: FeatureSet) -> list[Finding]:
+    """A 32-bit vCPU with SVE: QEMU cannot create it (see domainxml._aarch32_features)."""
+    if AARCH32 not in features or "sve" not in features:
+        return []
+    return [Finding(
+        "FEATURE_MISSING", FindingOutcome.FEATURES,
+        "the domain's 32-bit vCPU (-cpu host,aarch64=off) would get SVE, whose vector "
+        "lengths QEMU never sets for a CPU without AArch64 (target/arm/cpu.c "
+        "arm_cpu_finalize_features); KVM refuses the empty set (KVM_REG_ARM64_SVE_VLS, "
+        "EINVAL) and QEMU cannot create the vCPU: turn SVE off in the domain XML "
+        "(<feature policy='disable' name='sve'/>).")]
+
+
+def _sve_length_findings(guest: GuestState, features: FeatureSet,
+                         dest_sve: tuple[int, ...] | None) -> list[Finding]:
+    """The guest's SVE vector lengths the destination's QEMU would not give its vCPU."""
+    if not guest.sve_lengths or dest_sve is None or not _has_sve(features):
+        return []
+    lost = sorted(set(guest.sve_lengths) - set(dest_sve))
+    if not lost:
+        return []
+    return [Finding(
+        "SVE_LENGTH_LOST", FindingOutcome.FEATURES,
+        f"the guest booted with SVE vector lengths {_lengths(guest.sve_lengths)} bits; "
+        f"this host's QEMU gives its vCPU {_lengths(dest_sve)} "
+        f"(KVM_REG_ARM64_SVE_VLS, set when the vCPU is created and not migrated), so "
+        f"{_lengths(lost)} would vanish under the running guest.")]
 
 
 def _sve_findings(sve_lengths: frozenset[int], destination: HostProfile) -> list[Finding]:
@@ -690,8 +738,13 @@ def _default_finding(reg_id: int, destination: HostProfile, generation: str) -> 
                    name, reg_id)
 
 
+def _lengths(values: Iterable[int]) -> str:
+    return ", ".join(map(str, values)) or "none"
+
+
 def _guest_after(guest: GuestState, dest: HostProfile, dest_list: tuple[int, ...] | None,
-                 features: FeatureSet, dest_values: IdValues | None) -> GuestState:
+                 features: FeatureSet, dest_values: IdValues | None,
+                 sve_lengths: tuple[int, ...] | None) -> GuestState:
     """The guest's state once the migration is done: what this host's QEMU will send next."""
     after: dict[int, int] = {}
     for reg_id, own in dest.registers.items():
@@ -716,11 +769,12 @@ def _guest_after(guest: GuestState, dest: HostProfile, dest_list: tuple[int, ...
         return GuestState(
             registers=dict(sorted(after.items())), features=features, cpreg_list=dest_list,
             id_registers=guest.id_registers if kept else None,
-            cache_geometry=guest.cache_geometry if kept else None)
+            cache_geometry=guest.cache_geometry if kept else None, sve_lengths=sve_lengths)
     return GuestState(
         registers=dict(sorted(after.items())),
         features=features,
         cpreg_list=dest_list,
         id_registers=merged(guest.id_registers, dest_values.id_registers),
         cache_geometry=merged(guest.cache_geometry, dest_values.cache_geometry),
+        sve_lengths=sve_lengths,
     )

@@ -211,6 +211,19 @@ class HostProfile:
         values.update(delta)
         return values
 
+    def guest_sve_lengths(self, named: Iterable[int] = ()) -> tuple[int, ...] | None:
+        """The SVE vector lengths (bits) a guest's QEMU gives an SVE vCPU here: with no length
+        named, every length KVM offers; with lengths named (sveNNN=on), every offered length
+        up to the largest named, KVM being unable to hide one below the maximum
+        (target/arm/cpu64.c arm_cpu_sve_finalize: "For KVM we have to automatically enable
+        all supported uninitialized lengths"). None when the profile does not say."""
+        if self.sve_lengths is None:
+            return None
+        chosen = set(named)
+        if not chosen:
+            return self.sve_lengths
+        return tuple(v for v in self.sve_lengths if v <= max(chosen))
+
     @property
     def generation(self) -> str:
         """The QEMU generation of this host: stated, else from the version, else legacy."""

@@ -785,7 +785,7 @@ def test_feature_sets_and_derived_lists() -> None:
             parse_feature_key(bad)
         assert str(exc.value) in (
             f"cpreg_lists key {bad!r} is not a feature set ('none' or a '+'-joined subset of "
-            "pmu, pauth, sve in that order)", "unknown vCPU feature(s): ")
+            "pmu, pauth, sve, aarch32 in that order)", "unknown vCPU feature(s): ")
     with pytest.raises(ProfileError) as exc:
         feature_key(["mte", "pmu", "bti"])
     assert str(exc.value) == "unknown vCPU feature(s): bti, mte"
