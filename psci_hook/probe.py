@@ -17,7 +17,8 @@ probe asks KVM, on scratch VMs that never run (docs/design.md#probe):
   pointer authentication has other ID register values), so that a guest's record and the
   destination's vCPU get the values of their real features;
 * where KVM has 32-bit EL1 (KVM_CAP_ARM_EL1_32BIT), the same lists and values for the 32-bit
-  vCPUs of ``-cpu host,aarch64=off`` (keys ending in ``aarch32``: KVM_ARM_VCPU_EL1_32BIT);
+  vCPUs ``-cpu host,aarch64=off`` can create (keys ending in ``aarch32``:
+  KVM_ARM_VCPU_EL1_32BIT, see aarch32_feature_sets);
 * ``sve_lengths``: the SVE vector lengths (bits) KVM offers (KVM_REG_ARM64_SVE_VLS), where
   it has SVE: QEMU's -cpu host gives a guest all of them up to its maximum;
 * ``id_writable_masks`` where the kernel has KVM_ARM_GET_REG_WRITABLE_MASKS (6.7+);
@@ -123,16 +124,16 @@ def _differing(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, in
 
 
 def aarch32_feature_sets(usable: Iterable[str]) -> list[frozenset[str]]:
-    """The 32-bit vCPUs QEMU's -cpu host,aarch64=off can run here: EL1_32BIT alone, with each
-    of PMU and pointer authentication, and with both. Not with SVE: QEMU skips
-    arm_cpu_sve_finalize for a CPU without AArch64 (target/arm/cpu.c
-    arm_cpu_finalize_features), so it sets an empty KVM_REG_ARM64_SVE_VLS, which KVM refuses
-    (arch/arm64/kvm/guest.c set_sve_vls): such a guest never starts."""
-    chosen = [f for f in FEATURE_ORDER if f in set(usable) and f != "sve"]
-    sets = [frozenset([AARCH32])] + [frozenset([AARCH32, f]) for f in chosen]
-    if len(chosen) > 1:
-        sets.append(frozenset([AARCH32, *chosen]))
-    return sets
+    """The 32-bit vCPUs QEMU's -cpu host,aarch64=off can create here: EL1_32BIT, with pointer
+    authentication wherever the host has it, with and without PMU. QEMU's kvm_arch_init_vcpu
+    (target/arm/kvm.c) takes PMU, SVE and pointer authentication from the CPU as for a 64-bit
+    vCPU, but arm_cpu_finalize_features (target/arm/cpu.c) runs no SVE or pointer
+    authentication finaliser for a CPU without AArch64: pauth=off does not act, and an SVE
+    vCPU gets an empty KVM_REG_ARM64_SVE_VLS, which KVM refuses (arch/arm64/kvm/guest.c
+    set_sve_vls), so such a guest never starts and is not read."""
+    chosen = set(usable)
+    base = frozenset({AARCH32} | ({"pauth"} & chosen))
+    return [base, base | {"pmu"}] if "pmu" in chosen else [base]
 
 
 def probe_host(
