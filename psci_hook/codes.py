@@ -108,7 +108,8 @@ _CODES = (
     Code("MODEL_DEFECT", Severity.WARNING,
          "The rehearsal and the offline model disagree; the rehearsal wins (please report)."),
     Code("NOT_APPLICABLE", Severity.INFO,
-         "Not an aarch64 domain of a type the policy acts on: allowed untouched."),
+         "Not an arm64 KVM domain of a type the policy acts on, or a 32-bit guest this host "
+         "cannot check (no 32-bit EL1, or a profile without 32-bit vCPUs): allowed untouched."),
     Code("PROFILE_UNAVAILABLE", Severity.BLOCKING,
          "The destination host's profile is missing, stale or unreadable and cannot be probed; "
          "the policy's 'on_error' setting decides."),
