@@ -194,6 +194,12 @@ def aarch32_not_applicable(domain: Domain, profile: HostProfile) -> str:
     """Why a 32-bit guest is not checked on this host (profile.runs_aarch32() is not True)."""
     what = (f"type={domain.type} arch={domain.arch}: a 32-bit guest (-cpu host,aarch64=off, "
             "KVM_ARM_VCPU_EL1_32BIT)")
+    refusals = profile.aarch32_refusals()
+    if profile.runs_aarch32() is False and refusals:
+        key, error = next(iter(refusals.items()))
+        return (f"{what}, and this host's KVM refused every 32-bit vCPU its QEMU could create "
+                f"({key}: {error}): the guest cannot start here, before any memory moves; "
+                "unchecked")
     if profile.runs_aarch32() is False:
         return (f"{what}, and this host's KVM has no 32-bit EL1 (no KVM_CAP_ARM_EL1_32BIT): its "
                 "QEMU refuses aarch64=off and cannot start the guest here, before any memory "

@@ -124,15 +124,25 @@ class HostProfile:
 
     def runs_aarch32(self) -> bool | None:
         """Whether this host's KVM creates 32-bit vCPUs (QEMU's aarch64=off): True when the
-        probe read one, False when it found no KVM_CAP_ARM_EL1_32BIT, None when the profile
-        predates the question."""
+        probe read one, False when it found no KVM_CAP_ARM_EL1_32BIT or KVM refused every
+        32-bit vCPU it tried (``aarch32_refusals``), None when the profile predates the
+        question."""
         if any(AARCH32 in s for s in self.feature_sets()):
             return True
         kvm = self.extra.get("kvm")
         caps = kvm.get("capabilities") if isinstance(kvm, dict) else None
-        if isinstance(caps, dict) and caps.get("el1_32bit") is False:
+        if isinstance(caps, dict) and (caps.get("el1_32bit") is False or (
+                caps.get("el1_32bit") is True and self.aarch32_refusals())):
             return False
         return None
+
+    def aarch32_refusals(self) -> dict[str, str]:
+        """The probe's errors creating 32-bit vCPUs, by feature set."""
+        kvm = self.extra.get("kvm")
+        errors = kvm.get("feature_errors") if isinstance(kvm, dict) else None
+        if not isinstance(errors, dict):
+            return {}
+        return {str(k): str(v) for k, v in errors.items() if str(k).endswith(AARCH32)}
 
     def cpreg_list(self, features: FeatureSet) -> tuple[int, ...] | None:
         """The migrated list for ``features``: probed, or derived from the single-feature lists.

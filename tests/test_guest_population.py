@@ -179,6 +179,14 @@ def test_a_32_bit_guest_where_the_host_cannot_run_one_says_why(tmp_path: Path) -
     event = run_hook_on(tmp_path, no_el1_32, ARMV7L_NO_SVE)
     assert event["codes"] == ["NOT_APPLICABLE"]
     assert "no 32-bit EL1 (no KVM_CAP_ARM_EL1_32BIT)" in str(event["reason"])
+    refused = dataclasses.replace(host(), extra={"kvm": {
+        "capabilities": {"el1_32bit": True},
+        "feature_errors": {"pauth+aarch32": "KVM_ARM_VCPU_INIT: EINVAL (Invalid argument)"}}})
+    assert refused.runs_aarch32() is False
+    event = run_hook_on(tmp_path, refused, ARMV7L_NO_SVE)
+    assert event["codes"] == ["NOT_APPLICABLE"]
+    assert "refused every 32-bit vCPU its QEMU could create (pauth+aarch32: KVM_ARM_VCPU_INIT: " \
+        "EINVAL" in str(event["reason"])
     event = run_hook_on(tmp_path, host(), ARMV7L_NO_SVE)  # a profile of an older probe
     assert event["codes"] == ["NOT_APPLICABLE"]
     assert "no 32-bit vCPU (probed by an older psci-hook" in str(event["reason"])
