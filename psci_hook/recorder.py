@@ -194,7 +194,7 @@ def applicable(domain: Domain, policy: Policy) -> str | None:
     """Why psci-hook does not record this domain, or None if it does (the hook's rule)."""
     if domain.type not in policy.domain_types or not (domain.is_aarch64 or domain.is_aarch32):
         types = ", ".join(sorted(policy.domain_types))
-        return (f"not an arm64 KVM domain of a type psci-hook acts on (type={domain.type}, "
+        return (f"not an aarch64 or armv7l domain of a type psci-hook acts on (type={domain.type}, "
                 f"arch={domain.arch or '?'}; [hook] domain_types = {types})")
     return None
 
