@@ -16,10 +16,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import kvmfake
 import pytest
-from hooktools import CollectingSink, profile_file, write_config
-from test_guest_features import ALL, host, xml
 
 from psci_hook import kvm
 from psci_hook import probe as probe_mod
@@ -31,6 +28,9 @@ from psci_hook.profile import AARCH32, HostProfile, loads_profile
 from psci_hook.record import GuestRecord, Origin, RecordError, parse_record, record_element
 from psci_hook.rehearsal import values_to_rehearse
 from psci_hook.status import ExitStatus
+from tests import kvmfake
+from tests.hooktools import CollectingSink, profile_file, stamped, write_config
+from tests.test_guest_features import ALL, host, xml
 
 ARMV7L = xml().replace(b"arch='aarch64'", b"arch='armv7l'")
 ARMV7L_NO_SVE = xml("<cpu mode='host-passthrough'><feature policy='disable' name='sve'/></cpu>"
@@ -270,8 +270,6 @@ def test_a_record_without_lengths_is_not_judged_on_them() -> None:
 
 
 def test_the_hook_vetoes_lost_lengths_and_says_what_would_happen(tmp_path: Path) -> None:
-    from hooktools import stamped
-
     guest = GuestState.booted_on(dataclasses.replace(host(), sve_lengths=(128, 256, 512)), ALL)
     dest = dataclasses.replace(host(), sve_lengths=(128, 256))
     config = write_config(tmp_path / "c.conf", profile_file(tmp_path, dest), None)
