@@ -70,7 +70,9 @@ def test_probe_matches_the_recorded_profile(
     if recorded is not None:
         assert probed["kernel_release"] == recorded["kernel_release"]
         assert probed["registers"] == recorded["registers"]
-        assert probed["cpreg_lists"] == recorded["cpreg_lists"]
+        # ../shared/profiles predate the 32-bit vCPUs (keys ending in aarch32).
+        assert {k: v for k, v in probed["cpreg_lists"].items()
+                if not k.endswith("aarch32")} == recorded["cpreg_lists"]
     # The measured facts (docs/design.md#list-sizes), for every kernel (7.2 has no recorded
     # profile).
     assert probed["registers"]["PSCI_VERSION"] == REFERENCE_PSCI[kernel]
