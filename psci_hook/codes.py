@@ -52,6 +52,10 @@ _CODES = (
     Code("FEATURE_MISSING", Severity.BLOCKING,
          "The guest uses a vCPU feature (PMU, pointer authentication, SVE) that the "
          "destination host does not offer."),
+    Code("SVE_LENGTH_LOST", Severity.BLOCKING,
+         "The destination's QEMU gives the guest's SVE vCPU fewer vector lengths than it booted "
+         "with (they are set when the vCPU is created, not migrated): the guest would lose "
+         "lengths it uses."),
     Code("FEATURE_GAINED", Severity.WARNING,
          "The destination's QEMU enables a vCPU feature the guest's vCPU did not have (-cpu "
          "host takes every feature the host offers unless the domain XML turns it off); the "
@@ -77,8 +81,8 @@ _CODES = (
          "An ID register differs; the destination kernel (6.7+) may accept it if the fields "
          "are writable: only the rehearsal can tell."),
     Code("CACHE_MISMATCH", Severity.BLOCKING,
-         "The cache geometry differs and the destination kernel (before 6.7) accepts only its "
-         "own."),
+         "The cache geometry differs and the destination kernel refuses it: before 6.3 it "
+         "accepts only its own, from 6.3 no cache line size below its own."),
     Code("CACHE_UNVERIFIED", Severity.WARNING,
          "The cache geometry differs; the destination kernel may accept it: only the "
          "rehearsal can tell."),
@@ -104,7 +108,8 @@ _CODES = (
     Code("MODEL_DEFECT", Severity.WARNING,
          "The rehearsal and the offline model disagree; the rehearsal wins (please report)."),
     Code("NOT_APPLICABLE", Severity.INFO,
-         "Not an aarch64 domain of a type the policy acts on: allowed untouched."),
+         "Not an arm64 KVM domain of a type the policy acts on, or a 32-bit guest this host "
+         "cannot check (no 32-bit EL1, or a profile without 32-bit vCPUs): allowed untouched."),
     Code("PROFILE_UNAVAILABLE", Severity.BLOCKING,
          "The destination host's profile is missing, stale or unreadable and cannot be probed; "
          "the policy's 'on_error' setting decides."),

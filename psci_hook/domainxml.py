@@ -13,9 +13,10 @@ from typing import Any, NamedTuple
 from lxml import etree
 
 from psci_hook.errors import first_line
-from psci_hook.profile import FEATURE_ORDER, FeatureSet
+from psci_hook.profile import AARCH32, FEATURE_ORDER, FeatureSet
 
 MAX_DOMAIN_XML = 8 * 1024 * 1024  # libvirt domain XML is kilobytes; 8 MiB is generous
+AARCH32_ARCH = "armv7l"
 
 
 class DomainXMLError(ValueError):
@@ -32,6 +33,13 @@ class Domain(NamedTuple):  # docs/architecture.md#the-hook-path
     @property
     def is_aarch64(self) -> bool:
         return self.arch == "aarch64"
+
+    @property
+    def is_aarch32(self) -> bool:
+        """A 32-bit guest, which libvirt runs on an arm64 host's KVM as -cpu host,aarch64=off
+        (src/qemu/qemu_command.c qemuBuildCpuCommandLine; tests/qemuxmlconfdata
+        aarch64-kvm-32-on-64)."""
+        return self.arch == AARCH32_ARCH
 
 
 def _parser() -> Any:
@@ -220,7 +228,10 @@ def requested_features(domain: Domain, supported: FeatureSet,
     """
     override = domain_cpu(domain, argv)
     if override is not None and (argv is not None or "-cpu" in commandline_args(domain)):
-        return _features_of_cpu(override, supported)
+        aarch64 = override.property("aarch64")
+        features = _features_of_cpu(override, supported)
+        return _aarch32_features(features, supported) \
+            if aarch64 is not None and aarch64.lower() in _FALSE else features
     enabled: set[str] = set(supported)
     required: set[str] = set()
     if _libvirt_cpu_model(domain) not in _HOST_MODELS:
@@ -243,7 +254,19 @@ def requested_features(domain: Domain, supported: FeatureSet,
             required.discard(name)
         elif policy in _ON_POLICIES:
             required.add(name)
-    return frozenset(enabled | required)
+    features = frozenset(enabled | required)
+    return _aarch32_features(features, supported) if domain.is_aarch32 else features
+
+
+def _aarch32_features(features: FeatureSet, supported: FeatureSet) -> FeatureSet:
+    """The vCPU of -cpu ...,aarch64=off. QEMU's kvm_arch_init_vcpu (target/arm/kvm.c) adds
+    KVM_ARM_VCPU_EL1_32BIT, and takes PMU, SVE and pointer authentication from the CPU's ID
+    registers as for a 64-bit vCPU; but arm_cpu_finalize_features (target/arm/cpu.c) skips the
+    SVE and pointer authentication finalisers for a CPU without AArch64. pmu=off and sve=off
+    act anyway (they change has_pmu and ID_AA64PFR0.SVE directly), pauth=off does not: a 32-bit
+    vCPU has pointer authentication wherever the host has it. With SVE its vector lengths
+    stay unset, which KVM refuses: the engine says so."""
+    return frozenset((features - {"pauth"}) | (supported & {"pauth"}) | {AARCH32})
 
 
 def requested_sve_lengths(domain: Domain, argv: Sequence[str] | None = None

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from psci_hook import registers as regs
 from psci_hook.codes import Severity, severity
-from psci_hook.profile import FeatureSet, HostProfile, IdValues, feature_key
+from psci_hook.profile import AARCH32, FeatureSet, HostProfile, IdValues, feature_key
 from psci_hook.vocab import HookVerdict, QemuGeneration, StrEnum
 
 # docs/design.md#tolerant-qemu: QEMU with the tolerance series enlarges the incoming array by the
@@ -29,6 +29,8 @@ TOLERATED_IF_ZERO = {regs.VENDOR_HYP_BMAP_2.reg_id: 0}
 TOLERANCE_COUNT = len(TOLERATED_NOT_ON_BOTH_ENDS) + len(TOLERATED_IF_ZERO)
 
 WRITABLE_ID_REGS_SINCE = (6, 7)  # before 6.7 an ID register must equal the host's value
+WRITABLE_CACHE_GEOMETRY_SINCE = (6, 3)  # before 6.3 CLIDR_EL1 and CCSIDR must equal the host's
+CCSIDR_LINE_SIZE = 0x7  # CCSIDR_EL1.LineSize, bits [2:0]: log2(bytes per line) - 4
 WA2_SIMPLIFIED_SINCE = (5, 10)  # 29e8910a566a: WA2 narrowed to NOT_AVAIL / NOT_REQUIRED
 
 
@@ -57,6 +59,11 @@ class FindingOutcome(StrEnum):
 # ---------------------------------------------------------------------------------------------
 
 
+def _has_sve(features: FeatureSet) -> bool:
+    """A vCPU whose SVE vector lengths QEMU sets (a 32-bit one never gets any: see decide)."""
+    return "sve" in features and AARCH32 not in features
+
+
 class GuestState(NamedTuple):
     """What the source QEMU will send: register values, vCPU features and the migrated list."""
 
@@ -65,12 +72,18 @@ class GuestState(NamedTuple):
     cpreg_list: tuple[int, ...] | None = None
     id_registers: Mapping[str, int] | None = None
     cache_geometry: Mapping[str, int] | None = None
+    # The SVE vector lengths (bits) the vCPU has: QEMU sets them when it creates the vCPU
+    # (KVM_REG_ARM64_SVE_VLS) and does not migrate them. None: no SVE, or not known.
+    sve_lengths: tuple[int, ...] | None = None
 
     @classmethod
     def booted_on(cls, host: HostProfile, features: FeatureSet | None = None,
-                  psci_version: int | None = None) -> GuestState:
+                  psci_version: int | None = None,
+                  sve_named: frozenset[int] = frozenset()) -> GuestState:
         """A guest cold-booted on ``host`` with ``features`` (default: -cpu host's, all) and,
-        when its QEMU sets one (kvm-psci-version), ``psci_version`` instead of the host's.
+        when its QEMU sets one (kvm-psci-version), ``psci_version`` instead of the host's;
+        with SVE, the vector lengths its QEMU gives it for the lengths it names
+        (``sve_named``, domainxml.requested_sve_lengths; none: all the host offers).
 
         Its ID registers and cache geometry are those of a vCPU with exactly these features;
         where the profile cannot tell them (it predates per-feature values), the record
@@ -93,6 +106,7 @@ class GuestState(NamedTuple):
             cpreg_list=host.cpreg_list(chosen),
             id_registers=None if values is None else values.id_registers,
             cache_geometry=None if values is None else values.cache_geometry,
+            sve_lengths=host.guest_sve_lengths(sve_named) if _has_sve(chosen) else None,
         )
 
     def with_psci_version(self, version: int) -> GuestState:
@@ -398,40 +412,68 @@ def _value_findings(guest: GuestState, dest: HostProfile, values: IdValues,
     out: list[Finding] = []
     compared = set(compared_ids)
     version = dest.kernel_version()
-    writable = version is not None and version >= WRITABLE_ID_REGS_SINCE
-    when = (f"the destination kernel ({dest.kernel_release}) "
-            + ("has writable ID registers (6.7+)" if writable else "predates writable ID "
-               "registers (6.7) and accepts only its own value"))
-    pairs = (
-        (guest.id_registers, values.id_registers, regs.SYSREG_BY_NAME.__getitem__,
-         "ID_REG_MISMATCH", "ID_REG_UNVERIFIED"),
-        (guest.cache_geometry, values.cache_geometry, regs.cache_geometry_id,
-         "CACHE_MISMATCH", "CACHE_UNVERIFIED"),
-    )
-    for guest_values, dest_values, to_id, rejected_code, unverified_code in pairs:
-        if guest_values is None or dest_values is None:
-            continue
-        for name in sorted(set(guest_values) & set(dest_values), key=to_id):
-            reg_id = to_id(name)
-            if compared and reg_id not in compared:
-                continue
-            g, d = guest_values[name], dest_values[name]
-            if g == d:
-                continue
-            fields = ", ".join(regs.differing_fields(name, g, d)) if rejected_code.startswith(
-                "ID") else "geometry"
-            if writable:
-                out.append(Finding(
-                    unverified_code, FindingOutcome.UNVERIFIED,
-                    f"{name} differs in {fields} (guest 0x{g:x}, destination 0x{d:x}); {when}, "
-                    "so only a rehearsal on the destination can tell whether it is accepted.",
-                    name, reg_id, g, d, inferred=True))
-            else:
-                out.append(Finding(
-                    rejected_code, FindingOutcome.REJECTED,
-                    f"{name} differs in {fields} (guest 0x{g:x}, destination 0x{d:x}); {when}.",
-                    name, reg_id, g, d, inferred=True))
+    release = f"the destination kernel ({dest.kernel_release})"
+    for name, g, d in _differing_values(guest.id_registers, values.id_registers,
+                                        regs.SYSREG_BY_NAME.__getitem__, compared):
+        reg_id = regs.SYSREG_BY_NAME[name]
+        differs = (f"{name} differs in {', '.join(regs.differing_fields(name, g, d))} "
+                   f"(guest 0x{g:x}, destination 0x{d:x})")
+        if version is not None and version >= WRITABLE_ID_REGS_SINCE:
+            out.append(Finding(
+                "ID_REG_UNVERIFIED", FindingOutcome.UNVERIFIED,
+                f"{differs}; {release} has writable ID registers (6.7+), so only a rehearsal "
+                "on the destination can tell whether it is accepted.",
+                name, reg_id, g, d, inferred=True))
+        else:
+            out.append(Finding(
+                "ID_REG_MISMATCH", FindingOutcome.REJECTED,
+                f"{differs}; {release} predates writable ID registers (6.7) and accepts only "
+                "its own value.", name, reg_id, g, d, inferred=True))
+    for name, g, d in _differing_values(guest.cache_geometry, values.cache_geometry,
+                                        regs.cache_geometry_id, compared):
+        out.append(_cache_finding(name, g, d, version, release))
     return out
+
+
+def _differing_values(guest_values: Mapping[str, int] | None,
+                      dest_values: Mapping[str, int] | None, to_id: Any,
+                      compared: set[int]) -> list[tuple[str, int, int]]:
+    """(name, guest value, destination value) of the registers both sides have and the
+    destination will be sent (``compared``: the ids in both lists, empty for all)."""
+    if guest_values is None or dest_values is None:
+        return []
+    return [(name, guest_values[name], dest_values[name])
+            for name in sorted(set(guest_values) & set(dest_values), key=to_id)
+            if (not compared or to_id(name) in compared)
+            and guest_values[name] != dest_values[name]]
+
+
+def _cache_finding(name: str, g: int, d: int, version: tuple[int, int] | None,
+                   release: str) -> Finding:
+    """The destination kernel's cache geometry rule (arch/arm64/kvm/sys_regs.c):
+
+    - before 6.3 CLIDR_EL1 is an invariant register and demux_c15_set refuses any CCSIDR but
+      the host's own ("This is also invariant: you can't change it");
+    - from 6.3 (7af0c2534f4c "KVM: arm64: Normalize cache configuration") both are settable:
+      set_ccsidr refuses RES0 bits and a line size below the minimum the host derives from
+      CTR_EL0, which is the line size of its own (fabricated) CCSIDR; set_clidr has checks of
+      its own (RES0, IDC against CTR_EL0) that only the rehearsal settles.
+    """
+    reg_id = regs.cache_geometry_id(name)
+    differs = f"{name} differs in geometry (guest 0x{g:x}, destination 0x{d:x})"
+    if version is None or version < WRITABLE_CACHE_GEOMETRY_SINCE:
+        return Finding("CACHE_MISMATCH", FindingOutcome.REJECTED,
+                       f"{differs}; {release} predates settable cache geometry (6.3) and "
+                       "accepts only its own value.", name, reg_id, g, d, inferred=True)
+    if name != regs.CLIDR_EL1 and g & CCSIDR_LINE_SIZE < d & CCSIDR_LINE_SIZE:
+        return Finding("CACHE_MISMATCH", FindingOutcome.REJECTED,
+                       f"{differs}; {release} refuses a cache line size below its own minimum "
+                       f"(LineSize {g & CCSIDR_LINE_SIZE} < {d & CCSIDR_LINE_SIZE}, "
+                       "set_ccsidr).", name, reg_id, g, d, inferred=True)
+    return Finding("CACHE_UNVERIFIED", FindingOutcome.UNVERIFIED,
+                   f"{differs}; {release} has settable cache geometry (6.3+), so only a "
+                   "rehearsal on the destination can tell whether it is accepted.",
+                   name, reg_id, g, d, inferred=True)
 
 
 def decide(
@@ -464,9 +506,15 @@ def decide(
     features = guest.features if destination_features is None or not destination.cpreg_lists \
         else destination_features
     findings = _feature_findings(guest.features, features, destination)
-    findings += _sve_findings(sve_lengths, destination)
+    unstartable = _aarch32_sve_findings(features)
+    findings += unstartable
+    lacking = _sve_findings(sve_lengths, destination)
+    findings += lacking
+    dest_sve = destination.guest_sve_lengths(sve_lengths) if _has_sve(features) else None
+    if not lacking:
+        findings += _sve_length_findings(guest, features, dest_sve)
     dest_list, missing = _destination_list(guest, destination, features)
-    findings += missing
+    findings += [] if unstartable else missing
     lists_compared = guest.cpreg_list is not None and dest_list is not None
     if lists_compared:
         assert guest.cpreg_list is not None and dest_list is not None
@@ -484,10 +532,40 @@ def decide(
     findings += _id_findings(guest, destination, features, dest_values, compared)
     return Decision(
         findings=tuple(findings),
-        guest_after=_guest_after(guest, destination, dest_list, features, dest_values),
+        guest_after=_guest_after(guest, destination, dest_list, features, dest_values,
+                                 dest_sve),
         generation=generation,
         lists_compared=lists_compared,
     )
+
+
+def _aarch32_sve_findings(features: FeatureSet) -> list[Finding]:
+    """A 32-bit vCPU with SVE: QEMU cannot create it (see domainxml._aarch32_features)."""
+    if AARCH32 not in features or "sve" not in features:
+        return []
+    return [Finding(
+        "FEATURE_MISSING", FindingOutcome.FEATURES,
+        "the domain's 32-bit vCPU (-cpu host,aarch64=off) would get SVE, whose vector "
+        "lengths QEMU never sets for a CPU without AArch64 (target/arm/cpu.c "
+        "arm_cpu_finalize_features); KVM refuses the empty set (KVM_REG_ARM64_SVE_VLS, "
+        "EINVAL) and QEMU cannot create the vCPU: turn SVE off in the domain XML "
+        "(<feature policy='disable' name='sve'/>).")]
+
+
+def _sve_length_findings(guest: GuestState, features: FeatureSet,
+                         dest_sve: tuple[int, ...] | None) -> list[Finding]:
+    """The guest's SVE vector lengths the destination's QEMU would not give its vCPU."""
+    if not guest.sve_lengths or dest_sve is None or not _has_sve(features):
+        return []
+    lost = sorted(set(guest.sve_lengths) - set(dest_sve))
+    if not lost:
+        return []
+    return [Finding(
+        "SVE_LENGTH_LOST", FindingOutcome.FEATURES,
+        f"the guest booted with SVE vector lengths {_lengths(guest.sve_lengths)} bits; "
+        f"this host's QEMU gives its vCPU {_lengths(dest_sve)} "
+        f"(KVM_REG_ARM64_SVE_VLS, set when the vCPU is created and not migrated), so "
+        f"{_lengths(lost)} would vanish under the running guest.")]
 
 
 def _sve_findings(sve_lengths: frozenset[int], destination: HostProfile) -> list[Finding]:
@@ -660,8 +738,13 @@ def _default_finding(reg_id: int, destination: HostProfile, generation: str) -> 
                    name, reg_id)
 
 
+def _lengths(values: Iterable[int]) -> str:
+    return ", ".join(map(str, values)) or "none"
+
+
 def _guest_after(guest: GuestState, dest: HostProfile, dest_list: tuple[int, ...] | None,
-                 features: FeatureSet, dest_values: IdValues | None) -> GuestState:
+                 features: FeatureSet, dest_values: IdValues | None,
+                 sve_lengths: tuple[int, ...] | None) -> GuestState:
     """The guest's state once the migration is done: what this host's QEMU will send next."""
     after: dict[int, int] = {}
     for reg_id, own in dest.registers.items():
@@ -686,11 +769,12 @@ def _guest_after(guest: GuestState, dest: HostProfile, dest_list: tuple[int, ...
         return GuestState(
             registers=dict(sorted(after.items())), features=features, cpreg_list=dest_list,
             id_registers=guest.id_registers if kept else None,
-            cache_geometry=guest.cache_geometry if kept else None)
+            cache_geometry=guest.cache_geometry if kept else None, sve_lengths=sve_lengths)
     return GuestState(
         registers=dict(sorted(after.items())),
         features=features,
         cpreg_list=dest_list,
         id_registers=merged(guest.id_registers, dest_values.id_registers),
         cache_geometry=merged(guest.cache_geometry, dest_values.cache_geometry),
+        sve_lengths=sve_lengths,
     )

@@ -129,7 +129,7 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
         name = env.argv[1] if len(env.argv) > 1 else ""
         return _error_outcome(policy, "XML_INVALID", str(exc), name)
     base: dict[str, Any] = {"domain": domain.name, "uuid": domain.uuid}
-    if domain.type not in policy.domain_types or not domain.is_aarch64:
+    if domain.type not in policy.domain_types or not (domain.is_aarch64 or domain.is_aarch32):
         return _not_applicable(domain, base)
     try:
         record, unvouched = _guest_record(domain)
@@ -146,6 +146,8 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
         return outcome
     identity = host_identity(env, profile)
     base["destination"] = identity
+    if domain.is_aarch32 and not profile.runs_aarch32():
+        return _not_applicable(domain, base, aarch32_not_applicable(domain, profile))
     if record is None or unvouched:
         return _unrecorded(policy, op, domain, unvouched, base)
 
@@ -181,14 +183,29 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     return outcome
 
 
-def _not_applicable(domain: Domain, base: dict[str, Any]) -> Outcome:
-    """Allowed untouched: not an aarch64 domain of a type the policy acts on."""
-    reason = f"type={domain.type} arch={domain.arch or '?'}"
-    if domain.arch == "armv7l":
-        reason += (": a 32-bit guest (-cpu host,aarch64=off, KVM_ARM_VCPU_EL1_32BIT), whose "
-                   "vCPU this version of psci-hook does not probe or model; unchecked")
+def _not_applicable(domain: Domain, base: dict[str, Any], reason: str = "") -> Outcome:
+    """Allowed untouched: not an arm64 domain of a type the policy acts on, or a 32-bit guest
+    this host cannot check (``reason``)."""
     return Outcome(ExitStatus.OK, HookVerdict.ALLOW, ["NOT_APPLICABLE"], event={
-        **base, "reason": reason})
+        **base, "reason": reason or f"type={domain.type} arch={domain.arch or '?'}"})
+
+
+def aarch32_not_applicable(domain: Domain, profile: HostProfile) -> str:
+    """Why a 32-bit guest is not checked on this host (profile.runs_aarch32() is not True)."""
+    what = (f"type={domain.type} arch={domain.arch}: a 32-bit guest (-cpu host,aarch64=off, "
+            "KVM_ARM_VCPU_EL1_32BIT)")
+    refusals = profile.aarch32_refusals()
+    if profile.runs_aarch32() is False and refusals:
+        key, error = next(iter(refusals.items()))
+        return (f"{what}, and this host's KVM refused every 32-bit vCPU its QEMU could create "
+                f"({key}: {error}): the guest cannot start here, before any memory moves; "
+                "unchecked")
+    if profile.runs_aarch32() is False:
+        return (f"{what}, and this host's KVM has no 32-bit EL1 (no KVM_CAP_ARM_EL1_32BIT): its "
+                "QEMU refuses aarch64=off and cannot start the guest here, before any memory "
+                "moves (target/arm/cpu.c aarch64_cpu_set_aarch64); unchecked")
+    return (f"{what}, and this host's profile has no 32-bit vCPU (probed by an older "
+            "psci-hook: run psci-hook probe --write); unchecked")
 
 
 def _guest_record(domain: Domain) -> tuple[GuestRecord | None, str]:
@@ -298,6 +315,8 @@ _UNVOUCHED: dict[str, str] = {
 _VETO_CONSEQUENCE = {
     "FEATURE_MISSING": "QEMU would fail to create the vCPU when it starts here, before any "
                        "memory moves",
+    "SVE_LENGTH_LOST": "the migration would succeed and the running guest would lose SVE "
+                       "vector lengths it uses",
     "WA_DROPPED": "QEMU would accept the guest and silently drop the register; the guest "
                   "would keep relying on a mitigation this host does not provide",
     "NO_RECORD": "the policy vetoes guests without a record (unrecorded = veto)",

@@ -124,6 +124,7 @@ _REG_IOCTLS = frozenset({KVM_GET_ONE_REG, KVM_SET_ONE_REG, KVM_GET_REG_LIST})
 
 # Capabilities (include/uapi/linux/kvm.h)
 KVM_CAP_ONE_REG = 70
+KVM_CAP_ARM_EL1_32BIT = 93
 KVM_CAP_ARM_PSCI_0_2 = 102
 KVM_CAP_ARM_PMU_V3 = 126
 KVM_CAP_ARM_SVE = 170
@@ -151,11 +152,14 @@ KVM_ARM_FEATURE_ID_RANGE = 0
 KVM_ARM_FEATURE_ID_RANGE_SIZE = 3 * 8 * 8
 _FEATURE_ID_OP1 = (0, 1, 3)
 
-# The vCPU features QEMU's -cpu host can enable, by the names the host profile uses.
+# The vCPU features QEMU's -cpu host can enable, by the names the host profile uses; "aarch32"
+# is the vCPU of a 32-bit guest (-cpu host,aarch64=off: target/arm/kvm.c kvm_arch_init_vcpu
+# sets KVM_ARM_VCPU_EL1_32BIT when the CPU has no ARM_FEATURE_AARCH64).
 FEATURE_BITS: Mapping[str, tuple[int, ...]] = {
     "pmu": (KVM_ARM_VCPU_PMU_V3,),
     "pauth": (KVM_ARM_VCPU_PTRAUTH_ADDRESS, KVM_ARM_VCPU_PTRAUTH_GENERIC),
     "sve": (KVM_ARM_VCPU_SVE,),
+    "aarch32": (KVM_ARM_VCPU_EL1_32BIT,),
 }
 
 
@@ -320,9 +324,12 @@ class Capabilities:
     ptrauth_address: bool
     ptrauth_generic: bool
     reg_mask_ranges: int  # bitmap of KVM_ARM_GET_REG_WRITABLE_MASKS ranges (0: ioctl absent)
+    # KVM_CAP_ARM_EL1_32BIT: the CPUs run AArch32 at EL1, so KVM creates 32-bit vCPUs (QEMU's
+    # aarch64=off refuses to start without it: target/arm/cpu.c aarch64_cpu_set_aarch64).
+    el1_32bit: bool = False
 
     def supported_features(self) -> frozenset[str]:
-        """The optional vCPU features QEMU's -cpu host would enable here."""
+        """The optional vCPU features QEMU's -cpu host would enable here (64-bit vCPU)."""
         out = set()
         if self.pmu_v3:
             out.add("pmu")
@@ -404,6 +411,7 @@ class Kvm:
             ptrauth_address=bool(self.check_extension(KVM_CAP_ARM_PTRAUTH_ADDRESS)),
             ptrauth_generic=bool(self.check_extension(KVM_CAP_ARM_PTRAUTH_GENERIC)),
             reg_mask_ranges=self.check_extension(KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES),
+            el1_32bit=bool(self.check_extension(KVM_CAP_ARM_EL1_32BIT)),
         )
 
     # -- scratch VMs ---------------------------------------------------------------------------

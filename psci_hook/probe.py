@@ -16,6 +16,9 @@ probe asks KVM, on scratch VMs that never run (docs/design.md#probe):
   differ there (KVM derives ID fields from the vCPU's features: a guest without a PMU, SVE or
   pointer authentication has other ID register values), so that a guest's record and the
   destination's vCPU get the values of their real features;
+* where KVM has 32-bit EL1 (KVM_CAP_ARM_EL1_32BIT), the same lists and values for the 32-bit
+  vCPUs ``-cpu host,aarch64=off`` can create (keys ending in ``aarch32``:
+  KVM_ARM_VCPU_EL1_32BIT, see aarch32_feature_sets);
 * ``sve_lengths``: the SVE vector lengths (bits) KVM offers (KVM_REG_ARM64_SVE_VLS), where
   it has SVE: QEMU's -cpu host gives a guest all of them up to its maximum;
 * ``id_writable_masks`` where the kernel has KVM_ARM_GET_REG_WRITABLE_MASKS (6.7+);
@@ -35,7 +38,7 @@ from typing import Any, Callable
 
 from psci_hook import kvm as kvm_mod
 from psci_hook import registers as regs
-from psci_hook.profile import FEATURE_ORDER, SCHEMA, feature_key, read_qemu_version
+from psci_hook.profile import AARCH32, FEATURE_ORDER, SCHEMA, feature_key, read_qemu_version
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 # Where the running system's identity comes from; module attributes so tests can replace them.
@@ -120,6 +123,19 @@ def _differing(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, in
     return out
 
 
+def aarch32_feature_sets(usable: Iterable[str]) -> list[frozenset[str]]:
+    """The 32-bit vCPUs QEMU's -cpu host,aarch64=off can create here: EL1_32BIT, with pointer
+    authentication wherever the host has it, with and without PMU. QEMU's kvm_arch_init_vcpu
+    (target/arm/kvm.c) takes PMU, SVE and pointer authentication from the CPU as for a 64-bit
+    vCPU, but arm_cpu_finalize_features (target/arm/cpu.c) runs no SVE or pointer
+    authentication finaliser for a CPU without AArch64: pauth=off does not act, and an SVE
+    vCPU gets an empty KVM_REG_ARM64_SVE_VLS, which KVM refuses (arch/arm64/kvm/guest.c
+    set_sve_vls), so such a guest never starts and is not read."""
+    chosen = set(usable)
+    base = frozenset({AARCH32} | ({"pauth"} & chosen))
+    return [base, base | {"pmu"}] if "pmu" in chosen else [base]
+
+
 def probe_host(
     kvm: kvm_mod.Kvm,
     *,
@@ -173,6 +189,14 @@ def probe_host(
     if len(usable) > 1:
         read(default)  # what -cpu host enables: everything this host supports
     defaults = per_set[feature_key(default)]
+    if caps.el1_32bit:
+        for features in aarch32_feature_sets(usable):
+            try:
+                read(features)
+            except kvm_mod.KvmError as exc:
+                if type(exc) is not kvm_mod.KvmError:
+                    raise
+                feature_errors[feature_key(features)] = exc.message
 
     info = (uname or UNAME)()
     profile: dict[str, Any] = {

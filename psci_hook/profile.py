@@ -20,7 +20,11 @@ from psci_hook.errors import UnreadableFile, read_text_file
 from psci_hook.vocab import QemuGeneration
 
 SCHEMA = "psci-hook.host-profile/v1"
-FEATURE_ORDER = ("pmu", "pauth", "sve")
+FEATURE_ORDER = ("pmu", "pauth", "sve")  # the optional vCPU features, in key order
+# The vCPU of a 32-bit guest (KVM_ARM_VCPU_EL1_32BIT, QEMU's -cpu host,aarch64=off): not an
+# optional feature QEMU turns on by itself but the vCPU's register width, last in a key.
+AARCH32 = "aarch32"
+KEY_ORDER = (*FEATURE_ORDER, AARCH32)
 NO_FEATURES = "none"
 _KNOWN_KEYS = {
     "schema", "kernel_release", "machine", "registers", "cpreg_lists", "id_registers",
@@ -56,12 +60,13 @@ def _apply(values: Mapping[str, int] | None, delta: Mapping[str, int]
 
 
 def feature_key(features: Iterable[str]) -> str:
-    """The cpreg_lists key of a vCPU feature set: "+"-joined in the order pmu, pauth, sve."""
+    """The cpreg_lists key of a vCPU feature set: "+"-joined in the order pmu, pauth, sve,
+    aarch32."""
     chosen = set(features)
-    unknown = chosen - set(FEATURE_ORDER)
+    unknown = chosen - set(KEY_ORDER)
     if unknown:
         raise ProfileError(f"unknown vCPU feature(s): {', '.join(sorted(unknown))}")
-    return "+".join(f for f in FEATURE_ORDER if f in chosen) or NO_FEATURES
+    return "+".join(f for f in KEY_ORDER if f in chosen) or NO_FEATURES
 
 
 def parse_feature_key(key: str) -> FeatureSet:
@@ -71,7 +76,7 @@ def parse_feature_key(key: str) -> FeatureSet:
     if feature_key(parts) != key:
         raise ProfileError(
             f"cpreg_lists key {key!r} is not a feature set "
-            f"('none' or a '+'-joined subset of {', '.join(FEATURE_ORDER)} in that order)"
+            f"('none' or a '+'-joined subset of {', '.join(KEY_ORDER)} in that order)"
         )
     return frozenset(parts)
 
@@ -113,9 +118,31 @@ class HostProfile:
         return [parse_feature_key(k) for k in (self.cpreg_lists or {})]
 
     def default_features(self) -> FeatureSet:
-        """What QEMU's -cpu host enables here: every feature this host supports."""
-        sets = self.feature_sets()
+        """What QEMU's -cpu host enables here: every feature this host supports (64-bit)."""
+        sets = [s for s in self.feature_sets() if AARCH32 not in s]
         return max(sets, key=len) if sets else frozenset()
+
+    def runs_aarch32(self) -> bool | None:
+        """Whether this host's KVM creates 32-bit vCPUs (QEMU's aarch64=off): True when the
+        probe read one, False when it found no KVM_CAP_ARM_EL1_32BIT or KVM refused every
+        32-bit vCPU it tried (``aarch32_refusals``), None when the profile predates the
+        question."""
+        if any(AARCH32 in s for s in self.feature_sets()):
+            return True
+        kvm = self.extra.get("kvm")
+        caps = kvm.get("capabilities") if isinstance(kvm, dict) else None
+        if isinstance(caps, dict) and (caps.get("el1_32bit") is False or (
+                caps.get("el1_32bit") is True and self.aarch32_refusals())):
+            return False
+        return None
+
+    def aarch32_refusals(self) -> dict[str, str]:
+        """The probe's errors creating 32-bit vCPUs, by feature set."""
+        kvm = self.extra.get("kvm")
+        errors = kvm.get("feature_errors") if isinstance(kvm, dict) else None
+        if not isinstance(errors, dict):
+            return {}
+        return {str(k): str(v) for k, v in errors.items() if str(k).endswith(AARCH32)}
 
     def cpreg_list(self, features: FeatureSet) -> tuple[int, ...] | None:
         """The migrated list for ``features``: probed, or derived from the single-feature lists.
@@ -124,17 +151,20 @@ class HostProfile:
         registers, pointer authentication the AP*KEY* registers, SVE ZCR_EL1), independently of
         the others: on every measured kernel the all-features list is exactly the union of the
         single-feature ones (tests/test_profile.py). So a combination the probe did not read,
-        such as pmu+pauth for a guest with SVE disabled, is derived by that union.
+        such as pmu+pauth for a guest with SVE disabled, is derived by that union (for a 32-bit
+        vCPU, from the 32-bit featureless and single-feature lists).
         """
         if self.cpreg_lists is None:
             return None
         found = self.cpreg_lists.get(feature_key(features))
-        if found is not None or NO_FEATURES not in self.cpreg_lists:
+        width = features & {AARCH32}
+        base = self.cpreg_lists.get(feature_key(width))
+        if found is not None or base is None:
             return found
-        parts = [self.cpreg_lists.get(feature_key([f])) for f in features]
+        parts = [self.cpreg_lists.get(feature_key({f} | width)) for f in features - width]
         if any(part is None for part in parts):
             return None
-        union = set(self.cpreg_lists[NO_FEATURES]).union(*parts)  # type: ignore[arg-type]
+        union = set(base).union(*parts)  # type: ignore[arg-type]
         return tuple(sorted(union))
 
     def values_features(self) -> FeatureSet:
@@ -169,8 +199,10 @@ class HostProfile:
 
     def _derived_delta(self, features: FeatureSet) -> Mapping[str, int] | None:
         assert self.feature_values is not None
-        base = self.feature_values.get(NO_FEATURES)
-        singles = {f: self.feature_values.get(feature_key([f])) for f in features}
+        width = features & {AARCH32}
+        base = self.feature_values.get(feature_key(width))
+        singles = {f: self.feature_values.get(feature_key({f} | width))
+                   for f in features - width}
         if base is None or any(v is None for v in singles.values()):
             return None
         none_values = self._full(base)
@@ -188,6 +220,19 @@ class HostProfile:
         values = {**(self.id_registers or {}), **(self.cache_geometry or {})}
         values.update(delta)
         return values
+
+    def guest_sve_lengths(self, named: Iterable[int] = ()) -> tuple[int, ...] | None:
+        """The SVE vector lengths (bits) a guest's QEMU gives an SVE vCPU here: with no length
+        named, every length KVM offers; with lengths named (sveNNN=on), every offered length
+        up to the largest named, KVM being unable to hide one below the maximum
+        (target/arm/cpu64.c arm_cpu_sve_finalize: "For KVM we have to automatically enable
+        all supported uninitialized lengths"). None when the profile does not say."""
+        if self.sve_lengths is None:
+            return None
+        chosen = set(named)
+        if not chosen:
+            return self.sve_lengths
+        return tuple(v for v in self.sve_lengths if v <= max(chosen))
 
     @property
     def generation(self) -> str:

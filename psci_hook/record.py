@@ -22,7 +22,8 @@ state; what a shut-off guest carries) or `unverified` (psci-hook could not tell 
 running guest cold-booted after the record was written). Readers treat any status as "no
 vouched-for register state".
 
-The elements, in order: origin, vcpu, firmware, cpreg-list, id-registers, cache-geometry,
+The elements, in order: origin, vcpu, sve (a vCPU with SVE: its vector lengths in
+bits, `<psci:sve lengths="128 256 512"/>`), firmware, cpreg-list, id-registers, cache-geometry,
 override, history. Their attributes are declared once below (ORIGIN, CHECK, OVERRIDE,
 VALUE_GROUPS) and serve the reader and the writer; tests/golden/records/ holds whole version-1
 records, pinned in both directions (tests/test_record_golden.py).
@@ -43,7 +44,7 @@ from psci_hook import registers as regs
 from psci_hook.codes import CODES
 from psci_hook.engine import GuestState
 from psci_hook.policy import split_list
-from psci_hook.profile import FEATURE_ORDER, ProfileError, feature_key, parse_feature_key
+from psci_hook.profile import KEY_ORDER, ProfileError, feature_key, parse_feature_key
 from psci_hook.vocab import HookVerdict, StrEnum
 
 NAMESPACE = "https://psci-hook.org/xmlns/record/1"
@@ -360,12 +361,28 @@ def _features(text: str, unknown: list[str]) -> frozenset[str]:
         return parse_feature_key(text)
     except ProfileError as exc:
         parts = text.split("+")
-        known = [p for p in parts if p in FEATURE_ORDER]
-        newer = [p for p in parts if p not in FEATURE_ORDER]
+        known = [p for p in parts if p in KEY_ORDER]
+        newer = [p for p in parts if p not in KEY_ORDER]
         if not newer or not all(re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", p) for p in newer):
             raise RecordError(str(exc)) from None
         unknown.extend(f"feature {p}" for p in newer)
         return frozenset(known)
+
+
+SVE_MAX_BITS = 2048  # the architecture's largest vector length
+
+
+def _sve_lengths(text: str) -> tuple[int, ...]:
+    """"128 256 512": ascending multiples of 128 up to 2048 bits."""
+    try:
+        lengths = tuple(int(v) for v in text.split())
+    except ValueError:
+        raise RecordError(f"sve lengths {text[:40]!r} are not numbers") from None
+    if not lengths or any(v <= 0 or v % 128 or v > SVE_MAX_BITS for v in lengths) \
+            or list(lengths) != sorted(set(lengths)):
+        raise RecordError(f"sve lengths {text[:40]!r} are not ascending multiples of 128 up "
+                          f"to {SVE_MAX_BITS}")
+    return lengths
 
 
 def parse_record(elem: Any) -> GuestRecord:
@@ -383,6 +400,9 @@ def parse_record(elem: Any) -> GuestRecord:
     vcpu = _one(elem, "vcpu")
     unknown: list[str] = []
     features = _features(_text_attr(vcpu, "features"), unknown)
+
+    sve_elem = _one(elem, "sve", required=False)
+    sve_lengths = None if sve_elem is None else _sve_lengths(_text_attr(sve_elem, "lengths"))
 
     firmware = _named_values(_one(elem, "firmware"), regs.firmware_id_from_name, unknown)
     fw_by_id = {regs.firmware_id_from_name(n): v for n, v in firmware.items()}
@@ -424,7 +444,7 @@ def parse_record(elem: Any) -> GuestRecord:
                    for check in history_elem.findall(_Q + "check")]
 
     state = GuestState(registers=dict(sorted(fw_by_id.items())), features=features,
-                       cpreg_list=cpreg_list, **groups)
+                       cpreg_list=cpreg_list, sve_lengths=sve_lengths, **groups)
     return GuestRecord(state, origin, tuple(history), override, status, tuple(unknown))
 
 
@@ -459,6 +479,8 @@ def record_element(record: GuestRecord) -> Any:
     _sub(root, "origin", _write_attrs(record.origin, ORIGIN))
     state = record.state
     _sub(root, "vcpu", {"features": feature_key(state.features)})
+    if state.sve_lengths:
+        _sub(root, "sve", {"lengths": " ".join(map(str, state.sve_lengths))})
     _values(root, "firmware",
             {regs.firmware_name(i): v for i, v in sorted(state.registers.items())})
     if state.cpreg_list is not None:

@@ -44,6 +44,7 @@ from psci_hook.domainxml import (
     parse_domain,
     psci_version_override,
     requested_features,
+    requested_sve_lengths,
 )
 from psci_hook.engine import GuestState, decide
 from psci_hook.policy import Policy
@@ -191,9 +192,9 @@ def _status_text(record: GuestRecord) -> str:
 
 def applicable(domain: Domain, policy: Policy) -> str | None:
     """Why psci-hook does not record this domain, or None if it does (the hook's rule)."""
-    if domain.type not in policy.domain_types or not domain.is_aarch64:
+    if domain.type not in policy.domain_types or not (domain.is_aarch64 or domain.is_aarch32):
         types = ", ".join(sorted(policy.domain_types))
-        return (f"not an aarch64 domain of a type psci-hook acts on (type={domain.type}, "
+        return (f"not an aarch64 or armv7l domain of a type psci-hook acts on (type={domain.type}, "
                 f"arch={domain.arch or '?'}; [hook] domain_types = {types})")
     return None
 
@@ -242,7 +243,8 @@ def booted_record(domain: Domain, host: ThisHost, now: str, old: GuestRecord | N
     domain XML (or the running QEMU's command line ``argv``) asks for, and the PSCI version
     its kvm-psci-version sets, if any. A previous record's override and history are kept."""
     features = requested_features(domain, host.profile.default_features(), argv)
-    state = GuestState.booted_on(host.profile, features, psci_version_override(domain, argv))
+    state = GuestState.booted_on(host.profile, features, psci_version_override(domain, argv),
+                                 requested_sve_lengths(domain, argv))
     return GuestRecord(state, host.origin("booted", now),
                        history=old.history if old else (),
                        override=old.override if old else None)
@@ -320,7 +322,8 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: Trigger)
     generation = None if policy.qemu_generation == "auto" else policy.qemu_generation
     decision = decide(old.state, host.profile, generation, policy.veto_dropped_workarounds,
                       requested_features(live, host.profile.default_features(),
-                                         observed.qemu_argv))
+                                         observed.qemu_argv),
+                      requested_sve_lengths(live, observed.qemu_argv))
     after = decision.guest_after
     codes = tuple(decision.codes)
     if after == old.state and not old.unknown:

@@ -62,6 +62,7 @@ FEATURE_REGS: dict[str, dict[int, int]] = {
     "pmu": {PMCR: 0x41002000},
     "pauth": {APIA: 0},
     "sve": {ZCR: 0, SVE_Z0: 0, SVE_VLS: 0},
+    "aarch32": {},
 }
 DEFAULT_CAPS: dict[int, int] = {
     kvm.KVM_CAP_ONE_REG: 1,
@@ -121,6 +122,9 @@ class FakeKvm:
         self.masks = dict(masks or {kvm.feature_id_range_idx(3, 0, 0, 4, 0): 0xF0})
         self.calls: list[tuple[str, Any]] = []
         self.sets: list[tuple[int, int]] = []
+        self.inits: list[tuple[int, int]] = []  # (target, feature bits) of every KVM_ARM_VCPU_INIT
+        # A kernel rule refusing some feature combinations at KVM_ARM_VCPU_INIT (EINVAL).
+        self.refuse_init: Callable[[int], bool] | None = None
         self.open_fds: set[int] = set()
         self.vms: set[int] = set()
         self.vcpus: dict[int, Vcpu] = {}
@@ -205,8 +209,14 @@ class FakeKvm:
     def _kvm_arm_vcpu_init(self, fd: int, arg: Any) -> int:
         assert isinstance(arg, bytearray) and len(arg) == 32
         target, features = kvm.unpack_vcpu_init(arg)
+        self.inits.append((target, features))
         if target != self.target or fd not in self.vcpus:
             raise _oserror(errno.EINVAL)
+        if self.refuse_init is not None and self.refuse_init(features):
+            raise _oserror(errno.EINVAL)
+        if features >> kvm.KVM_ARM_VCPU_EL1_32BIT & 1 and \
+                not self.caps.get(kvm.KVM_CAP_ARM_EL1_32BIT):
+            raise _oserror(errno.EINVAL)  # kvm_vcpu_init_check_features: no 32-bit EL1
         vcpu = self.vcpus[fd]
         vcpu.initialised, vcpu.features = True, features
         vcpu.values = dict(self.values)

@@ -296,14 +296,26 @@ def test_matrix_explains_every_y_star_and_has_no_empty_heading() -> None:
     assert "  5.10__a53 -> 6.1__a53: DEST_DEFAULT\n" in why
 
 
-@pytest.mark.parametrize("arch", ["x86_64", "ppc64", "armv7l"])
+@pytest.mark.parametrize("arch", ["x86_64", "ppc64"])
 def test_stamp_refuses_a_domain_that_is_not_aarch64(tmp_path: Path, arch: str) -> None:
     xml = tmp_path / "vm.xml"
     xml.write_bytes(DOMAIN.replace(b"arch='aarch64'", f"arch='{arch}'".encode()))
     status, out, err = run("stamp", "--guest-profile", "6.1__a57", "--domain-xml", str(xml))
     assert (status, out) == (ExitStatus.BAD_INPUT, "")
-    assert err == (f"psci-hook: {xml}: the domain's architecture is {arch}, not aarch64: "
-                   "psci-hook records arm64 KVM guests only\n")
+    assert err == (f"psci-hook: {xml}: the domain's architecture is {arch}, not aarch64 or "
+                   "armv7l: psci-hook records arm64 KVM guests only\n")
+
+
+def test_stamp_refuses_a_32_bit_domain_for_a_profile_without_32_bit_vcpus(
+        tmp_path: Path) -> None:
+    """The bundled profiles predate 32-bit vCPUs: no record rather than a guessed one."""
+    xml = tmp_path / "vm.xml"
+    xml.write_bytes(DOMAIN.replace(b"arch='aarch64'", b"arch='armv7l'"))
+    status, out, err = run("stamp", "--guest-profile", "6.1__a57", "--domain-xml", str(xml))
+    assert (status, out) == (ExitStatus.BAD_INPUT, "")
+    assert err == (f"psci-hook: {xml}: a 32-bit guest (armv7l: -cpu host,aarch64=off), and "
+                   "6.1__a57 has no 32-bit vCPU (its host has no 32-bit EL1, or an older "
+                   "psci-hook probed it)\n")
 
 
 def test_stamp_refuses_a_feature_the_profile_lacks_and_writes_in_place(tmp_path: Path) -> None:

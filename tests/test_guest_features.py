@@ -425,7 +425,8 @@ def test_a_psci_0_1_guest_moves_where_the_domain_keeps_its_0_1_vcpu(tmp_path: Pa
 
 def test_a_32_bit_guest_is_not_applicable_and_says_why(tmp_path: Path) -> None:
     """libvirt runs arch='armv7l' KVM guests as -cpu host,aarch64=off (KVM_ARM_VCPU_EL1_32BIT);
-    psci-hook does not model that vCPU: allowed untouched, with the reason in the event."""
+    a host profile without 32-bit vCPUs (an older probe) cannot check one: allowed untouched,
+    with the reason in the event (tests/test_guest_population.py: the hosts that can)."""
     data = xml().replace(b"arch='aarch64'", b"arch='armv7l'")
     config = write_config(tmp_path / "c.conf", profile_file(tmp_path, host()), None)
     env = Environment.for_test(["hook", "g", "migrate", "begin", "-"], data,

@@ -24,6 +24,7 @@ from psci_hook import registers as regs
 from psci_hook.domainxml import MAX_DOMAIN_XML, parse_domain
 from psci_hook.engine import (
     WA2_SIMPLIFIED_SINCE,
+    WRITABLE_CACHE_GEOMETRY_SINCE,
     WRITABLE_ID_REGS_SINCE,
     GuestState,
     candidate_values,
@@ -115,21 +116,62 @@ MMFR1 = regs.SYSREG_BY_NAME["ID_AA64MMFR1_EL1"]
 ])
 def test_writable_id_registers_from_6_7(release: str, writable: bool) -> None:
     assert WRITABLE_ID_REGS_SINCE == (6, 7)
-    guest = GuestState(registers={}, id_registers={"ID_AA64MMFR1_EL1": 0x1010211122},
-                       cache_geometry={"CCSIDR_0": 2})
-    destination = make_profile(release, {}, id_registers={"ID_AA64MMFR1_EL1": 0x11010211122},
-                               cache_geometry={"CCSIDR_0": 3})
+    guest = GuestState(registers={}, id_registers={"ID_AA64MMFR1_EL1": 0x1010211122})
+    destination = make_profile(release, {}, id_registers={"ID_AA64MMFR1_EL1": 0x11010211122})
     decision = decide(guest, destination, "legacy")
     found = {f.register: (f.code, f.outcome, f.inferred) for f in decision.findings
              if f.register is not None}
     if writable:
-        assert found == {"ID_AA64MMFR1_EL1": ("ID_REG_UNVERIFIED", "unverified", True),
-                         "CCSIDR_0": ("CACHE_UNVERIFIED", "unverified", True)}
+        assert found == {"ID_AA64MMFR1_EL1": ("ID_REG_UNVERIFIED", "unverified", True)}
         assert not decision.vetoed
     else:
-        assert found == {"ID_AA64MMFR1_EL1": ("ID_REG_MISMATCH", "rejected", True),
-                         "CCSIDR_0": ("CACHE_MISMATCH", "rejected", True)}
+        assert found == {"ID_AA64MMFR1_EL1": ("ID_REG_MISMATCH", "rejected", True)}
         assert decision.vetoed
+
+
+# CCSIDR values: LineSize in bits [2:0]. A 5.10/6.1 guest's real geometry (64-byte lines, 256
+# sets, 4 ways) and a 6.3+ host's normalised one (1 set, 1 way, 64-byte lines).
+REAL_CCSIDR = 0x701FE00A
+NORMALISED_CCSIDR = 0x2
+
+
+@pytest.mark.parametrize(("release", "settable"), [
+    ("6.2.16", False), ("6.2-rc1", False), ("6.3.0", True), ("6.3-rc1", True),
+    ("6.6.63-arm64", True), ("6.12.0", True), ("5.10.0", False), ("custom-kernel", False),
+])
+@pytest.mark.parametrize("name", ["CCSIDR_0", "CLIDR_EL1"])
+def test_settable_cache_geometry_from_6_3(release: str, settable: bool, name: str) -> None:
+    """arch/arm64/kvm/sys_regs.c: up to 6.2 demux_c15_set refuses any CCSIDR but the host's
+    and CLIDR_EL1 is invariant; 7af0c2534f4c (6.3) made both settable (set_ccsidr,
+    set_clidr), whatever the ID registers' own threshold (6.7)."""
+    assert WRITABLE_CACHE_GEOMETRY_SINCE == (6, 3)
+    guest = GuestState(registers={}, cache_geometry={name: REAL_CCSIDR})
+    destination = make_profile(release, {}, cache_geometry={name: NORMALISED_CCSIDR})
+    decision = decide(guest, destination, "legacy")
+    found = {f.register: (f.code, f.outcome, f.inferred) for f in decision.findings
+             if f.register is not None}
+    if settable:
+        assert found == {name: ("CACHE_UNVERIFIED", "unverified", True)}
+        assert not decision.vetoed
+    else:
+        assert found == {name: ("CACHE_MISMATCH", "rejected", True)}
+        assert decision.vetoed
+
+
+@pytest.mark.parametrize(("guest_line", "dest_line", "refused"), [
+    (2, 2, False), (3, 2, False), (1, 2, True), (0, 4, True), (7, 0, False)])
+def test_settable_ccsidr_refuses_a_line_size_below_the_hosts(
+        guest_line: int, dest_line: int, refused: bool) -> None:
+    """set_ccsidr (6.3+) refuses a LineSize below the minimum the host derives from CTR_EL0,
+    which is its own normalised CCSIDR's; CLIDR_EL1 has no such rule."""
+    guest = GuestState(registers={}, cache_geometry={"CCSIDR_1": 0x1000 | guest_line,
+                                                     "CLIDR_EL1": 0x1000 | guest_line})
+    destination = make_profile("6.12.0", {}, cache_geometry={"CCSIDR_1": dest_line,
+                                                             "CLIDR_EL1": dest_line})
+    found = {f.register: f.code for f in decide(guest, destination, "legacy").findings
+             if f.register is not None}
+    assert found == {"CCSIDR_1": "CACHE_MISMATCH" if refused else "CACHE_UNVERIFIED",
+                     "CLIDR_EL1": "CACHE_UNVERIFIED"}
 
 
 @pytest.mark.parametrize(("release", "simplified"), [
@@ -743,7 +785,7 @@ def test_feature_sets_and_derived_lists() -> None:
             parse_feature_key(bad)
         assert str(exc.value) in (
             f"cpreg_lists key {bad!r} is not a feature set ('none' or a '+'-joined subset of "
-            "pmu, pauth, sve in that order)", "unknown vCPU feature(s): ")
+            "pmu, pauth, sve, aarch32 in that order)", "unknown vCPU feature(s): ")
     with pytest.raises(ProfileError) as exc:
         feature_key(["mte", "pmu", "bti"])
     assert str(exc.value) == "unknown vCPU feature(s): bti, mte"
@@ -1025,27 +1067,33 @@ def test_tolerances_defaults_and_lists_explain_themselves() -> None:
 
 def test_id_register_findings_explain_themselves() -> None:
     guest = GuestState(registers={}, id_registers={"ID_AA64MMFR1_EL1": 0x1010211122},
-                       cache_geometry={"CCSIDR_0": 2})
+                       cache_geometry={"CCSIDR_0": 2, "CCSIDR_1": 3})
 
     def at(release: str) -> list[tuple[str, str | None, str]]:
         return _messages(guest, make_profile(
             release, {}, id_registers={"ID_AA64MMFR1_EL1": 0x11010211122},
-            cache_geometry={"CCSIDR_0": 3}), "legacy")[1:]
+            cache_geometry={"CCSIDR_0": 3, "CCSIDR_1": 2}), "legacy")[1:]
 
     assert at("6.1.0") == [
         ("ID_REG_MISMATCH", "ID_AA64MMFR1_EL1", "ID_AA64MMFR1_EL1 differs in HCX (guest "
          "0x1010211122, destination 0x11010211122); the destination kernel (6.1.0) predates "
          "writable ID registers (6.7) and accepts only its own value."),
         ("CACHE_MISMATCH", "CCSIDR_0", "CCSIDR_0 differs in geometry (guest 0x2, destination "
-         "0x3); the destination kernel (6.1.0) predates writable ID registers (6.7) and accepts "
-         "only its own value.")]
+         "0x3); the destination kernel (6.1.0) predates settable cache geometry (6.3) and "
+         "accepts only its own value."),
+        ("CACHE_MISMATCH", "CCSIDR_1", "CCSIDR_1 differs in geometry (guest 0x3, destination "
+         "0x2); the destination kernel (6.1.0) predates settable cache geometry (6.3) and "
+         "accepts only its own value.")]
     assert at("6.7.0") == [
         ("ID_REG_UNVERIFIED", "ID_AA64MMFR1_EL1", "ID_AA64MMFR1_EL1 differs in HCX (guest "
          "0x1010211122, destination 0x11010211122); the destination kernel (6.7.0) has writable "
          "ID registers (6.7+), so only a rehearsal on the destination can tell whether it is "
          "accepted."),
-        ("CACHE_UNVERIFIED", "CCSIDR_0", "CCSIDR_0 differs in geometry (guest 0x2, destination "
-         "0x3); the destination kernel (6.7.0) has writable ID registers (6.7+), so only a "
+        ("CACHE_MISMATCH", "CCSIDR_0", "CCSIDR_0 differs in geometry (guest 0x2, destination "
+         "0x3); the destination kernel (6.7.0) refuses a cache line size below its own minimum "
+         "(LineSize 2 < 3, set_ccsidr)."),
+        ("CACHE_UNVERIFIED", "CCSIDR_1", "CCSIDR_1 differs in geometry (guest 0x3, destination "
+         "0x2); the destination kernel (6.7.0) has settable cache geometry (6.3+), so only a "
          "rehearsal on the destination can tell whether it is accepted.")]
 
 

@@ -40,7 +40,8 @@ def features_arg(text: str) -> FeatureSet:
 
 
 def guest_from_profile(profile: HostProfile, features: FeatureSet | None, origin: str,
-                       psci_version: int | None = None) -> GuestState:
+                       psci_version: int | None = None,
+                       sve_named: frozenset[int] = frozenset()) -> GuestState:
     """The state a guest profile describes, for ``features`` (default: its only or its
     fullest list, what -cpu host enables) and a kvm-psci-version the guest's QEMU sets."""
     if features is not None and profile.cpreg_lists is not None \
@@ -48,7 +49,7 @@ def guest_from_profile(profile: HostProfile, features: FeatureSet | None, origin
         offered = ", ".join(sorted(profile.cpreg_lists))
         raise InputError(f"{origin}: no migrated list for vCPU features "
                          f"{'+'.join(sorted(features)) or 'none'} (it has: {offered})")
-    return GuestState.booted_on(profile, features, psci_version)
+    return GuestState.booted_on(profile, features, psci_version, sve_named)
 
 
 def resolve_profile(text: str) -> Path:

@@ -14,7 +14,12 @@ from psci_hook.commands._common import (
     read_domain,
     resolve_profile,
 )
-from psci_hook.domainxml import Domain, psci_version_override, requested_features
+from psci_hook.domainxml import (
+    Domain,
+    psci_version_override,
+    requested_features,
+    requested_sve_lengths,
+)
 from psci_hook.environment import Environment
 from psci_hook.profile import FEATURE_ORDER, FeatureSet, ProfileError, load_profile
 from psci_hook.record import GuestRecord, Origin, OriginEvent, RecordError, read_record, record_xml
@@ -43,10 +48,14 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     try:
         profile = load_profile(resolve_profile(args.guest_profile))
         data, domain = read_domain(args.domain_xml)
-        if not domain.is_aarch64:
+        if not (domain.is_aarch64 or domain.is_aarch32):
             raise InputError(f"{args.domain_xml}: the domain's architecture is "
-                             f"{domain.arch or 'not given'}, not aarch64: psci-hook records "
-                             "arm64 KVM guests only")
+                             f"{domain.arch or 'not given'}, not aarch64 or armv7l: psci-hook "
+                             "records arm64 KVM guests only")
+        if domain.is_aarch32 and not profile.runs_aarch32():
+            raise InputError(f"{args.domain_xml}: a 32-bit guest (armv7l: -cpu host,aarch64=off),"
+                             f" and {args.guest_profile} has no 32-bit vCPU (its host has no "
+                             "32-bit EL1, or an older psci-hook probed it)")
         features = args.features
         if features is None:
             required = required_features(domain)
@@ -59,7 +68,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
                     "QEMU would not start it there; name them with --features to stamp anyway")
             features = requested_features(domain, profile.default_features())
         state = guest_from_profile(profile, features, str(args.guest_profile),
-                                   psci_version_override(domain))
+                                   psci_version_override(domain), requested_sve_lengths(domain))
         try:
             old = read_record(domain.root)
         except RecordError:

@@ -96,6 +96,14 @@ def nested_results(
         },
     }
     (harness.cache_dir() / "last-run.json").write_text(json.dumps(report, indent=1) + "\n")
+    # Each boot's probe output, for scripts/regenerate-probed-profiles --from-dir.
+    probed = harness.cache_dir() / "last-probes"
+    probed.mkdir(exist_ok=True)
+    for label, result in results.items():
+        try:
+            (probed / f"{label}.json").write_text(json.dumps(result.probe_profile()) + "\n")
+        except harness.HarnessError:
+            continue
     timings = hook_timings(results)
     _last_hook_timings.update(timings)
     if timings:

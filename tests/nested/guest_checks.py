@@ -16,13 +16,56 @@ from typing import Any
 from psci_hook import cache
 from psci_hook import kvm as kvm_mod
 from psci_hook import registers as regs
-from psci_hook.probe import migrated_list
+from psci_hook.probe import aarch32_feature_sets, migrated_list
+from psci_hook.profile import AARCH32
 
 results: list[dict[str, Any]] = []
 
 
 def check(name: str, ok: bool, detail: str = "") -> None:
     results.append({"name": name, "ok": bool(ok), "detail": detail})
+
+
+def aarch32_checks(kvm: kvm_mod.Kvm, caps: kvm_mod.Capabilities) -> None:
+    """The 32-bit vCPU of -cpu host,aarch64=off (KVM_ARM_VCPU_EL1_32BIT) on this kernel."""
+    features = aarch32_feature_sets(caps.supported_features())[-1]
+    with kvm.scratch_vcpu(features) as vcpu:
+        listed = migrated_list(vcpu.reg_list())
+        values = {i: vcpu.get_one_reg(i) for i in listed}
+    refusal = kvm_mod.rehearse(features, values, kvm=kvm)
+    check(f"32-bit vCPU ({'+'.join(sorted(features))}): rehearse all {len(values)} migrated "
+          "registers with own values -> accepted", refusal is None,
+          refusal.message() if refusal else "")
+    # Mixing widths in one VM is refused (kvm_set_vm_width / vcpu_allowed_register_width).
+    with kvm.scratch_vm() as vm:
+        first = vm.create_vcpu(features)
+        try:
+            second = vm.create_vcpu(features - {AARCH32}, index=1)
+            second.close()
+            check("a 64-bit vCPU beside a 32-bit one -> refused", False, "accepted")
+        except kvm_mod.KvmError as exc:
+            check("a 64-bit vCPU beside a 32-bit one -> refused", exc.errno == errno.EINVAL,
+                  exc.message)
+        first.close()
+    if not caps.sve:
+        return
+    # What QEMU does for -cpu host,aarch64=off on an SVE host: EL1_32BIT with SVE, then
+    # KVM_REG_ARM64_SVE_VLS with the empty set arm_cpu_finalize_features left (it skips
+    # arm_cpu_sve_finalize without AArch64). KVM must refuse one of the two.
+    with kvm.scratch_vm() as vm:
+        fd = kvm.ioctl(vm.fd, kvm_mod.KVM_CREATE_VCPU, 0)
+        raw = kvm_mod.ScratchVcpu(kvm, fd, vm.preferred_target(), frozenset())
+        bits = kvm_mod.vcpu_init_features(features | {"sve"})
+        try:
+            raw.init(bits)
+        except kvm_mod.KvmError as exc:
+            check("32-bit vCPU with SVE as QEMU makes it -> refused",
+                  exc.errno == errno.EINVAL, f"KVM_ARM_VCPU_INIT: {exc.message}")
+        else:
+            code = raw.try_set_one_reg(regs.SVE_VLS_ID, 0)
+            check("32-bit vCPU with SVE as QEMU makes it -> refused", code == errno.EINVAL,
+                  f"KVM_SET_ONE_REG(SVE_VLS, empty) -> {errno.errorcode.get(code, code)}")
+        raw.close()
 
 
 def main() -> int:
@@ -86,6 +129,9 @@ def main() -> int:
         check("rehearse of an unlisted id -> ENOENT refusal",
               refusal is not None and refusal.errno == errno.ENOENT
               and refusal.destination_value is None)
+
+        if caps.el1_32bit:
+            aarch32_checks(kvm, caps)
 
         if caps.writable_masks:
             with kvm.scratch_vm() as vm:

@@ -15,12 +15,12 @@ twice: with the cache removed (it must probe inline and write the cache back), t
 
 Then, warm, the guests whose vCPU features differ from -cpu host's, each recorded as `record`
 would on this host (its own profile, the one the hook cached) and checked here: "own" maps a
-variant (default, pmu-off, and where this host has them sve-off, pauth-off, SVE lengths) to its
-run. "pmu_off" maps every source profile to the run of a `<pmu state='off'/>` guest stamped from
-it (the pmu=off table of real QEMU); "psci_1_1" maps each source profile with PSCI 1.3 (7.x) to
-the run of a guest started there with `kvm-psci-version=1.1` in the domain's
-<qemu:commandline>; "cross_cpu" maps the other emulated CPU's profile on this same kernel to the
-run of its -cpu host guest here.
+variant (default, pmu-off, and where this host has them sve-off, pauth-off, SVE lengths, and
+32-bit guests with and without PMU) to its run. "pmu_off" maps every source profile to the run
+of a `<pmu state='off'/>` guest stamped from it (the pmu=off table of real QEMU); "psci_1_1"
+maps each source profile with PSCI 1.3 (7.x) to the run of a guest started there with
+`kvm-psci-version=1.1` in the domain's <qemu:commandline>; "cross_cpu" maps the other emulated
+CPU's profile on this same kernel to the run of its -cpu host guest here.
 
 Prints {"destination": label, "release": ..., "runs": {source label: {"cold": run, "warm": run}},
 "own": {variant: run}, "pmu_off": {source label: run}, "psci_1_1": {source label: run},
@@ -41,7 +41,12 @@ from typing import Any
 
 from psci_hook import kvm as kvm_mod
 from psci_hook import registers as regs
-from psci_hook.domainxml import parse_domain, psci_version_override, requested_features
+from psci_hook.domainxml import (
+    parse_domain,
+    psci_version_override,
+    requested_features,
+    requested_sve_lengths,
+)
 from psci_hook.engine import GuestState
 from psci_hook.profile import HostProfile, load_profile
 from psci_hook.record import GuestRecord, Origin, record_xml
@@ -96,6 +101,12 @@ VARIANTS = {
                   "pauth"),
     "sve-lengths": ("<cpu mode='host-passthrough'><feature policy='require' name='sve128'/>"
                     "<feature policy='disable' name='sve256'/></cpu>", "sve"),
+    # 32-bit guests (arch='armv7l': -cpu host,aarch64=off), where this host's KVM creates
+    # 32-bit vCPUs; SVE off, without which QEMU cannot start one (see domainxml).
+    "aarch32": ("<cpu mode='host-passthrough'><feature policy='disable' name='sve'/></cpu>",
+                "aarch32"),
+    "aarch32-pmu-off": ("<features><pmu state='off'/></features>\n  <cpu mode='host-passthrough'>"
+                        "<feature policy='disable' name='sve'/></cpu>", "aarch32"),
 }
 PSCI_VERSION = regs.PSCI_VERSION.reg_id
 PSCI_1_1 = ("\n  <qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
@@ -113,9 +124,12 @@ def stamped(label: str, index: int, profile: HostProfile | None = None, cpu: str
     data = DOMAIN.format(name=name, index=index, extra=extra).encode()
     if cpu:
         data = data.replace(b"<cpu mode='host-passthrough'/>", cpu.encode())
+    if name.startswith("own-aarch32"):
+        data = data.replace(b"arch='aarch64'", b"arch='armv7l'")
     domain = parse_domain(data)
     features = requested_features(domain, profile.default_features())
-    state = GuestState.booted_on(profile, features, psci_version_override(domain))
+    state = GuestState.booted_on(profile, features, psci_version_override(domain),
+                                 requested_sve_lengths(domain))
     record = GuestRecord(state, Origin("stamped", f"host-{label}", profile.kernel_release,
                                        "2026-01-01T00:00:00Z"))
     return splice_record(data, lambda indent: record_xml(record, indent)).data
@@ -178,7 +192,8 @@ def main() -> int:
     offered = own.default_features()
     own_runs = {}
     for index, (variant, (cpu, needs)) in enumerate(VARIANTS.items()):
-        if needs is not None and needs not in offered:
+        if needs is not None and needs not in offered and not (
+                needs == "aarch32" and own.runs_aarch32()):
             continue
         name = f"own-{variant}"
         own_runs[variant] = run_hook(name, stamped("own", 100 + index, own, cpu, name=name), log)

@@ -44,6 +44,9 @@ REFERENCE_FW_COUNT = {"5.10": 4, "6.1": 7, "6.12": 7, "7.2": 8}
 REFERENCE_CCSIDR_COUNT = {"5.10": 3, "6.1": 3, "6.12": 14, "7.2": 14}
 # KVM_ARM_GET_REG_WRITABLE_MASKS exists since 6.7 (docs/design.md#id-registers).
 HAS_WRITABLE_MASKS = {"5.10": False, "6.1": False, "6.12": True, "7.2": True}
+# KVM_CAP_ARM_EL1_32BIT: the emulated CPU runs AArch32 at EL1 (ID_AA64PFR0_EL1.EL1 = 2; the
+# Cortex-A57 does in hardware, and QEMU's TCG models keep it).
+EL1_32BIT = {"max": True, "a57": True}
 # QEMU's MIDR for its models (target/arm): cortex-a57 r1p0, and max.
 MIDR = {"a57": 0x411FD070, "max": 0x000F0510}
 
@@ -67,7 +70,9 @@ def test_probe_matches_the_recorded_profile(
     if recorded is not None:
         assert probed["kernel_release"] == recorded["kernel_release"]
         assert probed["registers"] == recorded["registers"]
-        assert probed["cpreg_lists"] == recorded["cpreg_lists"]
+        # ../shared/profiles predate the 32-bit vCPUs (keys ending in aarch32).
+        assert {k: v for k, v in probed["cpreg_lists"].items()
+                if not k.endswith("aarch32")} == recorded["cpreg_lists"]
     # The measured facts (docs/design.md#list-sizes), for every kernel (7.2 has no recorded
     # profile).
     assert probed["registers"]["PSCI_VERSION"] == REFERENCE_PSCI[kernel]
@@ -77,6 +82,11 @@ def test_probe_matches_the_recorded_profile(
     expected_keys = (
         ["none", "pmu", "pauth", "sve", "pmu+pauth+sve"] if cpu == "max" else ["none", "pmu"]
     )
+    # 32-bit vCPUs where KVM has 32-bit EL1: with pointer auth wherever the host has it.
+    assert probed["kvm"]["capabilities"]["el1_32bit"] == EL1_32BIT[cpu]
+    if EL1_32BIT[cpu]:
+        expected_keys += (["pauth+aarch32", "pmu+pauth+aarch32"] if cpu == "max"
+                          else ["aarch32", "pmu+aarch32"])
     assert list(probed["cpreg_lists"]) == expected_keys
     for key, size in REFERENCE_LIST_SIZES[kernel].items():
         if key in probed["cpreg_lists"]:
@@ -512,17 +522,27 @@ def test_hook_allows_every_guest_on_the_host_it_was_recorded_on(
     result = _result(nested_results, kernel, cpu)
     own = _hook_report(result)["own"]
     expected = {"default", "pmu-off"} | (
-        {"sve-off", "pauth-off", "sve-lengths"} if cpu == "max" else set())
+        {"sve-off", "pauth-off", "sve-lengths"} if cpu == "max" else set()) | (
+        {"aarch32", "aarch32-pmu-off"} if EL1_32BIT[cpu] else set())
     assert set(own) == expected
+    pauth = {"pauth"} if cpu == "max" else set()
     features = {"default": {"pmu", "pauth", "sve"} if cpu == "max" else {"pmu"},
                 "pmu-off": {"pauth", "sve"} if cpu == "max" else set(),
                 "sve-off": {"pmu", "pauth"}, "pauth-off": {"pmu", "sve"},
-                "sve-lengths": {"pmu", "pauth", "sve"}}
+                "sve-lengths": {"pmu", "pauth", "sve"},
+                "aarch32": {"aarch32", "pmu"} | pauth, "aarch32-pmu-off": {"aarch32"} | pauth}
     for variant, run in own.items():
         assert (run["rc"], run["stderr"]) == (0, ""), (variant, run["stderr"])
         assert run["event"]["rehearsal"] == "accepted", (variant, run["event"])
         record = read_record(parse_domain(run["stdout"].encode()).root)
         assert record is not None and set(record.state.features) == features[variant], variant
+        # The SVE vector lengths its QEMU gave it: all 16 TCG offers, or up to the one named.
+        lengths = record.state.sve_lengths
+        if "sve" not in features[variant]:
+            assert lengths is None, variant
+        else:
+            assert lengths == ((128,) if variant == "sve-lengths"
+                               else tuple(range(128, 2049, 128))), variant
 
 
 @pytest.mark.parametrize("kernel", harness.KERNELS)
