@@ -220,7 +220,7 @@ def test_record_without_a_host_profile_says_why(tmp_path: Path) -> None:
 
 def test_watch_records_a_guest_as_it_boots(conn: Any, env_for: Any) -> None:
     env = env_for("watch", "--uri", TEST_URI)
-    watcher = Watcher(env, TEST_URI)
+    watcher = Watcher(env, TEST_URI, narrate=True)
     thread = threading.Thread(target=watcher.run)
     thread.start()
     try:
@@ -243,6 +243,31 @@ def test_watch_records_a_guest_as_it_boots(conn: Any, env_for: Any) -> None:
         watcher.stop.set()
         thread.join(5)
     assert not thread.is_alive()
+    said = env.stderr.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert said[:2] == ["psci-hook: watch: watching libvirt lifecycle events",
+                        "psci-hook: watch: connected to libvirt on "
+                        f"{libvirt.open(TEST_URI).getHostname()}"]
+    assert any(line.endswith(" running domain reconciled") or
+               line.endswith(" running domains reconciled") for line in said)
+    assert any(line.startswith("psci-hook: watch: booted: watch-boot: replaced: ")
+               for line in said), said
+    assert said[-1] == "psci-hook: watch: stopped (SIGTERM or SIGINT)"
+
+
+@pytest.mark.parametrize(("argv", "environ", "says"), [
+    ([], {}, True),  # by hand
+    ([], {"INVOCATION_ID": "0f" * 16}, False),  # under systemd
+    (["--verbose"], {"INVOCATION_ID": "0f" * 16}, True),
+    (["--quiet"], {}, False),
+])
+def test_watch_talks_on_stderr_by_hand_and_under_systemd_only_when_asked(
+        argv: list[str], environ: dict[str, str], says: bool) -> None:
+    from psci_hook.cli import build_parser
+    from psci_hook.commands.watch import narrates
+
+    parser, _ = build_parser(["watch", *argv])
+    args = parser.parse_args(["watch", *argv])
+    assert narrates(args, environ) is says
 
 
 def test_incoming_migrations_are_acted_on_when_they_end(env_for: Any) -> None:
