@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from psci_hook.policy import Policy
-from psci_hook.record import OriginEvent, time_epoch, time_text
+from psci_hook.record import OriginEvent, RecordStatus, time_epoch, time_text
 
 # systemd's own journal messages for a unit's reload job (src/systemd/sd-messages.h:
 # SD_MESSAGE_UNIT_RELOADING, SD_MESSAGE_UNIT_RELOADED).
@@ -444,23 +444,41 @@ class Guest(NamedTuple):
     origin_time: str = ""
     from_this_host: bool = True
     qemu_started: float | None = None  # its QEMU process's start (epoch), when known
+    status: str = ""  # the record's status (psci_hook.record): "" for live state
 
 
-def record_problem(guest: Guest) -> str:
-    """Why a running guest's record cannot be trusted here ("" when it can)."""
+def record_problem(guest: Guest) -> tuple[str, str]:
+    """Why a running guest's record cannot be trusted here, and its fix (("", "") when it
+    can). A record with a status is one the hook does not use (NO_RECORD: the policy decides)."""
     if guest.record_error:
-        return f"its record is invalid ({guest.record_error})"
+        return (f"its record is invalid ({guest.record_error})",
+                f"psci-hook record --force {guest.name}  # only if it cold-booted on this host")
+    if guest.status == RecordStatus.PERSISTENT_COPY:
+        return ("its live record is the persistent definition's copy (it started without "
+                "psci-hook recording it): the hook does not use it, the policy's 'unrecorded' "
+                "decides its migrations",
+                f"psci-hook record {guest.name}  # decides from libvirt's state reason")
+    if guest.status == RecordStatus.UNVERIFIED:
+        return ("its record is marked unverified (psci-hook could not tell whether it "
+                "cold-booted after the record was written): the hook does not use it, the "
+                "policy's 'unrecorded' decides its migrations",
+                f"psci-hook record --force {guest.name}  # only if it cold-booted on this host")
+    if guest.status:
+        return (f"its record's status is {guest.status!r} (a newer psci-hook wrote it): the "
+                "hook does not use it",
+                f"psci-hook record {guest.name}")
+    stale = "psci-hook record {}  # decides from libvirt's state reason"
     if not guest.from_this_host:
         return (f"its record is from {guest.origin_host} ({guest.origin_event} at "
                 f"{guest.origin_time}): it came with a migration the hook did not annotate, or "
-                "survived a cold boot")
+                "survived a cold boot", stale.format(guest.name))
     if guest.origin_event == OriginEvent.BOOTED and guest.qemu_started is not None:
         recorded = time_epoch(guest.origin_time)
         # The record of a boot is written after the QEMU process started (one-second times).
         if recorded is not None and recorded + 1 < guest.qemu_started:
             return (f"its record is from an earlier boot ({guest.origin_time}; this QEMU "
-                    f"process started {utc(guest.qemu_started)})")
-    return ""
+                    f"process started {utc(guest.qemu_started)})", stale.format(guest.name))
+    return "", ""
 
 
 
@@ -483,11 +501,10 @@ def check_guests(guests: Sequence[Guest] | None, skipped: int, error: str,
                                f"{effect}", f"psci-hook record {guest.name}", domain=guest.name,
                                problem="unrecorded"))
             continue
-        problem = record_problem(guest)
+        problem, fix = record_problem(guest)
         if problem:
-            checks.append(warn(f"guest {guest.name}", problem,
-                               f"psci-hook record --force {guest.name}  # only if it cold-booted"
-                               " on this host", domain=guest.name, problem="stale"))
+            checks.append(warn(f"guest {guest.name}", problem, fix, domain=guest.name,
+                               problem=guest.status or "stale"))
     bad = len(checks)
     checks.insert(0, ok(name, f"{len(guests)} running guest(s) the hook acts on, "
                         f"{len(guests) - bad} with a current record; {skipped} other(s) not "

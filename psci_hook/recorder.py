@@ -326,7 +326,8 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: Trigger)
                       requested_sve_lengths(live, observed.qemu_argv))
     after = decision.guest_after
     codes = tuple(decision.codes)
-    if after == old.state and not old.unknown:
+    arrived = came_with_this_process(old, observed.started, host)
+    if after == old.state and not old.unknown and arrived:
         plan = Plan(live.name, live.uuid, trigger, RecordAction.UNCHANGED,
                     f"the live record is current for this host ({origin_text(old.origin)})",
                     previous=old.origin)
@@ -334,19 +335,38 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: Trigger)
     verdict = "warn" if decision.vetoed else "allow"
     record = GuestRecord(after, host.origin(event, now), old.history, old.override).with_check(
         HistoryEntry(now, op, host.hostname, verdict, codes), policy.history_limit)
+    # Same values, but the record does not say this arrival (the hook's annotation did not
+    # reach the live definition, or there was no hook call): it is written again as this
+    # arrival's, so that a later reconcile can tell it belongs to this QEMU process.
+    brought = ("brought to the guest's state on this host" if after != old.state else
+               "written again as this arrival's (same values)")
     plan = Plan(live.name, live.uuid, trigger, RecordAction.UPDATED,
                 f"{_NOT_ANNOTATED[trigger]}: the record "
-                f"({origin_text(old.origin)}) brought to the guest's state on this host: "
+                f"({origin_text(old.origin)}) {brought}: "
                 f"{guest_summary(after)}", live=record, previous=old.origin, codes=codes)
     return _with_config(plan, persistent, observed.persistent is not None)
+
+
+def came_with_this_process(record: GuestRecord, started: Started, host: ThisHost) -> bool:
+    """Whether a vouched record is this host's record of the arrival (migration, restore) that
+    started the running QEMU process: written here as an arrival, by the hook at most
+    ARRIVAL_WINDOW before the process started or by psci-hook after it. When the process start
+    is unknown, an arrival record written here is taken as this one's."""
+    if not host.wrote(record.origin) or record.origin.event not in (OriginEvent.MIGRATED,
+                                                                    OriginEvent.RESTORED):
+        return False
+    begun, written = started.process_start, time_epoch(record.origin.time)
+    if begun is None:
+        return True
+    return written is not None and written >= begun - ARRIVAL_WINDOW
 
 
 def how_started(started: Started, record: GuestRecord | None, host: ThisHost
                 ) -> Trigger | None:
     """How the running QEMU process got its vCPU state: Trigger.BOOTED (cold boot here), one of
     LOADED_STATE, or None when nothing tells. The state reason decides; when a pause/resume
-    replaced it, a record this host wrote for this very process (after it started for a boot,
-    just before it for an arrival) still tells."""
+    replaced it, a record this host wrote for this very process (after it started for a boot;
+    for an arrival just before it, by the hook, or after it) still tells."""
     told = LIBVIRT_HOW_STARTED.get(started.reason)
     if told is not None:
         return told
@@ -358,8 +378,9 @@ def how_started(started: Started, record: GuestRecord | None, host: ThisHost
     trigger = _ORIGIN_TRIGGER.get(record.origin.event)
     if trigger == Trigger.BOOTED and written >= begun - CLOCK_SLACK:
         return trigger
-    if (trigger in (Trigger.MIGRATED, Trigger.RESTORED)
-            and begun - ARRIVAL_WINDOW <= written <= begun + CLOCK_SLACK):
+    # An arrival's record: the hook's, written just before the process started, or psci-hook's
+    # own (watch, record), written after it about this very process.
+    if trigger in (Trigger.MIGRATED, Trigger.RESTORED) and written >= begun - ARRIVAL_WINDOW:
         return trigger
     return None
 

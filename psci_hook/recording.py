@@ -113,6 +113,17 @@ def record_domain(client: Client, dom: Any, trigger: Trigger, ctx: Context, forc
 
 
 def log_plan(ctx: Context, plan: Plan) -> None:
+    auditlog.emit_record(ctx.sink, **plan_event(ctx, plan))
+
+
+def plan_line(plan: Plan) -> str:
+    """One plan as `record` prints it and `watch` says it: domain, action, why, what it wrote."""
+    wrote = f" [wrote the {plan.targets()}]" if plan.writes else ""
+    return f"{plan.domain}: {plan.action}: {plan.reason}{wrote}\n"
+
+
+def plan_event(ctx: Context, plan: Plan) -> dict[str, Any]:
+    """What one plan logs (and `record --json` prints): action, why, what was written."""
     event: dict[str, Any] = {
         "action": plan.action,
         "trigger": plan.trigger,
@@ -133,4 +144,4 @@ def log_plan(ctx: Context, plan: Plan) -> None:
     event["host"] = {k: v for k, v in ctx.identity.items() if k in ("hostname", "uuid",
                                                                      "kernel")}
     event["version"] = __version__
-    auditlog.emit_record(ctx.sink, **event)
+    return event

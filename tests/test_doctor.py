@@ -246,12 +246,36 @@ def test_guests() -> None:
     assert checks[0].details == {"running": 4, "not_acted_on": 2}
     assert checks[1].fix == "psci-hook record vm1" and "go unchecked" in checks[1].summary
     assert "earlier boot" in checks[2].summary
-    assert checks[3].fix.startswith("psci-hook record --force vm3")
+    assert checks[3].fix.startswith("psci-hook record vm3  #")
+    assert [c.details["problem"] for c in checks[1:]] == ["unrecorded", "stale", "stale"]
     veto = d.check_guests([unrecorded], 0, "", policy._replace(unrecorded="veto"))
     assert "refused" in veto[1].summary
     [unknown] = d.check_guests(None, 0, "libvirt-python is not installed (python3-libvirt)",
                                policy)
     assert unknown.status is d.Status.WARN and "python3-libvirt" in unknown.fix
+
+
+def test_guests_whose_record_the_hook_does_not_use() -> None:
+    """A record with a status (psci_hook.record) is not the guest's state for the hook: doctor
+    names each marker with the fix `psci-hook record` offers for it."""
+    def guest(name: str, status: str) -> d.Guest:
+        return d.Guest(name, True, "", "booted", "h", "2026-12-01T00:00:00Z", True, None, status)
+
+    copy, unverified, newer = (guest("vm1", "persistent-copy"), guest("vm2", "unverified"),
+                               guest("vm3", "hibernated"))
+    checks = d.check_guests([copy, unverified, newer, guest("vm4", "")], 0, "", Policy())
+    assert statuses(checks) == [("guests", "ok"), ("guest vm1", "warn"), ("guest vm2", "warn"),
+                                ("guest vm3", "warn")]
+    assert "1 with a current record" in checks[0].summary
+    assert [c.details["problem"] for c in checks[1:]] == [
+        "persistent-copy", "unverified", "hibernated"]
+    assert "persistent definition's copy" in checks[1].summary
+    assert checks[1].fix.startswith("psci-hook record vm1  #")
+    assert "marked unverified" in checks[2].summary
+    assert checks[2].fix.startswith("psci-hook record --force vm2  # only if it cold-booted")
+    assert "'hibernated'" in checks[3].summary and checks[3].fix == "psci-hook record vm3"
+    for check in checks[1:3]:
+        assert "'unrecorded' decides" in check.summary
 
 
 # ---------------------------------------------------------------- policy and logging

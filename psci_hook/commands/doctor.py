@@ -481,7 +481,7 @@ def guests(system: System, uri: str | None, policy: Policy
             mine = (origin.host_uuid.lower() == host_uuid if origin.host_uuid and host_uuid
                     else origin.host == hostname)
             found.append(doctor.Guest(domain.name, True, "", origin.event, origin.host,
-                                      origin.time, mine, started))
+                                      origin.time, mine, started, record.status))
     except (LibvirtUnavailable, LibvirtCallFailed, etree.XMLSyntaxError) as exc:
         return None, 0, first_line(exc)
     finally:

@@ -15,12 +15,21 @@ The per-domain procedure (observe, plan, write, log) is psci_hook.recording's, s
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from psci_hook.environment import Environment
 from psci_hook.libvirt_client import Client, LibvirtCallFailed, LibvirtUnavailable
 from psci_hook.recorder import Plan, RecordAction, Trigger, plan_failed
-from psci_hook.recording import Context, ContextError, load_context, log_plan, record_domain
+from psci_hook.recording import (
+    Context,
+    ContextError,
+    load_context,
+    log_plan,
+    plan_event,
+    plan_line,
+    record_domain,
+)
 from psci_hook.status import ExitStatus
 
 HELP = ("write the psci-hook guest record of running domains through libvirt (this host's "
@@ -36,11 +45,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uri", default=None,
                         help="libvirt connection URI (default: libvirt's default, "
                         "qemu:///system for root)")
-
-
-def plan_line(plan: Plan) -> str:
-    wrote = f" [wrote the {plan.targets()}]" if plan.writes else ""
-    return f"{plan.domain}: {plan.action}: {plan.reason}{wrote}\n"
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON document: each domain's event (as logged) and the "
+                        "counts; errors as JSON too")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,43 +56,56 @@ def plan_line(plan: Plan) -> str:
 
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    def fail(message: str, status: ExitStatus) -> ExitStatus:
+        if args.json:
+            env.write_out(json.dumps({"error": message, "exit_status": int(status)}) + "\n")
+        env.error(f"record: {message}")
+        return status
+
     if bool(args.domains) == bool(args.all):
-        env.error("record: name one or more domains, or give --all (not both)")
-        return ExitStatus.BAD_INPUT
+        return fail("name one or more domains, or give --all (not both)", ExitStatus.BAD_INPUT)
     try:
         ctx = load_context(env)
     except ContextError as exc:
-        env.error(f"record: {exc}")
-        return exc.status
+        return fail(str(exc), exc.status)
     try:
         client = Client.open(args.uri)
     except LibvirtUnavailable as exc:
-        env.error(f"record: {exc}")
-        return ExitStatus.LIBVIRT_UNAVAILABLE
+        return fail(str(exc), ExitStatus.LIBVIRT_UNAVAILABLE)
     plans: list[Plan] = []
     try:
         targets = _targets(client, args, ctx, plans)
+        if not args.json:
+            for plan in plans:
+                env.write_out(plan_line(plan))
         for dom in targets:
             plan = record_domain(client, dom, Trigger.RECONCILE, ctx, force=args.force)
             plans.append(plan)
-            env.write_out(plan_line(plan))
+            if not args.json:
+                env.write_out(plan_line(plan))
     except LibvirtUnavailable as exc:
-        env.error(f"record: {exc}")
-        return ExitStatus.LIBVIRT_UNAVAILABLE
+        return fail(str(exc), ExitStatus.LIBVIRT_UNAVAILABLE)
     finally:
         client.close()
     counts: dict[str, int] = {}
     for plan in plans:
         counts[plan.action] = counts.get(plan.action, 0) + 1
+    status = ExitStatus.NOT_ALL_RECORDED if counts.get(RecordAction.FAILED) else ExitStatus.OK
+    if args.json:
+        env.write_out(json.dumps({
+            "domains": [plan_event(ctx, plan) for plan in plans],
+            "counts": {str(a): counts[a] for a in RecordAction if a in counts},
+            "exit_status": int(status)}) + "\n")
+        return status
     summary = ", ".join(f"{counts[a]} {a}" for a in RecordAction if a in counts) or "no domain"
     env.write_out(f"{len(plans)} domain{'s' if len(plans) != 1 else ''}: {summary}\n")
-    return ExitStatus.NOT_ALL_RECORDED if counts.get(RecordAction.FAILED) else ExitStatus.OK
+    return status
 
 
 def _targets(client: Client, args: argparse.Namespace, ctx: Context, plans: list[Plan]
              ) -> list[Any]:
     """The running domains to record; named ones that are missing or not running are
-    reported (failed, skipped) in ``plans`` and on stdout."""
+    reported (failed, skipped) in ``plans`` and the log."""
     if args.all:
         return sorted(client.running(), key=client.name)
     found: list[Any] = []
@@ -103,5 +123,4 @@ def _targets(client: Client, args: argparse.Namespace, ctx: Context, plans: list
                         "not running (a record is written for running domains only)")
         plans.append(plan)
         log_plan(ctx, plan)
-        ctx.env.write_out(plan_line(plan))
     return found

@@ -18,7 +18,10 @@
 - SIGTERM or SIGINT: stop cleanly, exit 0.
 
 One structured event per action goes to the journal or syslog ([log] target), never to
-stdout. This process talks to libvirt; the hook never does.
+stdout. Run by hand, the watcher also says each of them in one line on stderr (connected,
+reconciled N domains, each domain's action); under systemd (INVOCATION_ID set, as systemd does
+for every unit it runs) it does so only with --verbose, since stderr goes to the journal too.
+This process talks to libvirt; the hook never does.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from psci_hook.recording import (
     ContextError,
     load_context,
     log_plan,
+    plan_line,
     record_domain,
     sink_for,
 )
@@ -78,6 +82,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         metavar="SECONDS",
                         help="reconcile every running domain this often, besides at start-up "
                         f"and reconnections (default {RECONCILE_SECONDS:g}; 0: never)")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("--verbose", action="store_true",
+                      help="say each action on stderr also under systemd")
+    talk.add_argument("--quiet", action="store_true",
+                      help="say nothing on stderr (the log still gets every event)")
+
+
+def narrates(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
+    """Whether the watcher says what it does on stderr: run by hand yes, under systemd (which
+    sets INVOCATION_ID for every unit it starts, systemd.exec(5)) only when asked."""
+    if args.quiet:
+        return False
+    return bool(args.verbose) or not environ.get("INVOCATION_ID")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +111,10 @@ Item = Union[Lifecycle, Closed]
 class Watcher:
     def __init__(self, env: Environment, uri: str | None,
                  backoff: Backoff | None = None,
-                 reconcile_interval: float = RECONCILE_SECONDS) -> None:
+                 reconcile_interval: float = RECONCILE_SECONDS,
+                 narrate: bool = False) -> None:
         self.env = env
+        self.narrate = narrate
         self.uri = uri
         self.reconcile_interval = reconcile_interval
         self.ready = False  # systemd told (after the first reconcile)
@@ -107,7 +126,13 @@ class Watcher:
 
     # -- logging ---------------------------------------------------------------------------
 
+    def say(self, text: str) -> None:
+        """One line on stderr when narrating (run by hand, or --verbose)."""
+        if self.narrate:
+            self.env.error(f"watch: {text}")
+
     def service_event(self, action: str, reason: str, **fields: Any) -> None:
+        self.say(reason)
         sink = sink_for(read_policy(self.env.config_path).policy)
         auditlog.emit_record(sink, action=action, trigger="service", domain="",
                              reason=reason, uri=self.uri or "", **fields,
@@ -187,6 +212,7 @@ class Watcher:
             return load_context(self.env)
         except ContextError as exc:
             plan = plan_failed(domain, trigger, str(exc))
+            self.say(plan_line(plan).rstrip())
             auditlog.emit_record(auditlog.Sink(), action=plan.action, trigger=trigger,
                                  domain=domain, reason=plan.reason, version=__version__)
             return None
@@ -206,11 +232,17 @@ class Watcher:
         """record_domain; a bug there is logged as that domain's failure, not the end of the
         service (a lost connection still ends the connection)."""
         try:
-            record_domain(client, dom, trigger, ctx)
+            plan = record_domain(client, dom, trigger, ctx)
         except (LibvirtUnavailable, LibvirtCallFailed):
             raise
         except Exception as exc:
-            log_plan(ctx, plan_failed(domain, trigger, f"internal error: {with_type(exc)}"))
+            plan = plan_failed(domain, trigger, f"internal error: {with_type(exc)}")
+            log_plan(ctx, plan)
+        self.say(f"{trigger}: {plan_line(plan).rstrip()}")
+
+    def _log(self, ctx: Context, plan: Plan) -> None:
+        log_plan(ctx, plan)
+        self.say(f"{plan.trigger}: {plan_line(plan).rstrip()}")
 
     def _handle(self, client: Client, item: Lifecycle) -> None:
         """Boots and restores are acted on at once. An incoming migration is remembered at
@@ -240,11 +272,11 @@ class Watcher:
             dom = client.lookup(item.uuid)
             running = client.is_active(dom)
         except LibvirtCallFailed as exc:
-            log_plan(ctx, plan_failed(item.name, trigger, str(exc), item.uuid))
+            self._log(ctx, plan_failed(item.name, trigger, str(exc), item.uuid))
             return
         if not running:
-            log_plan(ctx, Plan(item.name, item.uuid, trigger, RecordAction.SKIPPED,
-                               "no longer running"))
+            self._log(ctx, Plan(item.name, item.uuid, trigger, RecordAction.SKIPPED,
+                                "no longer running"))
             return
         self._record(client, dom, trigger, ctx, item.name)
 
@@ -258,7 +290,8 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if args.reconcile_interval < 0:
         env.error("watch: --reconcile-interval must be 0 or more seconds")
         return ExitStatus.BAD_INPUT
-    watcher = Watcher(env, args.uri, reconcile_interval=args.reconcile_interval)
+    watcher = Watcher(env, args.uri, reconcile_interval=args.reconcile_interval,
+                      narrate=narrates(args, env.environ))
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         watcher.stop.set()

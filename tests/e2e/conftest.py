@@ -125,8 +125,8 @@ def watch(hosts: TwoHosts) -> Iterator[Any]:
     """Start `psci-hook watch` in a host (after configuring it); stopped after the test."""
     started: list[Watch] = []
 
-    def start(host: str) -> Watch:
-        w = Watch(hosts, host)
+    def start(host: str, by_hand: bool = False) -> Watch:
+        w = Watch(hosts, host, by_hand)
         started.append(w)
         return w
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,13 +280,15 @@ def booted_here(record: Record | None, host: str, profile_name: str) -> bool:
 
 
 class Watch:
-    """`psci-hook watch` running inside one host, its stderr in a file beside the host."""
+    """`psci-hook watch` running inside one host, its stderr in a file beside the host: as its
+    unit runs it (systemd sets INVOCATION_ID for every unit, systemd.exec(5)), or by hand."""
 
-    def __init__(self, hosts: TwoHosts, host: str) -> None:
+    def __init__(self, hosts: TwoHosts, host: str, by_hand: bool = False) -> None:
         self.hosts, self.host = hosts, host
         self.err_path = hosts.hostdir(host) / "watch.err"
         self.log_start = hosts.log_mark(host)
-        argv = hosts._ns(host, psci_hook_command(), "watch")  # clean env, host's mounts
+        unit = () if by_hand else ("env", f"INVOCATION_ID={uuid.uuid4().hex}")
+        argv = hosts._ns(host, *unit, psci_hook_command(), "watch")  # clean env, host's mounts
         with self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err

@@ -4,7 +4,8 @@ The probe (hooks/10-e2e-probe) records every call, and on request vetoes or anno
 tests prove, on the libvirt in use, that: the destination's qemu hook gets ``migrate begin -``
 with the domain XML on stdin; exit 1 vetoes the migration with the hook's stderr in the error
 text while the guest keeps running on the source; XML printed by the hook becomes the guest's
-live definition; ``virsh restore`` goes through ``restore begin -`` the same way; hooks run
+live definition; ``virsh restore`` goes through ``restore begin -`` the same way, and so does
+``virsh start`` of a managed-saved guest; hooks run
 with a clean environment; and each host's syslog is captured separately.
 """
 
@@ -153,6 +154,36 @@ def test_restore_goes_through_the_restore_hook(hosts: TwoHosts, guest_name: str)
     stamp = ET.fromstring(hosts.dumpxml("b", guest_name)).find(f"metadata/{{{E2E_NS}}}stamp")
     assert stamp is not None and stamp.attrib["op"] == "restore"
     assert stamp.attrib["host"] == "host-b"
+
+
+def test_managed_save_start_goes_through_the_restore_hook(
+    hosts: TwoHosts, guest_name: str
+) -> None:
+    """`virsh managedsave` then `virsh start` (what libvirt-guests does at host shutdown and
+    boot): the start restores through `restore begin -` with the saved image's XML
+    (qemu_driver.c, qemuDomainObjRestore -> virHookCall(..., data->xml, &xmlout)), and XML the
+    hook prints becomes the live definition (qemuSaveImageUpdateDef, then
+    virDomainObjAssignDef(vm, def, live=true): the persistent definition is kept as newDef, so
+    it does not see the hook's change). The state reason is RESTORED."""
+    hosts.define_and_start("a", guest_name)
+    hosts.probe_flag("a", "annotate")
+    hosts.virsh("a", "managedsave", guest_name)
+    assert not hosts.is_running("a", guest_name)
+    before = len(hosts.hook_calls("a"))
+
+    hosts.start("a", guest_name)
+
+    calls = hosts.hook_calls("a")[before:]
+    assert ops(calls) == [("restore", "begin"), ("prepare", "begin"), ("start", "begin"),
+                          ("started", "begin")]
+    assert calls[0]["stdin_root"] == "domain"
+    assert 'op="restore"' in (calls[1]["stdin_metadata"] or ""), calls[1]
+    stamp = ET.fromstring(hosts.dumpxml("a", guest_name)).find(f"metadata/{{{E2E_NS}}}stamp")
+    assert stamp is not None and stamp.attrib["op"] == "restore", hosts.dumpxml("a", guest_name)
+    inactive = ET.fromstring(hosts.dumpxml("a", guest_name, inactive=True))
+    assert inactive.find(f"metadata/{{{E2E_NS}}}stamp") is None
+    state = hosts.virsh("a", "domstate", "--reason", guest_name).stdout.strip()
+    assert state == "running (restored)"
 
 
 def test_guest_powers_off_on_virsh_shutdown(hosts: TwoHosts, guest_name: str) -> None:

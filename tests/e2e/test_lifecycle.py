@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -260,9 +261,12 @@ def test_snapshot_revert_keeps_the_record_of_the_state_it_loads(
         event = w.wait_event(
             lambda e: e["domain"] == guest_name and e["trigger"] == "from-snapshot", 10,
             "the from-snapshot event")
-        # ... and the revert brings back the snapshot's record, current for this host.
-        assert event["action"] in ("unchanged", "synced"), event
-        assert conn.record(guest_name) == at_snapshot
+        # ... and the revert brings back the snapshot's record; its values are this host's,
+        # and it is written again as the revert's (a restore, in the record's words).
+        assert event["action"] == "updated", event
+        reverted = conn.record(guest_name)
+        assert reverted is not None and reverted.firmware == at_snapshot.firmware
+        assert (reverted.origin["event"], reverted.origin["host"]) == ("restored", "host-a")
         assert conn.conn.lookupByName(guest_name).state()[1] == \
             conn.lv.VIR_DOMAIN_RUNNING_FROM_SNAPSHOT
         # No hook call for the revert itself: no decision was logged.
@@ -273,17 +277,92 @@ def test_snapshot_revert_keeps_the_record_of_the_state_it_loads(
         hosts.virsh("a", "snapshot-delete", guest_name, "s1", "--metadata", check=False)
 
 
+LIBVIRT_GUESTS = Path("/usr/lib/libvirt/libvirt-guests.sh")  # libvirt-daemon (scripts/deps)
+
+
+def libvirt_guests(hosts: TwoHosts, host: str, action: str) -> str:
+    """Run libvirt-guests' own script (what libvirt-guests.service runs at host shutdown and
+    boot) against one e2e host: ON_SHUTDOWN=suspend (`virsh managedsave` of every running
+    guest, their UUIDs kept in its list file), ON_BOOT=start (`virsh start` of each listed
+    guest, which restores its managed save). The script reads /etc/default/libvirt-guests and
+    keeps its list under /var; only those two paths are pointed at the host's directory, so
+    that the real host's files are never touched."""
+    work = hosts.hostdir(host) / "libvirt-guests"
+    for sub in ("default", "lib/libvirt", "lock"):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    (work / "default" / "libvirt-guests").write_text(
+        f'URIS="{hosts.uri(host)}"\nON_BOOT=start\nON_SHUTDOWN=suspend\n')
+    script = work / "libvirt-guests.sh"
+    text = LIBVIRT_GUESTS.read_text()
+    for line in ('sysconfdir="/etc"', 'localstatedir="/var"'):
+        assert line in text, f"{LIBVIRT_GUESTS} no longer has {line}"
+        text = text.replace(line, f'{line.split("=")[0]}="{work}"', 1)
+    script.write_text(text)
+    res = subprocess.run(["sh", str(script), action], capture_output=True, text=True,
+                         timeout=300, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                           "LANG": "C.UTF-8"}, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def test_libvirt_guests_suspends_and_resumes_across_a_kernel_upgrade(
+    hosts: TwoHosts, guest_name: str, watch: Any, live: Any
+) -> None:
+    """A host reboot with libvirt-guests (ON_SHUTDOWN=suspend, ON_BOOT=start), run with its
+    own script: the guest is managed-saved under 6.1, the host comes back on 6.12 (a new
+    profile, a daemon started afresh), and libvirt-guests' `virsh start` restores it through
+    the hook, which judges the saved state against the new kernel; the record then says the
+    restore on this host and is current for `record --all` (libvirt's reason: restored)."""
+    configure(hosts, "a", "6.1__a57")
+    w = watch("a")
+    hosts.define("a", guest_xml(guest_name, hosts.kernel))
+    hosts.start("a", guest_name)
+    conn = live("a")
+    booted, _ = conn.wait_record(guest_name, lambda r: True, 5)
+    out = libvirt_guests(hosts, "a", "stop")
+    assert f"Suspending {guest_name}: ..." in out, out
+    assert hosts.domstate("a", guest_name) == "shut off"
+    assert hosts.virsh("a", "dominfo", guest_name).stdout.count("Managed save:   yes") == 1
+    w.stop()
+
+    configure(hosts, "a", "6.12__a57")  # the host boots a newer kernel
+    boot_as_at_host_start(hosts, "a")
+    w = watch("a")
+    out = libvirt_guests(hosts, "a", "start")
+    assert f"Resuming guest {guest_name}: done" in out, out
+    event = w.wait_event(lambda e: e["domain"] == guest_name and e["trigger"] == "restored",
+                         10, "the restored event")
+    [decision] = [d for d in decisions(hosts, "a", guest_name) if d["op"] == "restore"]
+    assert decision["decision"] == "allow", decision
+    assert decision["guest_origin"]["kernel"] == booted.origin["kernel"]
+    conn = live("a")
+    record = conn.record(guest_name)
+    assert record is not None and record.status == ""
+    assert (record.origin["event"], record.origin["host"]) == ("restored", "host-a")
+    assert record.origin["kernel"] != booted.origin["kernel"]  # the new kernel's
+    assert record.history[-1]["op"] == "restore"
+    assert conn.record(guest_name, inactive=True) == record.as_copy()
+    assert event["action"] in ("synced", "updated"), event
+    assert conn.conn.lookupByName(guest_name).state()[1] == \
+        conn.lv.VIR_DOMAIN_RUNNING_RESTORED
+    line = record_all(hosts, "a")[guest_name]
+    assert line.startswith("unchanged: the live record is current for this host"), line
+
+
 def test_managed_save_and_start_go_through_the_restore_hook(
     hosts: TwoHosts, guest_name: str, watch: Any, live: Any
 ) -> None:
-    """libvirt-guests at host shutdown and boot: `virsh managedsave`, a daemon that starts
-    afresh, `virsh start`: the start restores the saved state through `restore begin`."""
+    """`virsh managedsave`, a daemon that starts afresh, `virsh start`: the start restores the
+    saved state through `restore begin`, whose annotation becomes the live definition
+    (test_libvirt_facts pins that); the watcher copies it to the persistent definition. The
+    record then says the restore, so a later pause/resume (which replaces libvirt's reason)
+    still leaves it current for a reconcile."""
     configure(hosts, "a", "6.1__a76")
     w = watch("a")
     hosts.define("a", guest_xml(guest_name, hosts.kernel))
     hosts.start("a", guest_name)
     conn = live("a")
-    conn.wait_record(guest_name, lambda r: True, 5)
+    booted, _ = conn.wait_record(guest_name, lambda r: True, 5)
     hosts.virsh("a", "managedsave", guest_name)
     w.stop()
     boot_as_at_host_start(hosts, "a")
@@ -291,14 +370,21 @@ def test_managed_save_and_start_go_through_the_restore_hook(
     hosts.start("a", guest_name)
     event = w.wait_event(lambda e: e["domain"] == guest_name and e["trigger"] == "restored",
                          10, "the restored event")
-    assert event["action"] in ("synced", "unchanged"), event
+    assert (event["action"], event["written"]) == ("synced", ["persistent"]), event
     summary = audit(hosts, "a", guest_name, 1)
     assert summary["by_decision"] == {"allow": 1}, summary
     restore = decisions(hosts, "a", guest_name)[-1]
     assert restore["op"] == "restore"
     conn = live("a")
     record = conn.record(guest_name)
-    assert record is not None and record.status == "" and record.origin["host"] == "host-a"
+    assert record is not None and record.status == ""
+    assert (record.origin["event"], record.origin["host"]) == ("restored", "host-a")
+    assert record.firmware == booted.firmware and record.history[-1]["op"] == "restore"
     assert conn.conn.lookupByName(guest_name).state()[1] == conn.lv.VIR_DOMAIN_RUNNING_RESTORED
-    copy = conn.record(guest_name, inactive=True)
-    assert copy is not None and copy.status == "persistent-copy"
+    assert conn.record(guest_name, inactive=True) == record.as_copy()
+    hosts.virsh("a", "suspend", guest_name)
+    hosts.virsh("a", "resume", guest_name)
+    line = record_all(hosts, "a")[guest_name]
+    assert line.startswith("unchanged: its record is current") or line.startswith(
+        "unchanged: the live record is current for this host"), line
+    assert conn.record(guest_name) == record

@@ -226,3 +226,26 @@ def test_watch_log_lines_are_json_one_per_action(hosts: TwoHosts, watch: Any) ->
     assert actions[:2] == ["started", "connected"] and actions[-1] == "stopped"
     assert all(e["event"] == "psci-hook.record" for e in w.events())
     assert Path(w.err_path).read_text() == ""
+
+
+def test_watch_run_by_hand_says_what_it_does_on_stderr(
+    hosts: TwoHosts, guest_name: str, watch: Any
+) -> None:
+    """Run from a shell (no INVOCATION_ID): one line per action on stderr, the same actions the
+    log gets; under systemd (the test above) stderr stays empty."""
+    configure(hosts, "a", "6.1__a76")
+    w = watch("a", by_hand=True)
+    hosts.define_and_start("a", guest_name)
+    w.wait_event(lambda e: e["domain"] == guest_name and e["trigger"] == "booted", 10,
+                 "the booted event")
+    assert w.stop() == 0
+    lines = Path(w.err_path).read_text().splitlines()
+    assert all(line.startswith("psci-hook: watch: ") for line in lines), lines
+    said = [line[len("psci-hook: watch: "):] for line in lines]
+    assert said[0] == "watching libvirt lifecycle events"
+    assert said[1] == "connected to libvirt on host-a"
+    assert any(line.endswith(" reconciled") for line in said[2:4]), said
+    [booted] = [line for line in said if line.startswith(f"booted: {guest_name}: ")]
+    assert booted.startswith(f"booted: {guest_name}: recorded: this host's values: ")
+    assert said[-1] == "stopped (SIGTERM or SIGINT)"
+    assert len(said) == len(w.events())  # one line per logged action

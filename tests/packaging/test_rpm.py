@@ -122,6 +122,9 @@ def test_binary_rpm_files_modes_and_config_flags(built: dict[str, Path]) -> None
     for unit in ("probe", "refresh", "watch"):
         assert files[f"/usr/lib/systemd/system/psci-hook-{unit}.service"][0] == "-rw-r--r--"
     assert "/usr/lib/systemd/system-preset/50-psci-hook.preset" in files
+    for daemon in ("virtqemud", "libvirtd"):
+        dropin = f"/usr/lib/systemd/system/{daemon}.service.d/psci-hook-companions.conf"
+        assert files[dropin][0] == "-rw-r--r--", daemon
     assert any(name.startswith("/usr/share/man/man8/psci-hook.8") for name in files)
     assert files["/usr/share/bash-completion/completions/psci-hook"][0] == "-rw-r--r--"
     assert files["/usr/share/zsh/site-functions/_psci-hook"][0] == "-rw-r--r--"

@@ -7,6 +7,7 @@ Real daemons and QEMU guests: tests/e2e/test_record_watch.py.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -157,6 +158,43 @@ def test_record_named_domains_missing_or_shut_off(conn: Any, env_for: Any) -> No
     assert err == ""
 
 
+def test_record_json_says_what_the_text_says(conn: Any, env_for: Any) -> None:
+    """--json: one document with each domain's event as the log gets it, the counts and the
+    exit status; nothing else on stdout."""
+    dom = conn.defineXML(domain_xml("rec-json"))
+    dom.create()
+    conn.defineXML(domain_xml("rec-json-off"))
+    argv = ("record", "rec-json", "rec-json-off", "rec-json-nosuch", "--uri", TEST_URI)
+    status, out, err = run(env_for(*argv, "--json"))
+    assert (status, err) == (ExitStatus.NOT_ALL_RECORDED, "")
+    report = json.loads(out)
+    assert out.count("\n") == 1
+    assert report["exit_status"] == 5
+    assert report["counts"] == {"recorded": 1, "skipped": 1, "failed": 1}
+    by_name = {event["domain"]: event for event in report["domains"]}
+    assert by_name["rec-json-off"]["action"] == "skipped"
+    assert by_name["rec-json-nosuch"]["action"] == "failed"
+    assert by_name["rec-json"]["written"] == ["live", "persistent"]
+    assert by_name["rec-json"]["guest"].startswith("PSCI_VERSION=1.1")
+    # The same run as text: the record is current now, the other two lines the same.
+    text_status, text, _ = run(env_for(*argv))
+    assert text_status == status
+    assert text.splitlines()[-1] == "3 domains: 1 unchanged, 1 skipped, 1 failed"
+
+
+def test_record_errors_as_json(env_for: Any, tmp_path: Path) -> None:
+    for argv, status, words in (
+            (["record", "--json"], ExitStatus.BAD_INPUT, "name one or more domains"),
+            (["record", "--all", "--json", "--uri",
+              f"qemu+unix:///system?socket={tmp_path}/no-such-socket"],
+             ExitStatus.LIBVIRT_UNAVAILABLE, "cannot connect to libvirt")):
+        got, out, err = run(env_for(*argv))
+        assert got == status
+        report = json.loads(out)
+        assert report["exit_status"] == int(status) and words in report["error"]
+        assert err.startswith("psci-hook: record: ") and err.count("\n") == 1
+
+
 def test_record_usage(env_for: Any) -> None:
     for argv in (["record"], ["record", "vm1", "--all"]):
         status, _, err = run(env_for(*argv))
@@ -182,7 +220,7 @@ def test_record_without_a_host_profile_says_why(tmp_path: Path) -> None:
 
 def test_watch_records_a_guest_as_it_boots(conn: Any, env_for: Any) -> None:
     env = env_for("watch", "--uri", TEST_URI)
-    watcher = Watcher(env, TEST_URI)
+    watcher = Watcher(env, TEST_URI, narrate=True)
     thread = threading.Thread(target=watcher.run)
     thread.start()
     try:
@@ -205,6 +243,31 @@ def test_watch_records_a_guest_as_it_boots(conn: Any, env_for: Any) -> None:
         watcher.stop.set()
         thread.join(5)
     assert not thread.is_alive()
+    said = env.stderr.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert said[:2] == ["psci-hook: watch: watching libvirt lifecycle events",
+                        "psci-hook: watch: connected to libvirt on "
+                        f"{libvirt.open(TEST_URI).getHostname()}"]
+    assert any(line.endswith(" running domain reconciled") or
+               line.endswith(" running domains reconciled") for line in said)
+    assert any(line.startswith("psci-hook: watch: booted: watch-boot: replaced: ")
+               for line in said), said
+    assert said[-1] == "psci-hook: watch: stopped (SIGTERM or SIGINT)"
+
+
+@pytest.mark.parametrize(("argv", "environ", "says"), [
+    ([], {}, True),  # by hand
+    ([], {"INVOCATION_ID": "0f" * 16}, False),  # under systemd
+    (["--verbose"], {"INVOCATION_ID": "0f" * 16}, True),
+    (["--quiet"], {}, False),
+])
+def test_watch_talks_on_stderr_by_hand_and_under_systemd_only_when_asked(
+        argv: list[str], environ: dict[str, str], says: bool) -> None:
+    from psci_hook.cli import build_parser
+    from psci_hook.commands.watch import narrates
+
+    parser, _ = build_parser(["watch", *argv])
+    args = parser.parse_args(["watch", *argv])
+    assert narrates(args, environ) is says
 
 
 def test_incoming_migrations_are_acted_on_when_they_end(env_for: Any) -> None:

@@ -242,6 +242,35 @@ def test_a_resumed_guest_is_judged_by_its_process_start_time() -> None:
         RecordAction.UNCHANGED, RecordAction.SYNCED)
 
 
+def test_a_restore_whose_record_does_not_say_it_is_written_again_as_the_restores() -> None:
+    """A managed save restored on the host that saved it: the values are this host's already,
+    but the live record is still the boot's (the hook's annotation did not reach it, or no
+    hook ran). It is written again as the restore's, so that after a pause/resume a
+    reconcile still knows it belongs to this QEMU process (instead of marking it unverified)."""
+    restored_here = Started("restored", PROCESS_START)
+    boot_record = booted("6.1__a76", "host-b", UUID_B, time=at(-7200))
+    plan = plan_arrival(running(boot_record, restored_here), host_b, NOW, Trigger.RESTORED)
+    assert plan.action == RecordAction.UPDATED
+    assert "written again as this arrival's (same values)" in plan.reason
+    assert plan.live is not None and plan.live.state == boot_record.state
+    assert (plan.live.origin.event, plan.live.origin.time) == ("restored", NOW)
+    assert plan.live.history[-1].op == "restore"
+    assert plan.config == persistent_copy(plan.live)
+    # Later: paused and resumed (reason unpaused); the record written after the process
+    # started is this process's restore record.
+    written = Observed(domain_xml(plan.live), domain_xml(plan.config), started=RESUMED_LATER)
+    later = plan_reconcile(written, host_b, NOW)
+    assert (later.action, later.writes) == (RecordAction.UNCHANGED, False), later.reason
+    # The hook's own annotation (written just before the process started) is kept as it is.
+    annotated = booted("6.1__a76", "host-b", UUID_B, event="restored", time=at(-3))
+    kept = plan_arrival(running(annotated, restored_here), host_b, NOW, Trigger.RESTORED)
+    assert (kept.action, kept.live) == (RecordAction.SYNCED, None)  # the persistent copy only
+    # One written by this host for an earlier process is not this one's.
+    earlier = booted("6.1__a76", "host-b", UUID_B, event="restored", time=at(-3600))
+    assert plan_arrival(running(earlier, restored_here), host_b, NOW, Trigger.RESTORED).action == \
+        RecordAction.UPDATED
+
+
 @pytest.mark.parametrize(("record", "why"), [
     (booted("6.1__a76", "host-b", UUID_B, time=at(-600)), "written before the process"),
     (booted("6.1__a76", "host-b", UUID_B, event="migrated", time=at(-3600)), "old arrival"),
