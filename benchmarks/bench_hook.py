@@ -95,9 +95,9 @@ def install_hook(directory: Path, run_dir: Path | None = None) -> Path:
         call = "return int(hook_main(Environment.from_process()))"
         assert call in rest
         rest = rest.replace(call, (
-            "import dataclasses, pathlib\n"
-            f"    env = dataclasses.replace(Environment.from_process(), "
-            f"run_dir=pathlib.Path({str(run_dir)!r}))\n"
+            "import pathlib\n"
+            "    env = Environment.from_process()\n"
+            f"    env.run_dir = pathlib.Path({str(run_dir)!r})\n"
             "    return int(hook_main(env))"))
     target = directory / ("50-psci-hook" if run_dir is None else "50-psci-hook-cached")
     target.write_text(f"#!{sys.executable} -I\n{rest}")

@@ -3,7 +3,7 @@
 The model: docs/design.md#migrated-list (the whole list: count check, merge, write),
 docs/design.md#accepted-values (which firmware register values a kernel accepts) and
 docs/design.md#id-registers (ID registers, cache geometry).
-Pure functions over immutable values (named tuples, frozen dataclasses): no files, no clock,
+Pure functions over immutable values (named tuples): no files, no clock,
 no libvirt, no lxml.
 """
 

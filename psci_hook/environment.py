@@ -7,7 +7,6 @@ one with in-memory streams; the real entry points build it from ``sys``.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import sys
@@ -28,21 +27,39 @@ SYSLOG_SOCKET = Path("/dev/log")
 HOOK = PurePosixPath("/etc/libvirt/hooks/qemu.d/50-psci-hook")
 
 
-@dataclasses.dataclass
 class Environment:
-    """argv, the standard streams, the environment, the clock and the file locations of one run."""
+    """argv, the standard streams, the environment, the clock and the file locations of one run.
 
-    argv: Sequence[str]
-    stdin: BinaryIO
-    stdout: BinaryIO
-    stderr: TextIO
-    environ: Mapping[str, str]
-    clock: Callable[[], float] = time.time
-    monotonic: Callable[[], float] = time.monotonic
-    run_dir: Path = DEFAULT_RUN_DIR
-    # The rehearsal on this host's KVM (psci_hook.rehearsal); None: the real one where /dev/kvm
-    # is an arm64 KVM, else none. Tests on x86 inject one here.
-    rehearser: Any = None
+    A plain class, not a dataclass (docs/architecture.md#the-hook-path); tests change one edge
+    by assigning its attribute.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        stdin: BinaryIO,
+        stdout: BinaryIO,
+        stderr: TextIO,
+        environ: Mapping[str, str],
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        run_dir: Path = DEFAULT_RUN_DIR,
+        rehearser: Any = None,
+    ) -> None:
+        self.argv = argv
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.environ = environ
+        self.clock = clock
+        self.monotonic = monotonic
+        self.run_dir = run_dir
+        # The rehearsal on this host's KVM (psci_hook.rehearsal); None: the real one where
+        # /dev/kvm is an arm64 KVM, else none. Tests on x86 inject one here.
+        self.rehearser = rehearser
+
+    def __repr__(self) -> str:
+        return f"Environment(argv={self.argv!r}, run_dir={self.run_dir!r})"
 
     @classmethod
     def from_process(cls) -> Environment:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import os
@@ -24,7 +23,7 @@ import platform
 import struct
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from typing import ClassVar, Protocol, Union
+from typing import ClassVar, NamedTuple, Protocol, Union
 
 from psci_hook import registers as regs
 from psci_hook.environment import DEV_KVM
@@ -314,8 +313,7 @@ def _not_aarch64_message(machine: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Capabilities:
+class Capabilities(NamedTuple):
     """The KVM capabilities that decide which vCPU features QEMU can use on this host."""
 
     psci_0_2: bool
@@ -344,7 +342,7 @@ class Capabilities:
         return bool(self.reg_mask_ranges >> KVM_ARM_FEATURE_ID_RANGE & 1)
 
     def to_dict(self) -> dict[str, int | bool]:
-        return dataclasses.asdict(self)
+        return dict(self._asdict())
 
 
 class Kvm:
@@ -603,8 +601,7 @@ def _as_register_error(exc: KvmError, reg_id: int) -> KvmError:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Refusal:
+class Refusal(NamedTuple):
     """The first register the destination kernel refused, with both values."""
 
     reg_id: int

@@ -8,11 +8,11 @@ what the source QEMU will send. The format is documented in the README.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from psci_hook import registers as regs
@@ -81,8 +81,11 @@ def parse_feature_key(key: str) -> FeatureSet:
     return frozenset(parts)
 
 
-@dataclasses.dataclass(frozen=True)
-class HostProfile:
+# HostProfile.extra when none is given: shared by every such profile, so it is read-only.
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
+class HostProfile(NamedTuple):
     """What one host's kernel lists and returns (schema psci-hook.host-profile/v1)."""
 
     kernel_release: str
@@ -105,7 +108,7 @@ class HostProfile:
     # The SVE vector lengths (bits) KVM offers here; None: not probed (or no SVE).
     sve_lengths: tuple[int, ...] | None = None
     # Keys this reader does not interpret (hostname, boot id, provenance...), kept verbatim.
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    extra: Mapping[str, Any] = _NO_EXTRA
 
     # -- derived facts -------------------------------------------------------------------------
 

@@ -107,8 +107,6 @@ class RecordVersionUnknown(RecordError):
     """A record of a version this release does not read (a newer psci-hook wrote it)."""
 
 
-# Every dataclass here has a docstring: without one, creating the class computes a signature
-# for it (inspect), a cost every hook run pays at import.
 class Origin(NamedTuple):
     """Where the guest's state came from."""
 

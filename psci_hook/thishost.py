@@ -10,7 +10,6 @@ the policy's file or the boot-time cache (psci_hook.cache).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import socket
 from pathlib import Path
 
@@ -45,13 +44,13 @@ def host_profile(policy: Policy, env: Environment) -> HostProfile:
 
         version = read_qemu_version(env.run_dir)
         if version is not None:
-            profile = dataclasses.replace(profile, qemu_version=version)
+            profile = profile._replace(qemu_version=version)
     if profile.qemu_generation is None:  # what the QEMU build says beats its version number
         from psci_hook.cache import read_qemu_generation
 
         generation = read_qemu_generation(env.run_dir)
         if generation is not None:
-            profile = dataclasses.replace(profile, qemu_generation=generation)
+            profile = profile._replace(qemu_generation=generation)
     return profile
 
 

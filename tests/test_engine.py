@@ -3,8 +3,6 @@ registers and cache geometry)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from psci_hook import registers as regs
@@ -317,7 +315,7 @@ def test_firmware_only_merge_is_still_exact() -> None:
 
 
 def _with_ids(profile: HostProfile, mmfr1: int, ccsidr0: int) -> HostProfile:
-    return dataclasses.replace(profile, id_registers={"ID_AA64MMFR1_EL1": mmfr1},
+    return profile._replace(id_registers={"ID_AA64MMFR1_EL1": mmfr1},
                                cache_geometry={"CCSIDR_0": ccsidr0})
 
 
@@ -393,7 +391,7 @@ def _kernel_7_2(k612: HostProfile) -> HostProfile:
     registers = {**k612.registers, PSCI: V(1, 3), BMAP2: 0}
     lists = {k: tuple(sorted((set(ids) - hidden) | {BMAP2}))
              for k, ids in (k612.cpreg_lists or {}).items()}
-    return dataclasses.replace(k612, kernel_release="7.2.13+deb14-arm64", registers=registers,
+    return k612._replace(kernel_release="7.2.13+deb14-arm64", registers=registers,
                                cpreg_lists=lists)
 
 

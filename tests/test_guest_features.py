@@ -10,7 +10,6 @@ checked against the real kernels in tests/nested.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -197,13 +196,13 @@ def test_values_of_a_feature_set_probed_derived_or_unknown() -> None:
     assert derived.id_registers[PFR0] == ID_ALL[PFR0]
     assert derived.id_registers[ISAR1] == ID_ALL[ISAR1]
     # Two features changing one register: not derivable.
-    clash = dataclasses.replace(profile, feature_values={
+    clash = profile._replace(feature_values={
         **FEATURE_VALUES, "pauth": {**FEATURE_VALUES["pauth"], ISAR1: 1},
         "sve": {**FEATURE_VALUES["sve"], ISAR1: 2}})
     assert clash.id_values(NO_PMU) is None
     # A single-feature read missing, or the featureless one: not derivable either.
     for missing in ("sve", "none"):
-        partial = dataclasses.replace(profile, feature_values={
+        partial = profile._replace(feature_values={
             k: v for k, v in FEATURE_VALUES.items() if k != missing})
         assert partial.id_values(NO_PMU) is None, missing
 
@@ -362,8 +361,8 @@ def test_a_psci_only_veto_names_the_remedy(tmp_path: Path) -> None:
     assert capped.registers[PSCI] == 0x10001
     assert not decide(capped, destination, destination_features=ALL).vetoed
     # Another blocker the property cannot change: no remedy.
-    a57 = dataclasses.replace(host("6.1.0-26-arm64", psci=0x10001),
-                              id_registers={**ID_ALL, "MIDR_EL1": 0x411FD070})
+    a57 = host("6.1.0-26-arm64", psci=0x10001)._replace(
+        id_registers={**ID_ALL, "MIDR_EL1": 0x411FD070})
     other = decide(plain, a57, destination_features=ALL)
     assert other.vetoed and psci_remedy(other.findings) is None
     # The real hook says it in its one line.
@@ -480,9 +479,9 @@ def test_sve_lengths_probed_and_the_lengths_a_domain_names(tmp_path: Path,
     assert requested_sve_lengths(big) == {1024}
     guest = GuestState.booted_on(host(), ALL)
     assert not any(f.code == "FEATURE_MISSING" for f in decide(
-        guest, dataclasses.replace(host(), sve_lengths=(128, 256)),
+        guest, host()._replace(sve_lengths=(128, 256)),
         destination_features=ALL, sve_lengths=requested_sve_lengths(domain)).findings)
-    refused = decide(guest, dataclasses.replace(host(), sve_lengths=(128, 256)),
+    refused = decide(guest, host()._replace(sve_lengths=(128, 256)),
                      destination_features=ALL, sve_lengths=requested_sve_lengths(big))
     missing = next(f for f in refused.findings if f.code == "FEATURE_MISSING")
     assert "1024" in missing.message and refused.vetoed

@@ -13,7 +13,6 @@ answer in tests/nested.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -46,7 +45,7 @@ def with_aarch32(profile: HostProfile) -> HostProfile:
     values = dict(profile.feature_values or {})
     values.update({"pauth+aarch32": dict(values["pauth"]),
                    "pmu+pauth+aarch32": dict(values["sve"])})
-    return dataclasses.replace(profile, cpreg_lists=lists, feature_values=values)
+    return profile._replace(cpreg_lists=lists, feature_values=values)
 
 
 def probed(tmp_path: Path, fake: kvmfake.FakeKvm) -> dict[str, object]:
@@ -174,12 +173,12 @@ def run_hook_on(tmp_path: Path, profile: HostProfile, data: bytes) -> dict[str, 
 
 
 def test_a_32_bit_guest_where_the_host_cannot_run_one_says_why(tmp_path: Path) -> None:
-    no_el1_32 = dataclasses.replace(host(), extra={
+    no_el1_32 = host()._replace(extra={
         "kvm": {"capabilities": {"el1_32bit": False}}})
     event = run_hook_on(tmp_path, no_el1_32, ARMV7L_NO_SVE)
     assert event["codes"] == ["NOT_APPLICABLE"]
     assert "no 32-bit EL1 (no KVM_CAP_ARM_EL1_32BIT)" in str(event["reason"])
-    refused = dataclasses.replace(host(), extra={"kvm": {
+    refused = host()._replace(extra={"kvm": {
         "capabilities": {"el1_32bit": True},
         "feature_errors": {"pauth+aarch32": "KVM_ARM_VCPU_INIT: EINVAL (Invalid argument)"}}})
     assert refused.runs_aarch32() is False
@@ -217,7 +216,7 @@ def test_the_rehearsal_creates_the_32_bit_vcpu() -> None:
 ])
 def test_the_lengths_qemu_gives(offered: tuple[int, ...] | None, named: tuple[int, ...],
                                 expected: tuple[int, ...] | None) -> None:
-    profile = dataclasses.replace(host(), sve_lengths=offered)
+    profile = host()._replace(sve_lengths=offered)
     assert profile.guest_sve_lengths(named) == expected
     state = GuestState.booted_on(profile, ALL, sve_named=frozenset(named))
     assert state.sve_lengths == expected
@@ -225,7 +224,7 @@ def test_the_lengths_qemu_gives(offered: tuple[int, ...] | None, named: tuple[in
 
 
 def test_the_record_carries_the_lengths() -> None:
-    state = GuestState.booted_on(dataclasses.replace(host(), sve_lengths=(128, 256)), ALL)
+    state = GuestState.booted_on(host()._replace(sve_lengths=(128, 256)), ALL)
     record = GuestRecord(state, Origin("booted", "h", "7.2", "2026-12-05T00:00:00Z"))
     element = record_element(record)
     assert parse_record(element).state.sve_lengths == (128, 256)
@@ -249,8 +248,8 @@ def test_the_record_carries_the_lengths() -> None:
 def test_implicit_and_named_lengths_at_the_destination(
         source: tuple[int, ...], destination: tuple[int, ...], named: tuple[int, ...],
         codes: list[str]) -> None:
-    guest = GuestState.booted_on(dataclasses.replace(host(), sve_lengths=source), ALL)
-    dest = dataclasses.replace(host(), sve_lengths=destination)
+    guest = GuestState.booted_on(host()._replace(sve_lengths=source), ALL)
+    dest = host()._replace(sve_lengths=destination)
     decision = decide(guest, dest, destination_features=ALL, sve_lengths=frozenset(named))
     assert [c for c in decision.codes if c in ("SVE_LENGTH_LOST", "FEATURE_MISSING")] == codes
     assert decision.vetoed is bool(codes)
@@ -265,13 +264,13 @@ def test_implicit_and_named_lengths_at_the_destination(
 def test_a_record_without_lengths_is_not_judged_on_them() -> None:
     guest = GuestState.booted_on(host(), ALL)  # the profile has no lengths: none recorded
     assert guest.sve_lengths is None
-    dest = dataclasses.replace(host(), sve_lengths=(128,))
+    dest = host()._replace(sve_lengths=(128,))
     assert "SVE_LENGTH_LOST" not in decide(guest, dest, destination_features=ALL).codes
 
 
 def test_the_hook_vetoes_lost_lengths_and_says_what_would_happen(tmp_path: Path) -> None:
-    guest = GuestState.booted_on(dataclasses.replace(host(), sve_lengths=(128, 256, 512)), ALL)
-    dest = dataclasses.replace(host(), sve_lengths=(128, 256))
+    guest = GuestState.booted_on(host()._replace(sve_lengths=(128, 256, 512)), ALL)
+    dest = host()._replace(sve_lengths=(128, 256))
     config = write_config(tmp_path / "c.conf", profile_file(tmp_path, dest), None)
     env = Environment.for_test(["hook", "g", "migrate", "begin", "-"],
                                stamped(xml(), guest), {"PSCI_HOOK_CONFIG": str(config)})

@@ -875,11 +875,11 @@ def cache_hook(directory: Path, run_dir: Path, no_kvm: bool = True) -> Path:
     call = "return int(hook_main(Environment.from_process()))"
     assert call in text
     replacement = (
-        "import dataclasses, pathlib\n"
+        "import pathlib\n"
         + "".join("    " + line + "\n" if line else "\n" for line in NO_KVM.splitlines()
                   if no_kvm)
-        + f"    env = dataclasses.replace(Environment.from_process(), "
-          f"run_dir=pathlib.Path({str(run_dir)!r}))\n"
+        + "    env = Environment.from_process()\n"
+        + f"    env.run_dir = pathlib.Path({str(run_dir)!r})\n"
         + "    return int(hook_main(env))")
     hook.write_text(text.replace(call, replacement))
     return hook

@@ -7,7 +7,6 @@ boundary, the lenient reading of a broken configuration, the exact bytes of an i
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -193,7 +192,7 @@ def test_tolerant_qemu_from_11_1(version: str, generation: str) -> None:
     assert qemu_generation_for_version(version) == generation
     profile = make_profile("6.12.0", {}, qemu_version=version)
     assert profile.generation == generation
-    assert dataclasses.replace(profile, qemu_generation="legacy").generation == "legacy"
+    assert profile._replace(qemu_generation="legacy").generation == "legacy"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1178,7 +1177,7 @@ def test_the_qemu_version_comes_from_the_profile_before_the_cache(
     domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
     for stated, generation in (({"qemu_version": "7.2.0"}, "legacy"),
                                ({"qemu_generation": "legacy"}, "legacy"), ({}, "tolerant")):
-        profile = dataclasses.replace(bundled["6.12__a57"], **stated)
+        profile = bundled["6.12__a57"]._replace(**stated)
         env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain, profile)
         sink = CollectingSink()
         main(env, sink)

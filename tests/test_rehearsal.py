@@ -6,7 +6,6 @@ arm64 ioctls. The real rehearsal on arm64 KVM runs in tests/nested (Debian kerne
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,7 +24,7 @@ PSCI = regs.PSCI_VERSION.reg_id
 
 def with_id(profile: HostProfile, value: int) -> HostProfile:
     lists = {k: tuple(sorted(set(v) | {MMFR1})) for k, v in (profile.cpreg_lists or {}).items()}
-    return dataclasses.replace(profile, id_registers={"ID_AA64MMFR1_EL1": value},
+    return profile._replace(id_registers={"ID_AA64MMFR1_EL1": value},
                                cpreg_lists=lists)
 
 
@@ -66,7 +65,7 @@ def test_a_refusal_the_model_missed_vetoes_and_names_both_values(
 
 def test_a_refusal_the_model_predicted_keeps_the_models_code_first(
         bundled: dict[str, HostProfile]) -> None:
-    k72 = dataclasses.replace(bundled["6.12__a57"], registers={
+    k72 = bundled["6.12__a57"]._replace(registers={
         **bundled["6.12__a57"].registers, PSCI: 0x10003})
     guest = GuestState.booted_on(k72)
     findings = list(decide(guest, bundled["6.12__a57"], "legacy").findings)
