@@ -298,7 +298,7 @@ def libvirt_guests(hosts: TwoHosts, host: str, action: str) -> str:
         assert line in text, f"{LIBVIRT_GUESTS} no longer has {line}"
         text = text.replace(line, f'{line.split("=")[0]}="{work}"', 1)
     script.write_text(text)
-    res = subprocess.run(["sh", str(script), action], capture_output=True, text=True,
+    res = subprocess.run(["/bin/sh", str(script), action], capture_output=True, text=True,
                          timeout=300, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                                            "LANG": "C.UTF-8"}, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
