@@ -15,22 +15,13 @@ import pytest
 from psci_hook.engine import GuestState, decide
 from psci_hook.profile import HostProfile, load_profile
 from tests.helpers import REPO
+from tests.real_qemu import REAL_QEMU_72, REAL_QEMU_111
 
 PROBED = REPO / "tests" / "data" / "probed-profiles"
 KERNELS = ("5.10", "6.1", "6.12", "7.2")
 
-# (source, destination): None = loaded; else the registers real QEMU's destination refused
-# ("len"/"idx" = the list checks). Measured with QEMU 7.2.22 and 11.1.3
-# (docs/design.md#real-migrations).
-LEGACY = {
-    ("5.10", "6.1"): {"SMCCC_ARCH_WORKAROUND_3", "ID_DFR0_EL1", "ID_AA64DFR0_EL1"},
-    ("5.10", "6.12"): {"SMCCC_ARCH_WORKAROUND_3", "ID_AA64MMFR1_EL1"},
-    ("5.10", "7.2"): {"SMCCC_ARCH_WORKAROUND_3"},
-    ("6.1", "5.10"): {"len"}, ("6.1", "6.12"): {"ID_AA64MMFR1_EL1"}, ("6.1", "7.2"): None,
-    ("6.12", "5.10"): {"len"}, ("6.12", "6.1"): {"len"}, ("6.12", "7.2"): {"len"},
-    ("7.2", "5.10"): {"len"}, ("7.2", "6.1"): {"len"}, ("7.2", "6.12"): {"PSCI_VERSION"},
-}
-TOLERANT = {**LEGACY, ("6.12", "7.2"): None}
+LEGACY = REAL_QEMU_72["default"]
+TOLERANT = REAL_QEMU_111["default"]
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +56,9 @@ def test_probed_profiles_carry_what_the_engine_compares(probed: dict[str, HostPr
         assert profile.cpreg_list(frozenset({"pmu", "pauth", "sve"})), kernel
 
 
-# The same kernels with `-cpu host,pmu=off` on both sides (docs/design.md#real-migrations; QEMU
-# 7.2.22, and 11.1.3 also loads 6.12 -> 7.2).
-PMU_OFF_LEGACY: dict[tuple[str, str], set[str] | None] = {
-    ("5.10", "6.1"): {"len"}, ("5.10", "6.12"): {"len"}, ("5.10", "7.2"): {"len"},
-    ("6.1", "5.10"): {"idx"}, ("6.1", "6.12"): {"ID_AA64MMFR1_EL1"}, ("6.1", "7.2"): None,
-    ("6.12", "5.10"): {"idx"}, ("6.12", "6.1"): {"len"}, ("6.12", "7.2"): {"len"},
-    ("7.2", "5.10"): {"idx"}, ("7.2", "6.1"): {"len"}, ("7.2", "6.12"): {"PSCI_VERSION"},
-}
-PMU_OFF_TOLERANT = {**PMU_OFF_LEGACY, ("6.12", "7.2"): None}
+# The same kernels with `-cpu host,pmu=off` on both sides.
+PMU_OFF_LEGACY = REAL_QEMU_72["pmu-off"]
+PMU_OFF_TOLERANT = REAL_QEMU_111["pmu-off"]
 
 
 @pytest.mark.parametrize(("generation", "table"), [("legacy", PMU_OFF_LEGACY),

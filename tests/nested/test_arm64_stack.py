@@ -30,33 +30,12 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import REPO
+from tests.real_qemu import REAL_QEMU_72, REAL_QEMU_111
+
 pytestmark = [pytest.mark.nested, pytest.mark.arm64stack]
 
-REPO = Path(__file__).resolve().parents[2]
 KERNELS = ("5.10", "6.1", "6.12", "7.2")
-# Real QEMU 7.2.22 (bookworm) loading a `-cpu host` state saved under one kernel on another, on
-# QEMU's `max` CPU: None = loaded, else what the destination refused ("len"/"idx": the cpreg list
-# checks, before any value is written; else the registers KVM_SET_ONE_REG refused). Measured with
-# plain QEMU (-incoming) on the same kernel images, independently of libvirt.
-REAL_QEMU_72: dict[str, dict[tuple[str, str], set[str] | None]] = {
-    "default": {
-        ("5.10", "6.1"): {"SMCCC_ARCH_WORKAROUND_3", "ID_DFR0_EL1", "ID_AA64DFR0_EL1"},
-        ("5.10", "6.12"): {"SMCCC_ARCH_WORKAROUND_3", "ID_AA64MMFR1_EL1"},
-        ("5.10", "7.2"): {"SMCCC_ARCH_WORKAROUND_3"},
-        ("6.1", "5.10"): {"len"}, ("6.1", "6.12"): {"ID_AA64MMFR1_EL1"}, ("6.1", "7.2"): None,
-        ("6.12", "5.10"): {"len"}, ("6.12", "6.1"): {"len"}, ("6.12", "7.2"): {"len"},
-        ("7.2", "5.10"): {"len"}, ("7.2", "6.1"): {"len"}, ("7.2", "6.12"): {"PSCI_VERSION"},
-    },
-    "pmu-off": {
-        ("5.10", "6.1"): {"len"}, ("5.10", "6.12"): {"len"}, ("5.10", "7.2"): {"len"},
-        ("6.1", "5.10"): {"idx"}, ("6.1", "6.12"): {"ID_AA64MMFR1_EL1"}, ("6.1", "7.2"): None,
-        ("6.12", "5.10"): {"idx"}, ("6.12", "6.1"): {"len"}, ("6.12", "7.2"): {"len"},
-        ("7.2", "5.10"): {"idx"}, ("7.2", "6.1"): {"len"}, ("7.2", "6.12"): {"PSCI_VERSION"},
-    },
-}
-
-# QEMU 11.1.3 (sid) tolerates what 6.12 lists and 7.2 does not (TCR2_EL1, PIRE0_EL1, PIR_EL1).
-REAL_QEMU_111 = {guest: {**pairs, ("6.12", "7.2"): None} for guest, pairs in REAL_QEMU_72.items()}
 REAL_QEMU = {"bookworm": REAL_QEMU_72, "sid": REAL_QEMU_111}
 # The suite's default: save/restore of both guests on the four kernels, live migration of
 # `default` (6.1 -> 7.2 loaded by real QEMU, 7.2 -> 6.12 refused); "" runs everything.
