@@ -19,9 +19,12 @@ from pathlib import Path
 
 from psci_hook import auditlog
 from psci_hook.engine import GuestState
+from psci_hook.environment import Environment
+from psci_hook.hook import main as hook_main
 from psci_hook.profile import HostProfile
 from psci_hook.record import GuestRecord, Origin, record_xml
 from psci_hook.splice import splice_record
+from psci_hook.status import ExitStatus
 from tests.helpers import REPO
 
 HOOK_SOURCE = REPO / "hooks" / "50-psci-hook"
@@ -129,3 +132,16 @@ class CollectingSink(auditlog.Sink):
     def emit(self, decision: str, message: str, fields: object, **_: object) -> bool:
         self.events.append(json.loads(message))
         return True
+
+
+def run_hook_on(tmp_path: Path, profile: HostProfile, data: bytes) -> dict[str, object]:
+    """The hook in process at `migrate begin` of `data` on a host with `profile`: it must allow
+    untouched (exit 0, nothing on stdout); returns its one audit event."""
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, profile), None)
+    env = Environment.for_test(["hook", "g", "migrate", "begin", "-"], data,
+                               {"PSCI_HOOK_CONFIG": str(config)})
+    sink = CollectingSink()
+    assert hook_main(env, sink) == ExitStatus.OK
+    assert env.stdout.getvalue() == b""  # type: ignore[attr-defined]
+    (event,) = sink.events
+    return event

@@ -28,7 +28,6 @@ from psci_hook.domainxml import (
 )
 from psci_hook.engine import GuestState, decide
 from psci_hook.environment import Environment
-from psci_hook.hook import main as hook_main
 from psci_hook.profile import HostProfile, ProfileError, loads_profile
 from psci_hook.qemuproc import running_qemu_argv
 from psci_hook.recorder import Observed, ThisHost, plan_boot
@@ -38,10 +37,10 @@ from tests import kvmfake
 from tests.helpers import fw
 from tests.hooktools import (
     DOMAIN,
-    CollectingSink,
     install_hook,
     profile_file,
     run_hook,
+    run_hook_on,
     stamped,
     write_config,
 )
@@ -426,14 +425,7 @@ def test_a_32_bit_guest_is_not_applicable_and_says_why(tmp_path: Path) -> None:
     """libvirt runs arch='armv7l' KVM guests as -cpu host,aarch64=off (KVM_ARM_VCPU_EL1_32BIT);
     a host profile without 32-bit vCPUs (an older probe) cannot check one: allowed untouched,
     with the reason in the event (tests/test_guest_population.py: the hosts that can)."""
-    data = xml().replace(b"arch='aarch64'", b"arch='armv7l'")
-    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, host()), None)
-    env = Environment.for_test(["hook", "g", "migrate", "begin", "-"], data,
-                               {"PSCI_HOOK_CONFIG": str(config)})
-    sink = CollectingSink()
-    assert hook_main(env, sink) == ExitStatus.OK
-    assert env.stdout.getvalue() == b""  # type: ignore[attr-defined]
-    (event,) = sink.events
+    event = run_hook_on(tmp_path, host(), xml().replace(b"arch='aarch64'", b"arch='armv7l'"))
     assert event["codes"] == ["NOT_APPLICABLE"] and "32-bit guest" in event["reason"]
 
 

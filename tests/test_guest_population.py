@@ -28,7 +28,7 @@ from psci_hook.record import GuestRecord, Origin, RecordError, parse_record, rec
 from psci_hook.rehearsal import values_to_rehearse
 from psci_hook.status import ExitStatus
 from tests import kvmfake
-from tests.hooktools import CollectingSink, profile_file, stamped, write_config
+from tests.hooktools import CollectingSink, profile_file, run_hook_on, stamped, write_config
 from tests.test_guest_features import ALL, host, xml
 
 ARMV7L = xml().replace(b"arch='aarch64'", b"arch='armv7l'")
@@ -159,17 +159,6 @@ def test_a_32_bit_guest_with_sve_cannot_start() -> None:
     (finding,) = [f for f in decision.findings if f.code == "FEATURE_MISSING"]
     assert "32-bit vCPU" in finding.message and "policy='disable' name='sve'" in finding.message
     assert decision.vetoed
-
-
-def run_hook_on(tmp_path: Path, profile: HostProfile, data: bytes) -> dict[str, object]:
-    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, profile), None)
-    env = Environment.for_test(["hook", "g", "migrate", "begin", "-"], data,
-                               {"PSCI_HOOK_CONFIG": str(config)})
-    sink = CollectingSink()
-    assert hook_main(env, sink) == ExitStatus.OK
-    assert env.stdout.getvalue() == b""  # type: ignore[attr-defined]
-    (event,) = sink.events
-    return event
 
 
 def test_a_32_bit_guest_where_the_host_cannot_run_one_says_why(tmp_path: Path) -> None:
