@@ -335,3 +335,17 @@ class Watch:
                 self.proc.kill()
                 self.proc.wait(5)
         return int(self.proc.returncode)
+
+
+def boot_watched(hosts: TwoHosts, watch: Any, live: Any, host: str, guest_name: str,
+                 profile_name: str, domain_xml: str | None = None) -> tuple[Any, Any, Record]:
+    """Configure `host` with `profile_name`, start its watcher, define and start the guest (the
+    harness's default XML unless `domain_xml`) and wait for the watcher's record of the boot.
+    Returns the watcher, the live connection and that record."""
+    configure(hosts, host, profile_name)
+    w = watch(host)
+    hosts.define(host, domain_xml or guest_xml(guest_name, hosts.kernel))
+    hosts.start(host, guest_name)
+    conn = live(host)
+    booted, _ = conn.wait_record(guest_name, lambda r: True, 5)
+    return w, conn, booted

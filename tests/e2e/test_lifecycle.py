@@ -25,6 +25,7 @@ import pytest
 from tests.e2e.harness import TwoHosts, guest_xml
 from tests.e2e.product import (
     audit,
+    boot_watched,
     configure,
     decisions,
     hook_failure_prefix,
@@ -151,12 +152,7 @@ def test_a_paused_and_resumed_guest_is_judged_by_its_process_start(
 ) -> None:
     """suspend/resume replaces libvirt's reason (UNPAUSED): the record this host wrote after the
     QEMU process started still counts; a record nothing vouches for is marked unverified."""
-    configure(hosts, "a", "6.1__a76")
-    w = watch("a")
-    hosts.define("a", guest_xml(guest_name, hosts.kernel))
-    hosts.start("a", guest_name)
-    conn = live("a")
-    conn.wait_record(guest_name, lambda r: True, 5)
+    w, conn, _ = boot_watched(hosts, watch, live, "a", guest_name, "6.1__a76")
     assert w.stop() == 0
     hosts.virsh("a", "suspend", guest_name)
     hosts.virsh("a", "resume", guest_name)
@@ -195,13 +191,8 @@ def test_offline_migration_of_a_shut_off_guest_is_allowed(
     persistent definition (qemu_migration.c does not tell the hook it is offline). Its record
     is the persistent copy: no register moves, so it is not judged; the policy's 'unrecorded'
     setting (allow by default) decides and the event says why."""
-    configure(hosts, "a", "6.12__a57")
     configure(hosts, "b", "5.10__a57")  # a live move 6.12 -> 5.10 is vetoed (CPREG_COUNT)
-    w = watch("a")
-    hosts.define("a", guest_xml(guest_name, hosts.kernel))
-    hosts.start("a", guest_name)
-    conn = live("a")
-    conn.wait_record(guest_name, lambda r: True, 5)
+    w, conn, _ = boot_watched(hosts, watch, live, "a", guest_name, "6.12__a57")
     res = hosts.migrate("a", "b", guest_name)
     assert veto_line("CPREG_COUNT", guest_name) in res.stderr, res.stderr
     hosts.virsh("a", "destroy", guest_name)
@@ -240,12 +231,8 @@ def test_snapshot_revert_keeps_the_record_of_the_state_it_loads(
     """A revert loads saved vCPU state with no hook call (qemu_snapshot.c) and installs the
     definition saved with the snapshot, record included; `watch` acts on
     STARTED_FROM_SNAPSHOT as on a restore."""
-    configure(hosts, "a", "6.1__a76")
-    w = watch("a")
-    hosts.define("a", disk_guest_xml(hosts, guest_name))
-    hosts.start("a", guest_name)
-    conn = live("a")
-    at_snapshot, _ = conn.wait_record(guest_name, lambda r: True, 5)
+    w, conn, at_snapshot = boot_watched(hosts, watch, live, "a", guest_name, "6.1__a76",
+                                        disk_guest_xml(hosts, guest_name))
     hosts.virsh("a", "snapshot-create-as", guest_name, "s1")
     try:
         # The definition saved with the snapshot carries the record (what `check` can read).
@@ -313,12 +300,7 @@ def test_libvirt_guests_suspends_and_resumes_across_a_kernel_upgrade(
     profile, a daemon started afresh), and libvirt-guests' `virsh start` restores it through
     the hook, which judges the saved state against the new kernel; the record then says the
     restore on this host and is current for `record --all` (libvirt's reason: restored)."""
-    configure(hosts, "a", "6.1__a57")
-    w = watch("a")
-    hosts.define("a", guest_xml(guest_name, hosts.kernel))
-    hosts.start("a", guest_name)
-    conn = live("a")
-    booted, _ = conn.wait_record(guest_name, lambda r: True, 5)
+    w, conn, booted = boot_watched(hosts, watch, live, "a", guest_name, "6.1__a57")
     out = libvirt_guests(hosts, "a", "stop")
     assert f"Suspending {guest_name}: ..." in out, out
     assert hosts.domstate("a", guest_name) == "shut off"
@@ -357,12 +339,7 @@ def test_managed_save_and_start_go_through_the_restore_hook(
     (test_libvirt_facts pins that); the watcher copies it to the persistent definition. The
     record then says the restore, so a later pause/resume (which replaces libvirt's reason)
     still leaves it current for a reconcile."""
-    configure(hosts, "a", "6.1__a76")
-    w = watch("a")
-    hosts.define("a", guest_xml(guest_name, hosts.kernel))
-    hosts.start("a", guest_name)
-    conn = live("a")
-    booted, _ = conn.wait_record(guest_name, lambda r: True, 5)
+    w, conn, booted = boot_watched(hosts, watch, live, "a", guest_name, "6.1__a76")
     hosts.virsh("a", "managedsave", guest_name)
     w.stop()
     boot_as_at_host_start(hosts, "a")

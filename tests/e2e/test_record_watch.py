@@ -22,6 +22,7 @@ import pytest
 from tests.e2e.harness import TwoHosts, guest_xml
 from tests.e2e.product import (
     RECORD_NS,
+    boot_watched,
     booted_here,
     configure,
     psci_hook_command,
@@ -201,12 +202,7 @@ def test_migration_in_gives_the_persistent_definition_the_guests_state(
 def test_restore_gives_the_persistent_definition_the_restored_record(
     hosts: TwoHosts, guest_name: str, watch: Any, live: Any
 ) -> None:
-    configure(hosts, "a", "6.1__a76")
-    w = watch("a")
-    hosts.define("a", guest_xml(guest_name, hosts.kernel))
-    hosts.start("a", guest_name)
-    conn = live("a")
-    conn.wait_record(guest_name, lambda r: True, 5)
+    w, conn, _ = boot_watched(hosts, watch, live, "a", guest_name, "6.1__a76")
     saved = hosts.save("a", guest_name)
     assert hosts.restore("a", saved).rc == 0
     event = w.wait_event(
