@@ -13,6 +13,13 @@ it runs at the lowest priority (it needs no daemon, address or package the heavy
 
     nice -n 19 .venv/bin/python benchmarks/mutation.py --children 2 [MODULE...]
 
+After a survivor is killed by a new test (or the code changes), recheck in the same scratch
+tree instead of starting again: the changed files are copied in, mutmut re-learns which tests
+call what, tests the mutants of every changed function, then runs again every mutant that was
+not killed, against the tests as they are now:
+
+    nice -n 19 .venv/bin/python benchmarks/mutation.py --children 2 --workdir DIR --recheck
+
 The tests it runs include the `slow` marker's in-process ones (the fleet cross-check, the
 splice property tests), which the fast checks leave out: mutmut only runs, per mutant, the tests
 that call the mutated function, fastest first.
@@ -80,6 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--report-only", action="store_true",
                         help="only report what an earlier run in --workdir found")
+    parser.add_argument("--recheck", action="store_true",
+                        help="bring the checkout's changes into the --workdir of an earlier run, "
+                             "test the mutants of changed functions, then run again every "
+                             "mutant not killed")
     parser.add_argument("--tests", nargs="+", default=["tests"], metavar="PATH",
                         help="the test files or directories to run (default: tests); fewer give a "
                              "quicker run and a lower bound on the score")
@@ -93,22 +104,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.modules = list(dict.fromkeys(args.modules)) or list(CORE)
     if args.children < 1:
         parser.error("--children must be at least 1")
-    if args.report_only and not args.workdir:
-        parser.error("--report-only needs the --workdir of an earlier run")
+    for flag in ("report_only", "recheck"):
+        if getattr(args, flag) and not args.workdir:
+            parser.error(f"--{flag.replace('_', '-')} needs the --workdir of an earlier run")
+    if args.report_only and args.recheck:
+        parser.error("--report-only and --recheck exclude each other")
     return args
 
 
 def prepare(workdir: Path, modules: list[str], tests: list[str] | None = None) -> None:
-    """A copy of the checkout's files (tracked and new, not ignored) with mutmut's settings."""
+    """A copy of the checkout's files (tracked and new, not ignored) with mutmut's settings.
+
+    Into an existing scratch tree only the files that differ are copied, stamped with the time
+    of the copy: mutmut regenerates the mutants of a source file newer than its mutated copy and
+    forgets the results of the functions whose code changed (mutmut/__main__.py,
+    create_mutants_for_file)."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO, check=True, capture_output=True).stdout.decode().split("\0")
     for name in filter(None, listed):
         source = REPO / name
-        if source.is_file():
-            target = workdir / name
+        target = workdir / name
+        if not source.is_file():
+            continue
+        if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
+        elif target.read_bytes() != source.read_bytes():
+            shutil.copyfile(source, target)
     settings = {
         "source_paths": ["psci_hook"],
         "only_mutate": [f"psci_hook/{m}.py" for m in modules],
@@ -241,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         prepare(workdir, args.modules, args.tests)
         make_venv(workdir)
+    elif args.recheck:
+        prepare(workdir, args.modules, args.tests)
+        # Which tests call which function is learnt again: new and changed tests included.
+        (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     print(f"mutation: scratch tree {workdir}", flush=True)
     if args.report_only:
         return report_only(workdir, args)
@@ -249,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutation: waiting for {args.lock}", flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
         mutmut(workdir, "run", "--max-children", str(args.children))
+        if args.recheck:
+            # mutmut keeps a result whose function did not change: name them to run them again.
+            again = [entry.rpartition(": ")[0] for result in collect(workdir, args.modules).values()
+                     for entry in result["not_killed"]]  # type: ignore[attr-defined]
+            if again:
+                print(f"mutation: running again the {len(again)} mutants not killed", flush=True)
+                mutmut(workdir, "run", "--max-children", str(args.children), *again)
     return report_only(workdir, args)
 
 

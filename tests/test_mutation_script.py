@@ -4,6 +4,7 @@ for the fast tests."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ def test_arguments(mutation: Any, tmp_path: Path) -> None:
     assert args.lock == Path("/tmp/x.lock")
 
 
-@pytest.mark.parametrize("argv", [["registers"], ["--children", "0"], ["--frobnicate"]])
+@pytest.mark.parametrize("argv", [["registers"], ["--children", "0"], ["--frobnicate"],
+                                  ["--recheck"], ["--report-only"],
+                                  ["--recheck", "--report-only", "--workdir", "/tmp"]])
 def test_bad_arguments_exit_2(mutation: Any, argv: list[str],
                               capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -66,3 +69,18 @@ def test_every_listed_equivalent_names_a_core_module(mutation: Any) -> None:
         package, module, function = name.split(".")
         assert package == "psci_hook" and module in mutation.CORE, name
         assert "__mutmut_" in function, name
+
+
+def test_a_recheck_copies_in_only_what_changed(mutation: Any, tmp_path: Path) -> None:
+    """mutmut regenerates a source file's mutants when the source is newer than its mutated
+    copy and keeps the results of unchanged functions: a recheck must bring in the changed
+    files with a new time and leave the others as they were."""
+    mutation.prepare(tmp_path, ["policy"])
+    changed, untouched = tmp_path / "psci_hook" / "engine.py", tmp_path / "README.md"
+    changed.write_text(changed.read_text() + "# an older version\n")
+    for path in (changed, untouched):
+        os.utime(path, (1, 1))
+    mutation.prepare(tmp_path, ["policy"])
+    assert changed.read_bytes() == (REPO / "psci_hook" / "engine.py").read_bytes()
+    assert changed.stat().st_mtime > 1 and untouched.stat().st_mtime == 1
+    assert (tmp_path / "pyproject.toml").read_text().count("[tool.mutmut]") == 1
