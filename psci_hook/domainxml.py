@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from lxml import etree
 
+from psci_hook.engine import RequestedVcpu
 from psci_hook.errors import first_line
 from psci_hook.profile import AARCH32, FEATURE_ORDER, FeatureSet
 
@@ -198,6 +199,19 @@ def _libvirt_cpu_model(domain: Domain) -> str:
     if cpu is None or cpu.get("mode", "custom") != "custom":
         return "host"
     return (cpu.findtext("model") or "").strip() or "host"
+
+
+def requested_vcpu(domain: Domain, supported: FeatureSet,
+                   argv: Sequence[str] | None = None) -> RequestedVcpu:
+    """The vCPU QEMU creates for this domain on a host whose KVM supports ``supported``
+    (HostProfile.default_features), from the domain XML or, when known, the running QEMU's
+    command line ``argv`` (the ground truth): its features (requested_features), the SVE
+    lengths it names (requested_sve_lengths) and its kvm-psci-version (psci_version_override).
+    Every caller that judges or records a guest in this domain takes all three from here, so
+    the hook, `check`, `where`, `stamp` and the recorder see the same vCPU."""
+    return RequestedVcpu(features=requested_features(domain, supported, argv),
+                         sve_lengths=requested_sve_lengths(domain, argv),
+                         psci_version=psci_version_override(domain, argv))
 
 
 def psci_version_override(domain: Domain, argv: Sequence[str] | None = None) -> int | None:

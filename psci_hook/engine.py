@@ -64,6 +64,34 @@ def _has_sve(features: FeatureSet) -> bool:
     return "sve" in features and AARCH32 not in features
 
 
+class RequestedVcpu(NamedTuple):
+    """The vCPU a domain's QEMU asks a host's KVM for: what domainxml.requested_vcpu reads from
+    the domain XML (or the running QEMU's command line) for that host. QEMU creates it from its
+    own command line before any state arrives (target/arm/kvm.c kvm_arch_init_vcpu), so a
+    destination's QEMU creates the vCPU the domain XML asks for there, whatever the source's
+    was; the engine judges the guest's state against it, and a cold boot records it.
+
+    * ``features``: the KVM_ARM_VCPU_INIT features (PMU, SVE, pointer authentication, 32-bit
+      EL1) -cpu gets on that host;
+    * ``sve_lengths``: the SVE vector lengths (bits) the domain names (sveNNN=on), from which
+      QEMU derives KVM_REG_ARM64_SVE_VLS, set at creation and never migrated
+      (target/arm/cpu64.c arm_cpu_sve_finalize);
+    * ``psci_version``: the PSCI_VERSION value kvm-psci-version sets at creation, None where
+      the domain sets none (the kernel's default). A migration then writes the guest's own
+      value, so for a destination only ``psci_0_1`` counts.
+    """
+
+    features: FeatureSet
+    sve_lengths: frozenset[int] = frozenset()
+    psci_version: int | None = None
+
+    @property
+    def psci_0_1(self) -> bool:
+        """Created without KVM_ARM_VCPU_PSCI_0_2 (kvm-psci-version=0.1): such a vCPU takes
+        PSCI 0.1 and nothing else (see PSCI_0_1)."""
+        return self.psci_version == PSCI_0_1
+
+
 class GuestState(NamedTuple):
     """What the source QEMU will send: register values, vCPU features and the migrated list."""
 
@@ -83,7 +111,8 @@ class GuestState(NamedTuple):
         """A guest cold-booted on ``host`` with ``features`` (default: -cpu host's, all) and,
         when its QEMU sets one (kvm-psci-version), ``psci_version`` instead of the host's;
         with SVE, the vector lengths its QEMU gives it for the lengths it names
-        (``sve_named``, domainxml.requested_sve_lengths; none: all the host offers).
+        (``sve_named``; none: all the host offers). For a domain, these three are the
+        RequestedVcpu domainxml.requested_vcpu reads for ``host``.
 
         Its ID registers and cache geometry are those of a vCPU with exactly these features;
         where the profile cannot tell them (it predates per-feature values), the record
@@ -481,36 +510,34 @@ def decide(
     destination: HostProfile,
     generation: str | None = None,
     veto_dropped_workarounds: bool = True,
-    destination_features: FeatureSet | None = None,
-    sve_lengths: frozenset[int] = frozenset(),
-    destination_psci_0_1: bool | None = None,
+    vcpu: RequestedVcpu | None = None,
 ) -> Decision:
     """What QEMU (``generation``: legacy or tolerant; default: the destination's) and the
     destination kernel will do with ``guest``, and whether to veto (default policy).
 
-    ``destination_features``: the vCPU features the destination's QEMU will create the vCPU
-    with (domainxml.requested_features: -cpu host enables every feature the destination
-    supports unless the domain XML turns it off); default: the guest's own. ``sve_lengths``:
-    the SVE vector lengths the domain XML names (domainxml.requested_sve_lengths).
-    ``destination_psci_0_1``: the destination's QEMU creates the vCPU for PSCI 0.1 (the domain
-    XML sets kvm-psci-version=0.1); default: as the guest's was (its PSCI_VERSION is 0.1), the
-    destination's QEMU being started from the same domain XML.
+    ``vcpu``: the vCPU the destination's QEMU will create, all of it from the domain XML
+    (domainxml.requested_vcpu for the destination: -cpu host enables every feature the
+    destination supports unless the domain XML turns it off; the SVE lengths it names; its
+    kvm-psci-version). Without one (no domain XML, as `matrix` compares profiles), the guest's
+    own: its features, no SVE length named, and a PSCI 0.1 vCPU exactly when its PSCI_VERSION
+    is 0.1, the destination's QEMU being started from the same domain XML.
     """
-    psci_0_1_vcpu = (guest.registers.get(regs.PSCI_VERSION.reg_id) == PSCI_0_1
-                     if destination_psci_0_1 is None else destination_psci_0_1)
+    if vcpu is None:
+        own_psci = guest.registers.get(regs.PSCI_VERSION.reg_id)
+        vcpu = RequestedVcpu(guest.features,
+                             psci_version=PSCI_0_1 if own_psci == PSCI_0_1 else None)
     generation = generation or destination.generation
     if generation not in tuple(QemuGeneration):
         raise ValueError(f"unknown QEMU generation {generation!r}")
     # A profile without migrated lists says nothing of the vCPU features its host offers: the
     # guest's own are assumed (what the lists cannot show is LISTS_NOT_COMPARED, not missing).
-    features = guest.features if destination_features is None or not destination.cpreg_lists \
-        else destination_features
+    features = vcpu.features if destination.cpreg_lists else guest.features
     findings = _feature_findings(guest.features, features, destination)
     unstartable = _aarch32_sve_findings(features)
     findings += unstartable
-    lacking = _sve_findings(sve_lengths, destination)
+    lacking = _sve_findings(vcpu.sve_lengths, destination)
     findings += lacking
-    dest_sve = destination.guest_sve_lengths(sve_lengths) if _has_sve(features) else None
+    dest_sve = destination.guest_sve_lengths(vcpu.sve_lengths) if _has_sve(features) else None
     if not lacking:
         findings += _sve_length_findings(guest, features, dest_sve)
     dest_list, missing = _destination_list(guest, destination, features)
@@ -526,7 +553,7 @@ def decide(
         findings.append(_lists_not_compared(guest, destination))
     findings += _merge_findings(guest, source_ids, dest_ids, generation, veto_dropped_workarounds)
     findings += _write_findings(guest, destination, source_ids, dest_ids, generation,
-                                psci_0_1_vcpu)
+                                vcpu.psci_0_1)
     dest_values = destination.id_values(features)
     compared = set(dest_ids) & set(source_ids) if lists_compared else set()
     findings += _id_findings(guest, destination, features, dest_values, compared)

@@ -3,8 +3,9 @@
 A fleet is thousands of hosts but a few dozen distinct host profiles (same kernel, CPU,
 firmware and QEMU). Every verdict here is ``engine.decide()`` on exactly the inputs ``check``
 gives it (the guest's state, one host profile, that profile's QEMU generation unless one is
-forced), computed once per distinct (guest state, profile) and shared by every host with that
-profile. Pure: the profiles and guest states come in parsed; commands/_fleet.py reads them.
+forced, and the vCPU the guest's domain XML asks for on that host), computed once per distinct
+(guest state, profile) and shared by every host with that profile. Pure: the profiles and guest
+states come in parsed; commands/_fleet.py reads them.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, NamedTuple
 
 from psci_hook.codes import Severity, severity
-from psci_hook.domainxml import Domain, psci_version_override, requested_features
-from psci_hook.engine import PSCI_0_1, Decision, GuestState, decide
-from psci_hook.profile import HostProfile, feature_key
+from psci_hook.domainxml import Domain, requested_vcpu
+from psci_hook.engine import Decision, GuestState, decide
+from psci_hook.profile import HostProfile
 from psci_hook.report import psci_remedy_version, psci_setting
 
 # Keys of a probed profile that say which host was probed, when and how, not what its kernel
@@ -125,13 +126,10 @@ GuestKey = tuple[Any, ...]
 
 
 def guest_key(state: GuestState) -> GuestKey:
-    """A hashable identity of a guest state: equal states are decided once."""
-
-    def items(values: Mapping[str, int] | None) -> tuple[tuple[str, int], ...] | None:
-        return None if values is None else tuple(sorted(values.items()))
-
-    return (tuple(sorted(state.registers.items())), feature_key(state.features),
-            state.cpreg_list, items(state.id_registers), items(state.cache_geometry))
+    """A hashable identity of a guest state, from every one of its fields (the SVE lengths
+    decide SVE_LENGTH_LOST, for one): equal states are decided once."""
+    return tuple(tuple(sorted(value.items())) if isinstance(value, Mapping) else value
+                 for value in state)
 
 
 class Decider:
@@ -154,15 +152,12 @@ class Decider:
                 ) -> Verdict:
         found = self._verdicts.get((key, identity))
         if found is None:
-            features = None if self.domain is None else requested_features(
+            vcpu = None if self.domain is None else requested_vcpu(
                 self.domain, profile.default_features())
-            psci_0_1 = None if self.domain is None else \
-                psci_version_override(self.domain) == PSCI_0_1
 
             def decide_here(state: GuestState) -> Decision:
                 self.decisions += 1
-                return decide(state, profile, self.generation, destination_features=features,
-                              destination_psci_0_1=psci_0_1)
+                return decide(state, profile, self.generation, vcpu=vcpu)
 
             decision = decide_here(guest)
             found = Verdict.of(decision)

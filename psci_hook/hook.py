@@ -28,12 +28,9 @@ from psci_hook.domainxml import (
     Domain,
     DomainXMLError,
     parse_domain,
-    psci_version_override,
-    requested_features,
-    requested_sve_lengths,
+    requested_vcpu,
 )
 from psci_hook.engine import (
-    PSCI_0_1,
     Decision,
     Finding,
     FindingOutcome,
@@ -153,18 +150,15 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
 
     # The vCPU this host's QEMU will create for the incoming guest: from the domain XML and
     # this host's features, not the source's (a feature the guest lacked is on here).
-    features = requested_features(domain, profile.default_features())
+    vcpu = requested_vcpu(domain, profile.default_features())
     generation = None if policy.qemu_generation == "auto" else policy.qemu_generation
-    psci_0_1_vcpu = psci_version_override(domain) == PSCI_0_1
     decision = decide(record.state, profile, generation, policy.veto_dropped_workarounds,
-                      destination_features=features,
-                      sve_lengths=requested_sve_lengths(domain),
-                      destination_psci_0_1=psci_0_1_vcpu)
+                      vcpu=vcpu)
     findings = [*decision.findings, *_unknown_register_findings(record)]
-    decision, findings = _rehearse(record, features, psci_0_1_vcpu, decision, findings, policy,
-                                   env, base)
+    decision, findings = _rehearse(record, vcpu.features, vcpu.psci_0_1, decision, findings,
+                                   policy, env, base)
     findings += _apply_override(record, decision, policy)
-    base.update(_decision_fields(record, decision, features))
+    base.update(_decision_fields(record, decision, vcpu.features))
     if decision.vetoed and not any(f.code == "OVERRIDE" for f in findings):
         outcome = _veto_or_warn(policy, op, domain, findings, base)
         outcome.engine = decision

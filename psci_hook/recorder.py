@@ -42,9 +42,7 @@ from psci_hook.domainxml import (
     Domain,
     DomainXMLError,
     parse_domain,
-    psci_version_override,
-    requested_features,
-    requested_sve_lengths,
+    requested_vcpu,
 )
 from psci_hook.engine import GuestState, decide
 from psci_hook.policy import Policy
@@ -242,9 +240,9 @@ def booted_record(domain: Domain, host: ThisHost, now: str, old: GuestRecord | N
     """The record of a guest cold-booted here: this host's values for the vCPU features the
     domain XML (or the running QEMU's command line ``argv``) asks for, and the PSCI version
     its kvm-psci-version sets, if any. A previous record's override and history are kept."""
-    features = requested_features(domain, host.profile.default_features(), argv)
-    state = GuestState.booted_on(host.profile, features, psci_version_override(domain, argv),
-                                 requested_sve_lengths(domain, argv))
+    vcpu = requested_vcpu(domain, host.profile.default_features(), argv)
+    state = GuestState.booted_on(host.profile, vcpu.features, vcpu.psci_version,
+                                 vcpu.sve_lengths)
     return GuestRecord(state, host.origin("booted", now),
                        history=old.history if old else (),
                        override=old.override if old else None)
@@ -320,10 +318,9 @@ def plan_arrival(observed: Observed, host: ThisHost, now: str, trigger: Trigger)
 
     policy = host.policy
     generation = None if policy.qemu_generation == "auto" else policy.qemu_generation
+    # The vCPU this host's QEMU created for the guest, judged as the hook judges it.
     decision = decide(old.state, host.profile, generation, policy.veto_dropped_workarounds,
-                      requested_features(live, host.profile.default_features(),
-                                         observed.qemu_argv),
-                      requested_sve_lengths(live, observed.qemu_argv))
+                      requested_vcpu(live, host.profile.default_features(), observed.qemu_argv))
     after = decision.guest_after
     codes = tuple(decision.codes)
     arrived = came_with_this_process(old, observed.started, host)

@@ -15,7 +15,7 @@ from psci_hook.cli import main
 from psci_hook.commands import _fleet
 from psci_hook.engine import GuestState
 from psci_hook.environment import Environment
-from psci_hook.fleet import Decider, profile_identity, where
+from psci_hook.fleet import Decider, Fleet, profile_identity, where
 from psci_hook.profile import bundled_profiles, load_profile
 from psci_hook.status import ExitStatus
 from tests.helpers import REPO, TEST_URI
@@ -134,6 +134,23 @@ def test_identical_profiles_are_decided_once(every_profile_fleet: tuple[Path, di
     assert decider.decisions == len(sources) + psci_only
     where(guest, fleet, decider)
     assert decider.decisions == len(sources) + psci_only  # memoised: asked again, no cost
+
+
+def test_guests_differing_only_in_their_sve_lengths_are_decided_apart() -> None:
+    """The SVE vector lengths a guest booted with are part of its state (they decide
+    SVE_LENGTH_LOST): one Decider asked for two such guests (`plan` asks for many) must not
+    answer the second with the first's verdict."""
+    source = load_profile(PROBED["7.2__max"])
+    small = source._replace(sve_lengths=(128, 256))
+    fleet = Fleet({"small": "s"}, {"s": small})
+    every = GuestState.booted_on(source)  # 128-2048 bits
+    up_to_256 = GuestState.booted_on(source, sve_named=frozenset({256}))
+    assert every.registers == up_to_256.registers and every.sve_lengths != up_to_256.sve_lengths
+    decider = Decider()
+    [lost] = where(every, fleet, decider)
+    [kept] = where(up_to_256, fleet, decider)
+    assert "SVE_LENGTH_LOST" in lost.verdict.codes and "SVE_LENGTH_LOST" not in kept.verdict.codes
+    assert decider.decisions == 2
 
 
 def test_profile_identity_ignores_only_which_host_and_when() -> None:
@@ -459,3 +476,56 @@ def test_matrix_marks_y_psci_exactly_where_a_capped_guest_is_allowed(tmp_path: P
            "kvm-psci-version=1.1)" in grid
     page = run("matrix", *files, "--format", "html")[1]
     assert page.count('<td class="psci"') == 3 and "movable with <b>kvm-psci-version=1.1" in page
+
+
+# ---------------------------------------------------------------------------------------------
+# The vCPU each destination's QEMU creates from the domain XML
+# ---------------------------------------------------------------------------------------------
+
+NAMES_SVE512 = DOMAIN.replace(b"<cpu mode='host-passthrough' check='none'/>",
+                              b"<cpu mode='host-passthrough' check='none'>"
+                              b"<feature policy='require' name='sve512'/></cpu>")
+
+
+def test_where_gives_the_vcpu_the_domain_names_sve_lengths_for_as_check_does(tmp_path: Path
+                                                                              ) -> None:
+    """A domain naming SVE vector lengths (libvirt's sve512 feature, QEMU's sve512=on) gets,
+    on each destination, every length KVM offers up to the largest named, and cannot start
+    where one named is not offered (target/arm/cpu64.c arm_cpu_sve_finalize): `where` judges
+    that vCPU on every host, as `check --domain-xml` (the hook) does."""
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    host_files = {}
+    for host, lengths in (("all", None), ("to512", [128, 256, 384, 512]), ("to256", [128, 256])):
+        path = add_host(fleet, host, PROBED["7.2__max"])
+        if lengths is not None:
+            path.write_text(json.dumps({**json.loads(path.read_text()),
+                                        "sve_lengths": lengths}, indent=1) + "\n")
+        host_files[host] = path
+    # Booted with the domain naming sve512 (stamp: lengths 128-512), and a guest booted with
+    # every length up to 2048 whose domain XML names sve512 since.
+    bare = tmp_path / "bare.xml"
+    bare.write_bytes(NAMES_SVE512)
+    status, out, err = run("stamp", "--guest-profile", str(PROBED["7.2__max"]),
+                           "--domain-xml", str(bare))
+    assert status == ExitStatus.OK, err
+    named = tmp_path / "named.xml"
+    named.write_text(out)
+    edited = tmp_path / "edited.xml"
+    edited.write_bytes(stamped(NAMES_SVE512, GuestState.booted_on(load_profile(
+        PROBED["7.2__max"]))))
+    expected = {("named", "all"): [], ("named", "to512"): [],
+                ("named", "to256"): ["FEATURE_MISSING"],
+                ("edited", "all"): ["SVE_LENGTH_LOST"], ("edited", "to512"): ["SVE_LENGTH_LOST"],
+                ("edited", "to256"): ["FEATURE_MISSING"]}
+    for guest, xml in (("named", named), ("edited", edited)):
+        _, out, _ = run("where", "--domain-xml", str(xml), "--fleet", str(fleet), "--json")
+        hosts = {h["host"]: h for h in json.loads(out)["hosts"]}
+        for host, path in host_files.items():
+            status, said, _ = run("check", "--host-profile", str(path), "--domain-xml",
+                                  str(xml), "--json")
+            codes = json.loads(said)["codes"]
+            assert [c for c in codes if c in ("FEATURE_MISSING", "SVE_LENGTH_LOST")] == \
+                expected[guest, host], (guest, host, codes)
+            assert (hosts[host]["allowed"], hosts[host]["codes"]) == (
+                status == ExitStatus.OK, codes), (guest, host)

@@ -25,8 +25,9 @@ from psci_hook.domainxml import (
     qemu_cpu_from_argv,
     requested_features,
     requested_sve_lengths,
+    requested_vcpu,
 )
-from psci_hook.engine import GuestState, decide
+from psci_hook.engine import GuestState, RequestedVcpu, decide
 from psci_hook.environment import Environment
 from psci_hook.profile import HostProfile, ProfileError, loads_profile
 from psci_hook.qemuproc import running_qemu_argv
@@ -253,7 +254,7 @@ def test_a_guest_checked_on_its_own_host_is_allowed(data: bytes, release: str) -
     domain = parse_domain(data)
     features = requested_features(domain, profile.default_features())
     guest = GuestState.booted_on(profile, features)
-    decision = decide(guest, profile, destination_features=features)
+    decision = decide(guest, profile, vcpu=RequestedVcpu(features))
     assert not decision.vetoed, decision.codes
     assert not [f for f in decision.findings if f.code.startswith(("ID_", "FEATURE_"))
                 and f.code != "ID_REGS_NOT_COMPARED"]
@@ -264,7 +265,7 @@ def test_the_old_record_of_all_features_is_what_was_refused() -> None:
     """Before: the record copied -cpu host's values for a pmu=off guest; 6.1 refuses them."""
     profile = host("6.1.0-26-arm64")
     wrong = GuestState.booted_on(profile, NO_PMU)._replace(id_registers=ID_ALL)
-    decision = decide(wrong, profile, destination_features=NO_PMU)
+    decision = decide(wrong, profile, vcpu=RequestedVcpu(NO_PMU))
     assert {f.register for f in decision.blocking} == {DFR0, AA64DFR0}
 
 
@@ -272,11 +273,11 @@ def test_without_per_feature_values_nothing_is_guessed() -> None:
     profile = host(per_set=False)
     guest = GuestState.booted_on(profile, NO_PMU)
     assert guest.id_registers is None and guest.cache_geometry is None
-    decision = decide(guest, profile, destination_features=NO_PMU)
+    decision = decide(guest, profile, vcpu=RequestedVcpu(NO_PMU))
     assert not decision.vetoed
     # A record that has values, against a destination profile that cannot tell its own.
     with_values = GuestState.booted_on(host(), NO_PMU)
-    decision = decide(with_values, profile, destination_features=NO_PMU)
+    decision = decide(with_values, profile, vcpu=RequestedVcpu(NO_PMU))
     note = next(f for f in decision.findings if f.code == "ID_REGS_NOT_COMPARED")
     assert "no ID register values for a vCPU with features pauth+sve" in note.message
     assert not decision.vetoed
@@ -287,17 +288,17 @@ def test_a_feature_gained_at_the_destination() -> None:
     -cpu host turns SVE on: the ID fields differ; 6.1 accepts only its own, 7.2 may (the
     rehearsal on the real kernel decides, and on real 7.2 refuses: tests/nested)."""
     guest = GuestState.booted_on(host(), NO_SVE)
-    old = decide(guest, host("6.1.0-26-arm64"), destination_features=ALL)
+    old = decide(guest, host("6.1.0-26-arm64"), vcpu=RequestedVcpu(ALL))
     assert "FEATURE_GAINED" in old.codes and old.vetoed
     assert {f.register for f in old.blocking} == {PFR0, ZFR0}
-    new = decide(guest, host(), destination_features=ALL)
+    new = decide(guest, host(), vcpu=RequestedVcpu(ALL))
     assert {f.register for f in new.findings if f.outcome == "unverified"} >= {PFR0, ZFR0}
     assert new.guest_after.features == ALL
 
 
 def test_a_feature_lost_at_the_destination() -> None:
     guest = GuestState.booted_on(host(), ALL)
-    decision = decide(guest, host(features=NO_SVE), destination_features=NO_SVE)
+    decision = decide(guest, host(features=NO_SVE), vcpu=RequestedVcpu(NO_SVE))
     missing = next(f for f in decision.findings if f.code == "FEATURE_MISSING")
     assert "sve" in missing.message and decision.vetoed
 
@@ -350,7 +351,7 @@ def test_the_record_written_at_boot_has_the_guests_features_and_psci(tmp_path: P
 def test_a_psci_only_veto_names_the_remedy(tmp_path: Path) -> None:
     source, destination = host(), host("6.12.118+deb13-arm64", psci=0x10001)
     plain = GuestState.booted_on(source, ALL)
-    decision = decide(plain, destination, destination_features=ALL)
+    decision = decide(plain, destination, vcpu=RequestedVcpu(ALL))
     remedy = psci_remedy(decision.findings)
     assert remedy is not None and "kvm-psci-version=1.1" in remedy
     assert "remedy: cold-boot" in decision_text(decision)
@@ -358,11 +359,11 @@ def test_a_psci_only_veto_names_the_remedy(tmp_path: Path) -> None:
     # With the property at boot, the same guest is allowed.
     capped = GuestState.booted_on(source, ALL, psci_version=0x10001)
     assert capped.registers[PSCI] == 0x10001
-    assert not decide(capped, destination, destination_features=ALL).vetoed
+    assert not decide(capped, destination, vcpu=RequestedVcpu(ALL)).vetoed
     # Another blocker the property cannot change: no remedy.
     a57 = host("6.1.0-26-arm64", psci=0x10001)._replace(
         id_registers={**ID_ALL, "MIDR_EL1": 0x411FD070})
-    other = decide(plain, a57, destination_features=ALL)
+    other = decide(plain, a57, vcpu=RequestedVcpu(ALL))
     assert other.vetoed and psci_remedy(other.findings) is None
     # The real hook says it in its one line.
     config = write_config(tmp_path / "c.conf", profile_file(tmp_path, destination), None)
@@ -394,17 +395,19 @@ def test_a_psci_0_1_guest_moves_where_the_domain_keeps_its_0_1_vcpu(tmp_path: Pa
     source, destination = host(), host("6.12.118+deb13-arm64", psci=0x10001)
     guest = GuestState.booted_on(source, ALL, psci_version=0x1)
     assert guest.registers[PSCI] == 0x1  # recorded as 0.1, not the host's 1.3
-    assert psci_version_override(parse_domain(xml(extra=PSCI_0_1_GLOBAL))) == 0x1
-    # Same XML on both sides (the default): accepted on an older kernel too.
-    assert not decide(guest, destination, destination_features=ALL).vetoed
+    kept_vcpu = requested_vcpu(parse_domain(xml(extra=PSCI_0_1_GLOBAL)), ALL)
+    assert kept_vcpu == RequestedVcpu(ALL, psci_version=0x1) and kept_vcpu.psci_0_1
+    # Same XML on both sides: accepted on an older kernel too; so without a domain XML (the
+    # engine's default: the guest's own vCPU).
+    assert not decide(guest, destination, vcpu=kept_vcpu).vetoed
+    assert not decide(guest, destination).vetoed
     # A destination XML without the property: a 0.2+ vCPU, which refuses 0.1.
-    refused = decide(guest, destination, destination_features=ALL, destination_psci_0_1=False)
+    refused = decide(guest, destination, vcpu=requested_vcpu(parse_domain(xml()), ALL))
     [finding] = refused.blocking
     assert finding.code == "PSCI_UNSUPPORTED" and "kvm-psci-version=0.1" in finding.message
     # ... and a 0.1 vCPU refuses a 1.x guest.
     plain = GuestState.booted_on(source, ALL)
-    assert decide(plain, source, destination_features=ALL,
-                  destination_psci_0_1=True).blocking[0].code == "PSCI_UNSUPPORTED"
+    assert decide(plain, source, vcpu=kept_vcpu).blocking[0].code == "PSCI_UNSUPPORTED"
     # The scratch vCPU of the rehearsal is a 0.2+ one: PSCI_VERSION is the model's there.
     assert PSCI not in rehearsal.values_to_rehearse(guest)
     assert PSCI not in rehearsal.values_to_rehearse(plain, psci_0_1_vcpu=True)
@@ -472,9 +475,9 @@ def test_sve_lengths_probed_and_the_lengths_a_domain_names(tmp_path: Path,
     guest = GuestState.booted_on(host(), ALL)
     assert not any(f.code == "FEATURE_MISSING" for f in decide(
         guest, host()._replace(sve_lengths=(128, 256)),
-        destination_features=ALL, sve_lengths=requested_sve_lengths(domain)).findings)
+        vcpu=requested_vcpu(domain, ALL)).findings)
     refused = decide(guest, host()._replace(sve_lengths=(128, 256)),
-                     destination_features=ALL, sve_lengths=requested_sve_lengths(big))
+                     vcpu=requested_vcpu(big, ALL))
     missing = next(f for f in refused.findings if f.code == "FEATURE_MISSING")
     assert "1024" in missing.message and refused.vetoed
     with pytest.raises(ProfileError):

@@ -20,7 +20,7 @@ import pytest
 from psci_hook import kvm
 from psci_hook import probe as probe_mod
 from psci_hook.domainxml import parse_domain, requested_features, requested_sve_lengths
-from psci_hook.engine import GuestState, decide
+from psci_hook.engine import GuestState, RequestedVcpu, decide
 from psci_hook.environment import Environment
 from psci_hook.hook import main as hook_main
 from psci_hook.profile import AARCH32, HostProfile, loads_profile
@@ -142,11 +142,11 @@ def test_a_32_bit_guest_on_its_own_host_is_allowed_through_the_hook(tmp_path: Pa
     assert features == {AARCH32, "pmu", "pauth"}
     guest = GuestState.booted_on(profile, features)
     assert guest.cpreg_list is not None and guest.sve_lengths is None
-    decision = decide(guest, profile, destination_features=features)
+    decision = decide(guest, profile, vcpu=RequestedVcpu(features))
     assert not decision.vetoed and not [f for f in decision.findings
                                         if f.code.startswith(("FEATURE_", "ID_REG_"))]
     # Across: a 64-bit record on a 32-bit domain is a lost/gained vCPU width, never allowed.
-    wrong = decide(GuestState.booted_on(profile, ALL), profile, destination_features=features)
+    wrong = decide(GuestState.booted_on(profile, ALL), profile, vcpu=RequestedVcpu(features))
     assert wrong.vetoed and "FEATURE_MISSING" in wrong.codes
 
 
@@ -155,7 +155,7 @@ def test_a_32_bit_guest_with_sve_cannot_start() -> None:
     profile = with_aarch32(host())
     features = requested_features(parse_domain(ARMV7L), profile.default_features())
     decision = decide(GuestState.booted_on(profile, features - {"sve"}), profile,
-                      destination_features=features)
+                      vcpu=RequestedVcpu(features))
     (finding,) = [f for f in decision.findings if f.code == "FEATURE_MISSING"]
     assert "32-bit vCPU" in finding.message and "policy='disable' name='sve'" in finding.message
     assert decision.vetoed
@@ -239,7 +239,7 @@ def test_implicit_and_named_lengths_at_the_destination(
         codes: list[str]) -> None:
     guest = GuestState.booted_on(host()._replace(sve_lengths=source), ALL)
     dest = host()._replace(sve_lengths=destination)
-    decision = decide(guest, dest, destination_features=ALL, sve_lengths=frozenset(named))
+    decision = decide(guest, dest, vcpu=RequestedVcpu(ALL, sve_lengths=frozenset(named)))
     assert [c for c in decision.codes if c in ("SVE_LENGTH_LOST", "FEATURE_MISSING")] == codes
     assert decision.vetoed is bool(codes)
     assert decision.guest_after.sve_lengths == dest.guest_sve_lengths(named)
@@ -254,7 +254,7 @@ def test_a_record_without_lengths_is_not_judged_on_them() -> None:
     guest = GuestState.booted_on(host(), ALL)  # the profile has no lengths: none recorded
     assert guest.sve_lengths is None
     dest = host()._replace(sve_lengths=(128,))
-    assert "SVE_LENGTH_LOST" not in decide(guest, dest, destination_features=ALL).codes
+    assert "SVE_LENGTH_LOST" not in decide(guest, dest, vcpu=RequestedVcpu(ALL)).codes
 
 
 def test_the_hook_vetoes_lost_lengths_and_says_what_would_happen(tmp_path: Path) -> None:

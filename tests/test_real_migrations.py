@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from psci_hook.engine import Decision, GuestState, decide
+from psci_hook.engine import Decision, GuestState, RequestedVcpu, decide
 from psci_hook.profile import HostProfile, load_profile
 from tests.helpers import REPO
 from tests.real_qemu import REAL_QEMU_72, REAL_QEMU_111
@@ -85,6 +85,6 @@ def test_engine_agrees_with_real_qemu_for_pmu_off_guests(
         guest = GuestState.booted_on(probed[source], no_pmu)
         assert guest.id_registers is not None, source  # per-feature values in the profile
         decisions[source, destination] = decide(guest, probed[destination], generation,
-                                                destination_features=no_pmu)
+                                                vcpu=RequestedVcpu(no_pmu))
     assert pairs_left_to_the_rehearsal(table, decisions, f"{generation}, pmu=off") == [
         ("6.1", "6.12")]

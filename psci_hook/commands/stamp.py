@@ -14,12 +14,7 @@ from psci_hook.commands._common import (
     read_domain,
     resolve_profile,
 )
-from psci_hook.domainxml import (
-    Domain,
-    psci_version_override,
-    requested_features,
-    requested_sve_lengths,
-)
+from psci_hook.domainxml import Domain, requested_vcpu
 from psci_hook.environment import Environment
 from psci_hook.profile import FEATURE_ORDER, FeatureSet, ProfileError, load_profile
 from psci_hook.record import GuestRecord, Origin, OriginEvent, RecordError, read_record, record_xml
@@ -56,6 +51,7 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
             raise InputError(f"{args.domain_xml}: a 32-bit guest (armv7l: -cpu host,aarch64=off),"
                              f" and {args.guest_profile} has no 32-bit vCPU (its host has no "
                              "32-bit EL1, or an older psci-hook probed it)")
+        vcpu = requested_vcpu(domain, profile.default_features())
         features = args.features
         if features is None:
             required = required_features(domain)
@@ -66,9 +62,9 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
                     f"{', '.join(sorted(missing))}, which {args.guest_profile} does not offer "
                     f"(it has: {', '.join(sorted(profile.cpreg_lists or {})) or 'no lists'}): "
                     "QEMU would not start it there; name them with --features to stamp anyway")
-            features = requested_features(domain, profile.default_features())
+            features = vcpu.features
         state = guest_from_profile(profile, features, str(args.guest_profile),
-                                   psci_version_override(domain), requested_sve_lengths(domain))
+                                   vcpu.psci_version, vcpu.sve_lengths)
         try:
             old = read_record(domain.root)
         except RecordError:

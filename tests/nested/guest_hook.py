@@ -41,12 +41,7 @@ from typing import Any
 
 from psci_hook import kvm as kvm_mod
 from psci_hook import registers as regs
-from psci_hook.domainxml import (
-    parse_domain,
-    psci_version_override,
-    requested_features,
-    requested_sve_lengths,
-)
+from psci_hook.domainxml import parse_domain, requested_vcpu
 from psci_hook.engine import GuestState
 from psci_hook.profile import HostProfile, load_profile
 from psci_hook.record import GuestRecord, Origin, record_xml
@@ -127,9 +122,8 @@ def stamped(label: str, index: int, profile: HostProfile | None = None, cpu: str
     if name.startswith("own-aarch32"):
         data = data.replace(b"arch='aarch64'", b"arch='armv7l'")
     domain = parse_domain(data)
-    features = requested_features(domain, profile.default_features())
-    state = GuestState.booted_on(profile, features, psci_version_override(domain),
-                                 requested_sve_lengths(domain))
+    vcpu = requested_vcpu(domain, profile.default_features())
+    state = GuestState.booted_on(profile, vcpu.features, vcpu.psci_version, vcpu.sve_lengths)
     record = GuestRecord(state, Origin("stamped", f"host-{label}", profile.kernel_release,
                                        "2026-01-01T00:00:00Z"))
     return splice_record(data, lambda indent: record_xml(record, indent)).data

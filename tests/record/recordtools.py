@@ -3,6 +3,7 @@ records of guests booted on the bundled profiles' hosts."""
 
 from __future__ import annotations
 
+from psci_hook.domainxml import QEMU_NAMESPACE
 from psci_hook.engine import GuestState
 from psci_hook.profile import HostProfile, bundled_profiles, load_profile
 from psci_hook.record import GuestRecord, Origin, record_xml
@@ -18,10 +19,16 @@ def profile(name: str) -> HostProfile:
 
 
 def domain_xml(record: GuestRecord | None = None, domain_type: str = "kvm", pmu: bool = True,
-               arch: str = "aarch64") -> bytes:
+               arch: str = "aarch64", qemu_args: tuple[str, ...] = ()) -> bytes:
+    """A domain XML; ``qemu_args``: the <qemu:commandline> arguments libvirt appends to QEMU's
+    command line."""
     metadata = f"\n  <metadata>\n    {record_xml(record)}\n  </metadata>" if record else ""
     features = "" if pmu else "\n  <features><pmu state='off'/></features>"
-    return f"""<domain type='{domain_type}'>
+    commandline = "".join(f"<qemu:arg value='{arg}'/>" for arg in qemu_args)
+    if commandline:
+        commandline = f"\n  <qemu:commandline>{commandline}</qemu:commandline>"
+    namespace = f" xmlns:qemu='{QEMU_NAMESPACE}'" if commandline else ""
+    return f"""<domain type='{domain_type}'{namespace}>
   <name>vm1</name>
   <uuid>c7a5fdbd-edaf-9455-926a-d65c16db1809</uuid>{metadata}
   <memory unit='KiB'>65536</memory>
@@ -32,7 +39,7 @@ def domain_xml(record: GuestRecord | None = None, domain_type: str = "kvm", pmu:
   <cpu mode='host-passthrough' check='none'/>
   <devices>
     <emulator>/usr/bin/qemu-system-aarch64</emulator>
-  </devices>
+  </devices>{commandline}
 </domain>
 """.encode()
 

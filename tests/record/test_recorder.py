@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import calendar
 import dataclasses
+import json
 import time
+from pathlib import Path
 
 import pytest
 
 from psci_hook import registers as regs
+from psci_hook.cli import main
 from psci_hook.domainxml import parse_domain
 from psci_hook.engine import GuestState, decide
+from psci_hook.environment import Environment
 from psci_hook.policy import Policy
-from psci_hook.record import GuestRecord, HistoryEntry, Override, read_record, record_xml
+from psci_hook.record import (
+    GuestRecord,
+    HistoryEntry,
+    Origin,
+    Override,
+    read_record,
+    record_xml,
+)
 from psci_hook.recorder import (
     Observed,
     RecordAction,
@@ -163,6 +174,51 @@ def test_arrival_with_an_invalid_record_leaves_it_alone() -> None:
     plan = plan_arrival(persistent(broken), host_b, NOW, Trigger.MIGRATED)
     assert plan.action == RecordAction.SKIPPED and not plan.writes
     assert "not a non-negative integer" in plan.reason
+
+
+# kvm-psci-version=0.1 makes QEMU create the vCPU without KVM_ARM_VCPU_PSCI_0_2 (target/arm/kvm.c
+# kvm_arch_init_vcpu); such a vCPU takes PSCI 0.1 and nothing else, any other takes all but 0.1.
+PSCI_0_1_ARGS = ("-global", "host-arm-cpu.kvm-psci-version=0.1")
+
+
+def hook_says(tmp_path: Path, data: bytes) -> tuple[str, tuple[str, ...]]:
+    """What the hook decides for this domain XML on host-b (`check`, the hook's own decision):
+    the verdict as the recorder's history writes it, and the codes."""
+    profile_path = tmp_path / "host-b.json"
+    profile_path.write_text(host_b.profile.to_json())
+    xml_path = tmp_path / "live.xml"
+    xml_path.write_bytes(data)
+    env = Environment.for_test(["psci-hook", "check", "--host-profile", str(profile_path),
+                                "--domain-xml", str(xml_path), "--json"], b"")
+    main(env=env)
+    said = json.loads(env.stdout.getvalue())  # type: ignore[attr-defined]
+    return ("allow" if said["verdict"] == "allow" else "warn"), tuple(said["codes"])
+
+
+@pytest.mark.parametrize(("guest_psci", "set_in"), [
+    (0x1, ""), (0x1, "xml"), (0x1, "argv"), (None, "xml"), (None, "argv"), (None, "")])
+def test_an_unannotated_arrival_is_decided_as_the_hook_decides(
+        tmp_path: Path, guest_psci: int | None, set_in: str) -> None:
+    """The recorder judges an arrival the hook did not annotate for the vCPU this host's QEMU
+    created (its kvm-psci-version from the live XML, or from the running QEMU's command line,
+    the ground truth), exactly as the hook judges that XML: a guest recorded at PSCI 0.1 in a
+    0.2+ vCPU, or at 1.0 in a 0.1 vCPU, is PSCI_UNSUPPORTED for both."""
+    source = profile("5.10__a57")
+    incoming = GuestRecord(GuestState.booted_on(source, None, guest_psci),
+                           Origin("booted", "host-a", source.kernel_release, EARLIER, UUID_A))
+    assert (incoming.state.registers[PSCI] == 0x1) == (guest_psci == 0x1)
+    live = domain_xml(incoming, qemu_args=PSCI_0_1_ARGS if set_in == "xml" else ())
+    # "xml": the QEMU process's command line unreadable, the live XML tells; "argv": QEMU was
+    # started with the property although the live XML has none (the ground truth wins).
+    argv = None if set_in == "xml" else ("/usr/bin/qemu-system-aarch64", "-cpu", "host",
+                                         *(PSCI_0_1_ARGS if set_in == "argv" else ()))
+    plan = plan_arrival(Observed(live, live, argv), host_b, NOW, Trigger.MIGRATED)
+    assert plan.live is not None
+    entry = plan.live.history[-1]
+    as_the_hook_sees_it = domain_xml(incoming, qemu_args=PSCI_0_1_ARGS if set_in else ())
+    assert (entry.verdict, entry.codes) == hook_says(tmp_path, as_the_hook_sees_it)
+    refused = (guest_psci == 0x1) != bool(set_in)
+    assert ("PSCI_UNSUPPORTED" in entry.codes) == refused and (entry.verdict == "warn") == refused
 
 
 # ---------------------------------------------------------------------------------------------
