@@ -201,75 +201,127 @@ def _libvirt_cpu_model(domain: Domain) -> str:
     return (cpu.findtext("model") or "").strip() or "host"
 
 
+class VcpuRequest(NamedTuple):
+    """What a domain asks of its vCPU, before any host: read once from the domain XML (or the
+    running QEMU's command line) by vcpu_request, and turned into the vCPU QEMU creates on one
+    host by ``on``. Small and hashable: `plan` keeps one per guest instead of its XML tree, and
+    the fleet's verdicts are memoised on it.
+
+    * ``host_model``: -cpu host or max (host-passthrough, maximum, or no <cpu>), which take
+      every feature the host's KVM has; a named model (cortex-a57 ...) takes a PMU at most;
+    * ``turned_on`` / ``turned_off``: the features the XML or -cpu names on (pmu=on, sve=on
+      or any sveNNN=on, pauth=on) and off (pmu=off, sve=off, pauth=off), the last word on each;
+    * ``sve_lengths``: the SVE vector lengths (bits) named on;
+    * ``psci_version``: kvm-psci-version as a PSCI_VERSION value, None where none is set;
+    * ``aarch32``: a 32-bit vCPU (aarch64=off).
+    """
+
+    host_model: bool = True
+    turned_on: FeatureSet = frozenset()
+    turned_off: FeatureSet = frozenset()
+    sve_lengths: frozenset[int] = frozenset()
+    psci_version: int | None = None
+    aarch32: bool = False
+
+    def on(self, supported: FeatureSet) -> RequestedVcpu:
+        """The vCPU QEMU creates for this request on a host whose KVM supports ``supported``
+        (HostProfile.default_features). A feature turned on is in it even where the host
+        lacks it: there QEMU refuses to start (the engine finds no register list for it)."""
+        offered = supported if self.host_model else supported & {"pmu"}
+        features = (offered - self.turned_off) | self.turned_on
+        if self.aarch32:
+            features = _aarch32_features(features, supported)
+        return RequestedVcpu(features=frozenset(features), sve_lengths=self.sve_lengths,
+                             psci_version=self.psci_version)
+
+
+def vcpu_request(domain: Domain, argv: Sequence[str] | None = None) -> VcpuRequest:
+    """What this domain asks of its vCPU, from the domain XML or, when known, the running QEMU's
+    command line ``argv`` (the ground truth). libvirt's src/qemu/qemu_command.c
+    (qemuBuildCpuCommandLine) turns the XML into -cpu options, and QEMU's target/arm/kvm.c and
+    cpu64.c turn those into KVM_ARM_VCPU_INIT features:
+
+    * -cpu host (host-passthrough, maximum, or no <cpu>) enables PMU, pointer authentication
+      and SVE wherever the host's KVM has them (kvm_arm_pmu_supported, kvm_arm_sve_supported,
+      kvm_arm_pauth_supported); a named model in custom mode has a PMU at most;
+    * <features><pmu state='off'/> is pmu=off; <cpu><feature policy='disable' name='sve'/>
+      (or 'forbid', or name='pauth') is sve=off / pauth=off;
+    * a feature the XML turns on (<pmu state='on'/>, policy 'require' or 'force', any sveNNN
+      length) is asked for explicitly, and so are the SVE lengths named (QEMU refuses to start
+      where KVM does not offer one: target/arm/cpu64.c arm_cpu_sve_finalize);
+    * a -cpu in <qemu:commandline> (or in ``argv``) replaces libvirt's -cpu: its model and
+      properties (QEMU's names: pmu, sve, sveNNN, pauth, aarch64) decide instead;
+    * kvm-psci-version comes from -cpu or a -global naming the CPU's type (QemuCpu.property).
+    """
+    cpu = domain_cpu(domain, argv)
+    psci = None if cpu is None else cpu.property(PSCI_PROPERTY)
+    psci_version = None if psci is None else PSCI_PROPERTY_VALUES.get(psci)
+    if cpu is not None and (argv is not None or "-cpu" in commandline_args(domain)):
+        aarch64 = cpu.property("aarch64")
+        return _request(cpu.model in _HOST_MODELS,
+                        [(name, _switch(value.lower(), _TRUE, _FALSE))
+                         for name, value in cpu.properties],
+                        psci_version, aarch64 is not None and aarch64.lower() in _FALSE)
+    switches: list[tuple[str, bool | None]] = []
+    pmu = domain.root.find("features/pmu")
+    if pmu is not None:
+        switches.append(("pmu", _switch(pmu.get("state", "on"), ("on",), ("off",))))
+    switches += [(feature.get("name", ""),
+                  _switch(feature.get("policy", "require"), _ON_POLICIES, _OFF_POLICIES))
+                 for feature in domain.root.findall("cpu/feature")]
+    return _request(_libvirt_cpu_model(domain) in _HOST_MODELS, switches, psci_version,
+                    domain.is_aarch32)
+
+
+def _switch(word: str, on: Sequence[str], off: Sequence[str]) -> bool | None:
+    """True for a word that turns a feature on, False for one that turns it off, else None."""
+    return True if word in on else False if word in off else None
+
+
+def _request(host_model: bool, switches: Sequence[tuple[str, bool | None]],
+             psci_version: int | None, aarch32: bool) -> VcpuRequest:
+    """The request from (name, on/off) switches in the order QEMU applies them: the last
+    word on a feature wins. sveNNN=on turns SVE on and names the length; sveNNN=off names
+    nothing (QEMU then picks the lengths below the largest named on)."""
+    turned_on: set[str] = set()
+    turned_off: set[str] = set()
+    lengths: set[int] = set()
+    for name, on in switches:
+        length = _SVE_LENGTH_RE.fullmatch(name)
+        if length:
+            if not on:
+                continue
+            lengths.add(int(length.group(1)))
+            name = "sve"
+        if name not in FEATURE_ORDER or on is None:
+            continue
+        (turned_on if on else turned_off).add(name)
+        (turned_off if on else turned_on).discard(name)
+    return VcpuRequest(host_model, frozenset(turned_on), frozenset(turned_off),
+                       frozenset(lengths), psci_version, aarch32)
+
+
 def requested_vcpu(domain: Domain, supported: FeatureSet,
                    argv: Sequence[str] | None = None) -> RequestedVcpu:
     """The vCPU QEMU creates for this domain on a host whose KVM supports ``supported``
-    (HostProfile.default_features), from the domain XML or, when known, the running QEMU's
-    command line ``argv`` (the ground truth): its features (requested_features), the SVE
-    lengths it names (requested_sve_lengths) and its kvm-psci-version (psci_version_override).
-    Every caller that judges or records a guest in this domain takes all three from here, so
-    the hook, `check`, `where`, `stamp` and the recorder see the same vCPU."""
-    return RequestedVcpu(features=requested_features(domain, supported, argv),
-                         sve_lengths=requested_sve_lengths(domain, argv),
-                         psci_version=psci_version_override(domain, argv))
+    (HostProfile.default_features): ``vcpu_request(domain, argv).on(supported)``. Every caller
+    that judges or records a guest in this domain takes it whole, so the hook, `check`,
+    `where`, `plan`, `stamp` and the recorder see the same vCPU."""
+    return vcpu_request(domain, argv).on(supported)
 
 
 def psci_version_override(domain: Domain, argv: Sequence[str] | None = None) -> int | None:
     """The PSCI version the guest's QEMU sets with kvm-psci-version, as a PSCI_VERSION value;
     None when it sets none (the host's default applies). A value QEMU would reject makes it
     refuse to start, so it never reaches a running guest: None too."""
-    cpu = domain_cpu(domain, argv)
-    value = None if cpu is None else cpu.property(PSCI_PROPERTY)
-    return None if value is None else PSCI_PROPERTY_VALUES.get(value)
+    return vcpu_request(domain, argv).psci_version
 
 
 def requested_features(domain: Domain, supported: FeatureSet,
                        argv: Sequence[str] | None = None) -> FeatureSet:
     """The vCPU features QEMU creates this domain's vCPU with on a host that supports
-    ``supported`` (libvirt's src/qemu/qemu_command.c turns the domain XML into -cpu options;
-    QEMU's target/arm/kvm.c and cpu64.c turn those into KVM_ARM_VCPU_INIT features):
-
-    * -cpu host (host-passthrough, maximum, or no <cpu>) enables PMU, pointer authentication
-      and SVE wherever the host's KVM has them (kvm_arm_pmu_supported, kvm_arm_sve_supported,
-      kvm_arm_pauth_supported);
-    * <features><pmu state='off'/> is pmu=off; <cpu><feature policy='disable' name='sve'/>
-      (or 'forbid', or name='pauth') is sve=off / pauth=off;
-    * a feature the XML turns on (<pmu state='on'/>, policy 'require' or 'force', any sveNNN
-      length) is asked for explicitly: it is in the result even where the host lacks it, and
-      there QEMU refuses to start (the caller finds no register list for that set);
-    * a -cpu in <qemu:commandline> (or in the running QEMU's ``argv``) replaces libvirt's
-      -cpu: its model and properties decide instead.
-    """
-    override = domain_cpu(domain, argv)
-    if override is not None and (argv is not None or "-cpu" in commandline_args(domain)):
-        aarch64 = override.property("aarch64")
-        features = _features_of_cpu(override, supported)
-        return _aarch32_features(features, supported) \
-            if aarch64 is not None and aarch64.lower() in _FALSE else features
-    enabled: set[str] = set(supported)
-    required: set[str] = set()
-    if _libvirt_cpu_model(domain) not in _HOST_MODELS:
-        enabled &= {"pmu"}
-    pmu = domain.root.find("features/pmu")
-    if pmu is not None:
-        state = pmu.get("state", "on")
-        if state == "off":
-            enabled.discard("pmu")
-        elif state == "on":
-            required.add("pmu")
-    for feature in domain.root.findall("cpu/feature"):
-        name, policy = feature.get("name", ""), feature.get("policy", "require")
-        if _SVE_LENGTH_RE.fullmatch(name) and policy in _ON_POLICIES:
-            name = "sve"
-        if name not in FEATURE_ORDER:
-            continue
-        if policy in _OFF_POLICIES:
-            enabled.discard(name)
-            required.discard(name)
-        elif policy in _ON_POLICIES:
-            required.add(name)
-    features = frozenset(enabled | required)
-    return _aarch32_features(features, supported) if domain.is_aarch32 else features
+    ``supported`` (the rules: vcpu_request)."""
+    return requested_vcpu(domain, supported, argv).features
 
 
 def _aarch32_features(features: FeatureSet, supported: FeatureSet) -> FeatureSet:
@@ -288,35 +340,4 @@ def requested_sve_lengths(domain: Domain, argv: Sequence[str] | None = None
     """The SVE vector lengths (bits) the domain asks for by name (libvirt's <feature
     policy='require' name='sve512'/>, QEMU's sve512=on): QEMU refuses to start where KVM does
     not offer one of them (target/arm/cpu64.c arm_cpu_sve_finalize)."""
-    override = domain_cpu(domain, argv)
-    if override is not None and (argv is not None or "-cpu" in commandline_args(domain)):
-        named = [(n, v.lower() in _TRUE) for n, v in override.properties]
-    else:
-        named = [(f.get("name", ""), f.get("policy", "require") in _ON_POLICIES)
-                 for f in domain.root.findall("cpu/feature")]
-    lengths = set()
-    for name, on in named:
-        match = _SVE_LENGTH_RE.fullmatch(name)
-        if match and on:
-            lengths.add(int(match.group(1)))
-    return frozenset(lengths)
-
-
-def _features_of_cpu(cpu: QemuCpu, supported: FeatureSet) -> FeatureSet:
-    """The features of a vCPU QEMU creates from a -cpu option (the same rules, QEMU's
-    property names: pmu, sve, sveNNN, pauth)."""
-    enabled = set(supported) if cpu.model in _HOST_MODELS else set(supported) & {"pmu"}
-    required: set[str] = set()
-    for name, value in cpu.properties:
-        if _SVE_LENGTH_RE.fullmatch(name):
-            if value.lower() in _TRUE:
-                required.add("sve")
-            continue
-        if name not in FEATURE_ORDER:
-            continue
-        if value.lower() in _FALSE:
-            enabled.discard(name)
-            required.discard(name)
-        elif value.lower() in _TRUE:
-            required.add(name)
-    return frozenset(enabled | required)
+    return vcpu_request(domain, argv).sve_lengths
