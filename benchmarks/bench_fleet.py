@@ -108,7 +108,8 @@ def engine_calls(fleet: Path, guests: Path, guest: Path) -> dict[str, int]:
 
     loaded = load_fleet(fleet)
     decider = Decider()
-    where(guest_from_xml(guest.read_bytes(), str(guest))[1], loaded, decider)
+    judged_one = guest_from_xml(guest.read_bytes(), str(guest))
+    where(judged_one.state, loaded, decider, judged_one.vcpu)
     calls = {"where": decider.decisions}
     decider = Decider()
     after = loaded.changed(parse_changes([f"host-a-*={PROBED / '7.2__a57.json'}"], loaded))

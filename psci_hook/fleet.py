@@ -4,8 +4,8 @@ A fleet is thousands of hosts but a few dozen distinct host profiles (same kerne
 firmware and QEMU). Every verdict here is ``engine.decide()`` on exactly the inputs ``check``
 gives it (the guest's state, one host profile, that profile's QEMU generation unless one is
 forced, and the vCPU the guest's domain XML asks for on that host), computed once per distinct
-(guest state, profile) and shared by every host with that profile. Pure: the profiles and guest
-states come in parsed; commands/_fleet.py reads them.
+(guest state, vCPU request, profile) and shared by every host with that profile. Pure: the
+profiles and guests come in parsed; commands/_fleet.py reads them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, NamedTuple
 
 from psci_hook.codes import Severity, severity
-from psci_hook.domainxml import Domain, requested_vcpu
+from psci_hook.domainxml import VcpuRequest
 from psci_hook.engine import Decision, GuestState, decide
 from psci_hook.profile import HostProfile
 from psci_hook.report import psci_remedy_version, psci_setting
@@ -132,28 +132,39 @@ def guest_key(state: GuestState) -> GuestKey:
                  for value in state)
 
 
+class Guest(NamedTuple):
+    """A guest as `where` and `plan` judge it: the state its record says the source QEMU will
+    send, and what its domain XML asks of the vCPU, which each destination's QEMU creates from
+    that and the destination's features (as the hook and ``check --domain-xml`` decide). The
+    request, not the XML tree, is kept: a fleet's guests cost a few small values each."""
+
+    name: str
+    state: GuestState
+    vcpu: VcpuRequest
+
+
 class Decider:
-    """``engine.decide`` memoised on (guest state, profile identity).
+    """``engine.decide`` memoised on (guest state, vCPU request, profile identity).
 
     ``generation`` None means each profile's own QEMU generation, as ``check`` does without
-    ``--qemu``.
+    ``--qemu``. A guest's ``vcpu`` request is resolved against each profile's features
+    (VcpuRequest.on), as the hook does; None, for a guest that has no domain XML (a freshly
+    booted guest of `plan`'s host pairs), judges it with its own vCPU: each destination creates
+    a vCPU with the guest's features, SVE lengths and PSCI 0.1 or not (engine.decide without
+    ``vcpu``).
     """
 
-    def __init__(self, generation: str | None = None,
-                 domain: Domain | None = None) -> None:
+    def __init__(self, generation: str | None = None) -> None:
         self.generation = generation
-        # The domain the guest runs as: each destination's QEMU creates its vCPU from it and
-        # that host's features (as ``check --domain-xml`` and the hook decide).
-        self.domain = domain
-        self._verdicts: dict[tuple[GuestKey, str], Verdict] = {}
+        self._verdicts: dict[tuple[GuestKey, VcpuRequest | None, str], Verdict] = {}
         self.decisions = 0  # engine calls made (the benchmark reports it)
 
-    def verdict(self, guest: GuestState, key: GuestKey, identity: str, profile: HostProfile
-                ) -> Verdict:
-        found = self._verdicts.get((key, identity))
+    def verdict(self, guest: GuestState, key: GuestKey, identity: str, profile: HostProfile,
+                request: VcpuRequest | None = None) -> Verdict:
+        memo = (key, request, identity)
+        found = self._verdicts.get(memo)
         if found is None:
-            vcpu = None if self.domain is None else requested_vcpu(
-                self.domain, profile.default_features())
+            vcpu = None if request is None else request.on(profile.default_features())
 
             def decide_here(state: GuestState) -> Decision:
                 self.decisions += 1
@@ -163,13 +174,14 @@ class Decider:
             found = Verdict.of(decision)
             if decision.vetoed:
                 found = found._replace(remedy=movable_with_psci(guest, decision, decide_here))
-            self._verdicts[(key, identity)] = found
+            self._verdicts[memo] = found
         return found
 
-    def per_profile(self, guest: GuestState, fleet: Fleet) -> dict[str, Verdict]:
+    def per_profile(self, guest: GuestState, fleet: Fleet,
+                    request: VcpuRequest | None = None) -> dict[str, Verdict]:
         """The guest's verdict on each distinct profile of the fleet."""
         key = guest_key(guest)
-        return {identity: self.verdict(guest, key, identity, profile)
+        return {identity: self.verdict(guest, key, identity, profile, request)
                 for identity, profile in fleet.profiles.items()}
 
 
@@ -178,9 +190,11 @@ class HostVerdict(NamedTuple):
     verdict: Verdict
 
 
-def where(guest: GuestState, fleet: Fleet, decider: Decider) -> list[HostVerdict]:
-    """Every host of the fleet, in host order, with what ``check`` says for the guest there."""
-    by_profile = decider.per_profile(guest, fleet)
+def where(guest: GuestState, fleet: Fleet, decider: Decider,
+          request: VcpuRequest | None = None) -> list[HostVerdict]:
+    """Every host of the fleet, in host order, with what ``check`` says for the guest there
+    (``request``: what its domain XML asks of the vCPU, as Decider takes it)."""
+    by_profile = decider.per_profile(guest, fleet, request)
     return [HostVerdict(host, by_profile[identity]) for host, identity in fleet.hosts.items()]
 
 
@@ -252,10 +266,15 @@ def _changed(before: Verdict, after: Verdict) -> bool:
     return (before.allowed, before.one_way) != (after.allowed, after.one_way)
 
 
-def plan(before: Fleet, after: Fleet, guests: Sequence[tuple[str, GuestState]],
-         decider: Decider) -> Plan:
+def plan(before: Fleet, after: Fleet, guests: Sequence[Guest], decider: Decider) -> Plan:
     """What moving from ``before`` to ``after`` (the same hosts) does: the host pairs whose
-    verdict changes for a freshly booted guest, and each given guest's lost destinations."""
+    verdict changes for a freshly booted guest, and each given guest's lost destinations.
+
+    Each given guest is judged with the vCPU its domain XML asks for on each destination, as
+    `where` and ``check --domain-xml`` judge it. The freshly booted guests of the host pairs have
+    no domain XML: they are judged with their own vCPU (the source's -cpu host features), as
+    `matrix` judges them.
+    """
     classes = host_classes(before, after)
     fresh_before = {i: GuestState.booted_on(p) for i, p in before.profiles.items()}
     fresh_after = {i: GuestState.booted_on(p) for i, p in after.profiles.items()}
@@ -276,9 +295,9 @@ def plan(before: Fleet, after: Fleet, guests: Sequence[tuple[str, GuestState]],
                 pairs.append(PairChange(s, d, count, was, now))
 
     impacts: list[GuestImpact] = []
-    for name, guest in guests:
-        was_by = decider.per_profile(guest, before)
-        now_by = decider.per_profile(guest, after)
+    for guest in guests:
+        was_by = decider.per_profile(guest.state, before, guest.vcpu)
+        now_by = decider.per_profile(guest.state, after, guest.vcpu)
         lost: list[tuple[int, Verdict]] = []
         new_one_way: list[int] = []
         count_before = count_after = 0
@@ -290,7 +309,7 @@ def plan(before: Fleet, after: Fleet, guests: Sequence[tuple[str, GuestState]],
                 lost.append((index, now))
             if now.one_way and not was.one_way:
                 new_one_way.append(index)
-        impacts.append(GuestImpact(name, count_before, count_after, tuple(lost),
+        impacts.append(GuestImpact(guest.name, count_before, count_after, tuple(lost),
                                    tuple(new_one_way)))
     return Plan(before, after, classes, tuple(pairs), tuple(impacts))
 

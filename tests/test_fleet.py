@@ -529,3 +529,123 @@ def test_where_gives_the_vcpu_the_domain_names_sve_lengths_for_as_check_does(tmp
                 expected[guest, host], (guest, host, codes)
             assert (hosts[host]["allowed"], hosts[host]["codes"]) == (
                 status == ExitStatus.OK, codes), (guest, host)
+
+
+QEMU_NS = b"xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'"
+PSCI_0_1_DOMAIN = DOMAIN.replace(b"<domain type='kvm'>", b"<domain type='kvm' " + QEMU_NS + b">") \
+    .replace(b"</domain>", b"<qemu:commandline><qemu:arg value='-global'/><qemu:arg value="
+             b"'host-arm-cpu.kvm-psci-version=0.1'/></qemu:commandline></domain>")
+PMU_OFF_DOMAIN = DOMAIN.replace(b"  <cpu mode=", b"  <features><pmu state='off'/></features>\n"
+                                b"  <cpu mode=")
+
+
+def _named(domain: bytes, name: str) -> bytes:
+    return domain.replace(b"<name>vm1</name>", f"<name>{name}</name>".encode())
+
+
+def _stamp(tmp_path: Path, domain: bytes, profile: Path) -> bytes:
+    """The domain recorded as `stamp` records a guest booted with it on ``profile``'s host."""
+    bare = tmp_path / "bare.xml"
+    bare.write_bytes(domain)
+    status, out, err = run("stamp", "--guest-profile", str(profile), "--domain-xml", str(bare))
+    assert status == ExitStatus.OK, err
+    return out.encode()
+
+
+def _sve_limited(path: Path, lengths: list[int]) -> Path:
+    """7.2's max profile on a host whose KVM offers only these SVE vector lengths."""
+    path.write_text(json.dumps({**json.loads(PROBED["7.2__max"].read_text()),
+                                "sve_lengths": lengths}, indent=1) + "\n")
+    return path
+
+
+def test_plan_judges_each_guest_with_the_vcpu_its_domain_asks_for_as_check_does(
+        tmp_path: Path) -> None:
+    """`plan` judges the guests it is given as the hook and ``check --domain-xml`` judge them:
+    each destination's QEMU creates the vCPU the domain XML asks for there (kvm-psci-version,
+    the SVE lengths it names, pmu=off), whatever the guest's own vCPU was. Every guest's
+    destinations before and after, lost classes with their codes, and new one-way moves are
+    what check says on each host's profile before and after the change."""
+    to512 = _sve_limited(tmp_path / "to512.json", [128, 256, 384, 512])
+    to256 = _sve_limited(tmp_path / "to256.json", [128, 256])
+    before = {"max-1": PROBED["7.2__max"], "max-2": PROBED["7.2__max"], "max-3": to512,
+              "a57-1": PROBED["7.2__a57"], "a57-2": PROBED["7.2__a57"]}
+    change = {"max-2": to256, "max-3": PROBED["7.2__max"], "a57-2": PROBED["6.12__a57"]}
+    after = {**before, **change}
+    fleet = make_fleet(tmp_path / "fleet", before)
+    a57 = load_profile(PROBED["7.2__a57"])
+    maximal = load_profile(PROBED["7.2__max"])
+    guests = {
+        # kvm-psci-version=0.1: booted with it, set since boot, dropped since boot.
+        "psci01": _stamp(tmp_path, PSCI_0_1_DOMAIN, PROBED["7.2__a57"]),
+        "psci01-set": stamped(PSCI_0_1_DOMAIN, GuestState.booted_on(a57)),
+        "psci01-dropped": stamped(DOMAIN, GuestState.booted_on(a57, psci_version=0x1)),
+        # sve512 named: booted with it (lengths 128-512), and named since a boot with all.
+        "sve512": _stamp(tmp_path, NAMES_SVE512, PROBED["7.2__max"]),
+        "sve512-set": stamped(NAMES_SVE512, GuestState.booted_on(maximal)),
+        # pmu=off: booted with it, and set since a boot with a PMU.
+        "pmu-off": _stamp(tmp_path, PMU_OFF_DOMAIN, PROBED["7.2__max"]),
+        "pmu-off-set": stamped(PMU_OFF_DOMAIN, GuestState.booted_on(maximal)),
+        "plain": stamped(DOMAIN, GuestState.booted_on(maximal)),
+    }
+    directory = tmp_path / "guests"
+    directory.mkdir()
+    for name, xml in guests.items():
+        (directory / f"{name}.xml").write_bytes(_named(xml, name))
+    status, out, err = run("plan", "--fleet", str(fleet), "--change",
+                           *(f"{h}={p}" for h, p in change.items()), "--guests",
+                           str(directory), "--format", "json")
+    assert status == ExitStatus.OK and err == ""
+    result = json.loads(out)
+    class_of = {host: c["class"] for c in result["classes"] for host in c["hosts"]}
+    assert len(set(class_of.values())) == len(before)  # each host its own (before, after)
+
+    def check(xml: Path, profile: Path) -> tuple[bool, list[str]]:
+        code, said, _ = run("check", "--host-profile", str(profile), "--domain-xml", str(xml),
+                            "--json")
+        return code == ExitStatus.OK, json.loads(said)["codes"]
+
+    said_by: dict[tuple[str, str], tuple[tuple[bool, list[str]], tuple[bool, list[str]]]] = {}
+    for name in guests:
+        xml = directory / f"{name}.xml"
+        for host in before:
+            said_by[name, host] = (check(xml, before[host]), check(xml, after[host]))
+        was_one_way = {h: s[0][0] and "WA_RATCHET" in s[0][1] for h, s in
+                       ((h, said_by[name, h]) for h in before)}
+        now_one_way = {h: s[1][0] and "WA_RATCHET" in s[1][1] for h, s in
+                       ((h, said_by[name, h]) for h in before)}
+        lost = {class_of[h]: said_by[name, h][1] for h in before
+                if said_by[name, h][0][0] and not said_by[name, h][1][0]}
+        expected = {
+            "domain": name,
+            "destinations_before": sum(said_by[name, h][0][0] for h in before),
+            "destinations_after": sum(said_by[name, h][1][0] for h in before),
+            "lost": sorted((c, False, codes) for c, (_, codes) in lost.items()),
+            "new_one_way": sorted({class_of[h] for h in before
+                                   if now_one_way[h] and not was_one_way[h]}),
+        }
+        [judged] = [g for g in result["guests"] if g["domain"] == name]
+        assert {**{k: judged[k] for k in expected if k != "lost"},
+                "lost": sorted((e["class"], e["after"]["allowed"], e["after"]["codes"])
+                               for e in judged["lost"])} == expected, name
+        assert judged["stranded"] == (expected["destinations_after"] == 0)
+    # Pinned where the guest's own vCPU says otherwise (what `plan` said before it read the
+    # domains): a 1.x guest whose QEMU now sets kvm-psci-version=0.1, and a 0.1 guest whose
+    # domain no longer sets it, are refused everywhere; the own vCPU allowed both on 7.2 a57.
+    by_name = {g["domain"]: g for g in result["guests"]}
+    for name in ("psci01-set", "psci01-dropped"):
+        assert all(not said[0] and "PSCI_UNSUPPORTED" in said[1]
+                   for (guest, _), pair in said_by.items() if guest == name for said in pair)
+        assert by_name[name]["destinations_before"] == 0 and by_name[name]["stranded"]
+    assert said_by["psci01", "a57-1"] == ((True, []), (True, []))
+    # sve512 is not offered on a host limited to 256 bits: QEMU cannot start the vCPU there
+    # (FEATURE_MISSING; the own vCPU said SVE_LENGTH_LOST).
+    assert by_name["sve512"]["lost"] == [{"class": class_of["max-2"], "hosts": 1, "after": {
+        "allowed": False, "codes": ["FEATURE_MISSING"], "one_way": False}}]
+    # Named since a boot with every length: the destination's vCPU has 128-512 bits only.
+    assert said_by["sve512-set", "max-1"][0] == (False, ["SVE_LENGTH_LOST"])
+    assert by_name["sve512-set"]["destinations_before"] == 0
+    # pmu=off since a boot with a PMU: no destination creates the PMU the guest has.
+    assert "FEATURE_MISSING" in said_by["pmu-off-set", "max-1"][0][1]
+    assert by_name["pmu-off-set"]["destinations_before"] == 0
+    assert by_name["pmu-off"]["destinations_before"] == 2

@@ -20,10 +20,9 @@ from typing import Any, BinaryIO
 
 from psci_hook import cache
 from psci_hook.commands._common import InputError
-from psci_hook.domainxml import MAX_DOMAIN_XML, DomainXMLError, parse_domain
-from psci_hook.engine import GuestState
+from psci_hook.domainxml import MAX_DOMAIN_XML, DomainXMLError, parse_domain, vcpu_request
 from psci_hook.errors import UnreadableFile, read_text_file
-from psci_hook.fleet import HOST_IDENTITY_KEYS, Fleet, profile_identity
+from psci_hook.fleet import HOST_IDENTITY_KEYS, Fleet, Guest, profile_identity
 from psci_hook.profile import HostProfile, ProfileError, loads_profile
 from psci_hook.record import RecordError, read_record
 
@@ -142,8 +141,9 @@ class GuestSkipped(Exception):
     """A guest that cannot be judged (no record, an invalid one, not aarch64): one line."""
 
 
-def guest_from_xml(data: bytes, origin: str) -> tuple[str, GuestState]:
-    """The domain's name and the state its record says the source QEMU will send.
+def guest_from_xml(data: bytes, origin: str) -> Guest:
+    """The domain's name, the state its record says the source QEMU will send, and what the
+    domain XML asks of the vCPU (the tree itself is not kept).
 
     Malformed XML raises InputError; a domain without a usable record GuestSkipped.
     """
@@ -160,7 +160,7 @@ def guest_from_xml(data: bytes, origin: str) -> tuple[str, GuestState]:
         raise GuestSkipped(f"{name}: invalid psci-hook record: {exc}") from None
     if record is None:
         raise GuestSkipped(f"{name}: the domain carries no psci-hook record")
-    return name, record.state
+    return Guest(name, record.state, vcpu_request(domain))
 
 
 def read_xml_file(path: Path, stdin: BinaryIO) -> bytes:
@@ -173,12 +173,11 @@ def read_xml_file(path: Path, stdin: BinaryIO) -> bytes:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def guests_from_directory(directory: Path, stdin: BinaryIO
-                          ) -> tuple[list[tuple[str, GuestState]], list[str]]:
+def guests_from_directory(directory: Path, stdin: BinaryIO) -> tuple[list[Guest], list[str]]:
     """The guests of every ``*.xml`` domain file in ``directory``, and the ones skipped."""
     if not directory.is_dir():
         raise InputError(f"{directory}: not a directory of domain XML files")
-    guests: list[tuple[str, GuestState]] = []
+    guests: list[Guest] = []
     skipped: list[str] = []
     for path in sorted(directory.glob("*.xml")):
         try:
@@ -188,12 +187,12 @@ def guests_from_directory(directory: Path, stdin: BinaryIO
     return guests, skipped
 
 
-def guests_from_libvirt(uris: Sequence[str]) -> tuple[list[tuple[str, GuestState]], list[str]]:
+def guests_from_libvirt(uris: Sequence[str]) -> tuple[list[Guest], list[str]]:
     """The running guests of each libvirt URI (their live XML, which carries the record the
     hook last wrote). LibvirtUnavailable propagates."""
     from psci_hook.libvirt_client import Client, LibvirtCallFailed
 
-    guests: list[tuple[str, GuestState]] = []
+    guests: list[Guest] = []
     skipped: list[str] = []
     for uri in uris:
         client = Client.open(uri)
@@ -201,8 +200,8 @@ def guests_from_libvirt(uris: Sequence[str]) -> tuple[list[tuple[str, GuestState
             for dom in client.running():
                 shown = client.name(dom) if len(uris) == 1 else f"{client.name(dom)}@{uri}"
                 try:
-                    _, state = guest_from_xml(client.live_xml(dom), shown)
-                    guests.append((shown, state))
+                    guests.append(guest_from_xml(client.live_xml(dom), shown)._replace(
+                        name=shown))
                 except (GuestSkipped, InputError, LibvirtCallFailed) as exc:
                     skipped.append(str(exc) if not isinstance(exc, LibvirtCallFailed)
                                    else f"{shown}: {exc}")

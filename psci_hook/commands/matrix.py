@@ -1,8 +1,11 @@
 """psci-hook matrix: which source -> destination host pairs a freshly booted guest survives.
 
 For each source profile, the guest is the one -cpu host gives there (every vCPU feature the
-source supports); for each destination, the engine decides. Readable as a text or markdown
-grid with the reasons below it, or as JSON.
+source supports); for each destination, the engine decides. There is no domain XML, so each
+destination is judged with the guest's own vCPU (its features, SVE lengths and PSCI 0.1 or
+not: engine.decide without ``vcpu``), not with what a domain asks for there (``where``,
+``plan``'s guests and ``check --domain-xml`` judge that). Readable as a text or markdown grid
+with the reasons below it, or as JSON.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@ upgrade) does to migrations.
 
 Hosts are grouped into classes: the same profile before and the same after the change. For
 every pair of classes where one side changes, the verdict for a guest freshly booted on the
-source (as ``matrix`` does) before and after; and for each guest given, the hosts it can go to
-before and after (as ``where`` does). Every verdict is ``check``'s, once per distinct
-(guest state, profile).
+source (as ``matrix`` does: its own vCPU, no domain XML) before and after; and for each guest
+given, the hosts it can go to before and after, with the vCPU its domain XML asks for on each
+(as ``where`` and ``check --domain-xml`` do). Every verdict is ``check``'s, once per distinct
+(guest state, vCPU request, profile).
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from psci_hook.commands._fleet import (
     load_change_profile,
     load_fleet,
 )
-from psci_hook.engine import GuestState
 from psci_hook.environment import Environment
 from psci_hook.fleet import (
     Decider,
     Fleet,
+    Guest,
     Plan,
     Verdict,
     first_hosts,
@@ -82,7 +83,7 @@ def parse_changes(specs: Sequence[str], fleet: Fleet) -> dict[str, tuple[str, Ho
 
 
 def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
-    guests: list[tuple[str, GuestState]] = []
+    guests: list[Guest] = []
     skipped: list[str] = []
     try:
         before = load_fleet(args.fleet)

@@ -19,7 +19,6 @@ from psci_hook.commands._fleet import (
     load_fleet,
     read_xml_file,
 )
-from psci_hook.domainxml import parse_domain
 from psci_hook.environment import Environment
 from psci_hook.fleet import Decider, HostVerdict, Verdict, remedy_note, where
 from psci_hook.status import ExitStatus
@@ -61,18 +60,18 @@ def run(args: argparse.Namespace, env: Environment) -> ExitStatus:
             data = read_xml_file(args.domain_xml, env.stdin)
             origin = "standard input" if str(args.domain_xml) == "-" else str(args.domain_xml)
         try:
-            name, guest = guest_from_xml(data, origin)
+            guest = guest_from_xml(data, origin)
         except GuestSkipped as exc:
             raise InputError(str(exc)) from None
         fleet = load_fleet(args.fleet)
     except InputError as exc:
         env.error(str(exc))
         return ExitStatus.BAD_INPUT
-    verdicts = where(guest, fleet, Decider(args.qemu, parse_domain(data)))
+    verdicts = where(guest.state, fleet, Decider(args.qemu), guest.vcpu)
     if args.json:
-        env.write_out(render_json(name, verdicts))
+        env.write_out(render_json(guest.name, verdicts))
     else:
-        env.write_out(render_text(name, verdicts))
+        env.write_out(render_text(guest.name, verdicts))
     return ExitStatus.OK if any(hv.verdict.allowed for hv in verdicts) else ExitStatus.VETO
 
 
