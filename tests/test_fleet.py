@@ -649,3 +649,26 @@ def test_plan_judges_each_guest_with_the_vcpu_its_domain_asks_for_as_check_does(
     assert "FEATURE_MISSING" in said_by["pmu-off-set", "max-1"][0][1]
     assert by_name["pmu-off-set"]["destinations_before"] == 0
     assert by_name["pmu-off"]["destinations_before"] == 2
+
+
+def test_plan_reads_what_a_libvirt_domain_asks_of_the_vcpu(conn: Any, tmp_path: Path) -> None:
+    """Guests read from libvirt carry their live XML's vCPU request too: a running guest whose
+    domain turned the PMU off since it booted with one has no destination (FEATURE_MISSING),
+    as `where --domain` and the hook say; the same guest without pmu=off keeps both hosts."""
+    fleet = make_fleet(tmp_path / "fleet", {"a": PROBED["7.2__max"], "b": PROBED["7.2__max"]})
+    booted = GuestState.booted_on(load_profile(PROBED["7.2__max"]))
+    for name, domain in (("lv-pmu-off", PMU_OFF_DOMAIN), ("lv-plain", DOMAIN)):
+        xml = _named(stamped(domain, booted), name).decode()
+        xml = "\n".join(line for line in xml.splitlines() if "<uuid>" not in line)
+        conn.createXML(xml.replace("type='kvm'", "type='test'"), 0)
+    assert "<pmu state='off'/>" in conn.lookupByName("lv-pmu-off").XMLDesc(0)
+    status, out, err = run("plan", "--fleet", str(fleet), "--change", f"b={PROBED['7.2__a57']}",
+                           "--uri", TEST_URI, "--format", "json")
+    assert status == ExitStatus.OK, err
+    by_name = {g["domain"]: g for g in json.loads(out)["guests"]}
+    assert by_name["lv-pmu-off"]["destinations_before"] == 0
+    assert by_name["lv-plain"]["destinations_before"] == 2
+    where_status, where_out, _ = run("where", "--domain", "lv-pmu-off", "--uri", TEST_URI,
+                                     "--fleet", str(fleet), "--json")
+    assert where_status == ExitStatus.VETO
+    assert all("FEATURE_MISSING" in h["codes"] for h in json.loads(where_out)["hosts"])
