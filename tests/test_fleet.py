@@ -13,6 +13,7 @@ import pytest
 
 from psci_hook.cli import main
 from psci_hook.commands import _fleet
+from psci_hook.domainxml import parse_domain, vcpu_request
 from psci_hook.engine import GuestState
 from psci_hook.environment import Environment
 from psci_hook.fleet import Decider, Fleet, profile_identity, where
@@ -152,6 +153,24 @@ def test_guests_differing_only_in_their_sve_lengths_are_decided_apart() -> None:
     assert "SVE_LENGTH_LOST" in lost.verdict.codes and "SVE_LENGTH_LOST" not in kept.verdict.codes
     assert decider.decisions == 2
 
+
+def test_one_guest_state_under_two_vcpu_requests_is_decided_apart() -> None:
+    """The memo key holds what the domain asks of the vCPU: one Decider (`plan` asks about many
+    guests) must not answer a pmu=off domain with the verdict of a guest with the same state
+    in a plain one. Equal requests, read from two parses, share one decision."""
+    profile = load_profile(PROBED["7.2__max"])
+    fleet = Fleet({"h": "p"}, {"p": profile})
+    guest = GuestState.booted_on(profile)
+    plain, pmu_off = (vcpu_request(parse_domain(d)) for d in (DOMAIN, PMU_OFF_DOMAIN))
+    assert plain != pmu_off and plain.on(profile.default_features()).features == \
+        profile.default_features()
+    decider = Decider()
+    [kept] = where(guest, fleet, decider, plain)
+    [lost] = where(guest, fleet, decider, pmu_off)
+    assert kept.verdict.allowed and not lost.verdict.allowed
+    assert "FEATURE_MISSING" in lost.verdict.codes
+    where(guest, fleet, decider, vcpu_request(parse_domain(PMU_OFF_DOMAIN)))
+    assert decider.decisions == 2
 
 def test_profile_identity_ignores_only_which_host_and_when() -> None:
     data = json.loads(PROBED["6.1__a57"].read_text())
