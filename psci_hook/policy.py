@@ -139,13 +139,18 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _choice(allowed: tuple[str, ...]) -> Callable[[str], _Value]:
-    def parse(text: str) -> _Value:
-        if text.lower() in allowed:
+class _Choice(NamedTuple):
+    """A setting with a fixed set of values, written in any case. A class rather than a closure:
+    ``parse`` is then code that runs when a value is read, which mutation testing can reach (a
+    closure's body would be built once, when SETTINGS is, benchmarks/mutation.py)."""
+
+    allowed: tuple[str, ...]
+
+    def parse(self, text: str) -> _Value:
+        if text.lower() in self.allowed:
             return _Value(text.lower())
-        return _Value(None, f"{text!r} is not one of {', '.join(allowed)}"
-                      f"{did_you_mean(text, allowed)}")
-    return parse
+        return _Value(None, f"{text!r} is not one of {', '.join(self.allowed)}"
+                      f"{did_you_mean(text, self.allowed)}")
 
 
 def _boolean(text: str) -> _Value:
@@ -155,18 +160,22 @@ def _boolean(text: str) -> _Value:
     return _Value(None, f"{text!r} is not yes or no{did_you_mean(text, ('yes', 'no'))}")
 
 
-def _number(low: float, high: float, integer: bool = False) -> Callable[[str], _Value]:
-    what = "a whole number" if integer else "a number of seconds (no unit)"
+class _Number(NamedTuple):
+    """A number from ``low`` to ``high``: seconds (a float), or a whole number (``integer``)."""
 
-    def parse(text: str) -> _Value:
+    low: float
+    high: float
+    integer: bool = False
+
+    def parse(self, text: str) -> _Value:
         try:
-            parsed = int(text) if integer else float(text)
+            parsed = int(text) if self.integer else float(text)
         except ValueError:
             parsed = math.nan
-        if not low <= parsed <= high:
-            return _Value(None, f"{text!r} is not {what} from {low:g} to {high:g}")
+        if not self.low <= parsed <= self.high:
+            what = "a whole number" if self.integer else "a number of seconds (no unit)"
+            return _Value(None, f"{text!r} is not {what} from {self.low:g} to {self.high:g}")
         return _Value(parsed)
-    return parse
 
 
 def split_list(text: str) -> list[str]:
@@ -207,11 +216,13 @@ class Setting(NamedTuple):
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("hook", "mode", "mode", "enforce", "enforce, warn", _choice(MODES)),
-    Setting("hook", "unrecorded", "unrecorded", "allow", "allow, veto", _choice(ALLOW_OR_VETO)),
+    Setting("hook", "mode", "mode", "enforce", "enforce, warn", _Choice(MODES).parse),
+    Setting("hook", "unrecorded", "unrecorded", "allow", "allow, veto",
+            _Choice(ALLOW_OR_VETO).parse),
     Setting("hook", "annotate", "annotate", "yes", "yes, no", _boolean),
-    Setting("hook", "on_error", "on_error", "allow", "allow, veto", _choice(ALLOW_OR_VETO)),
-    Setting("hook", "timeout", "timeout", "10", "seconds, 0.1 to 300", _number(0.1, 300)),
+    Setting("hook", "on_error", "on_error", "allow", "allow, veto",
+            _Choice(ALLOW_OR_VETO).parse),
+    Setting("hook", "timeout", "timeout", "10", "seconds, 0.1 to 300", _Number(0.1, 300).parse),
     Setting("hook", "domain_types", "domain_types", "kvm",
             "kvm, qemu, hvf (a list: commas or spaces)", _domain_types),
     Setting("hook", "veto_dropped_workarounds", "veto_dropped_workarounds", "yes", "yes, no",
@@ -219,12 +230,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hook", "rehearse", "rehearse", "yes", "yes, no", _boolean),
     Setting("hook", "allow_domain_override", "allow_domain_override", "yes", "yes, no",
             _boolean),
-    Setting("hook", "history_limit", "history_limit", "8", "0 to 64", _number(0, 64, True)),
+    Setting("hook", "history_limit", "history_limit", "8", "0 to 64",
+            _Number(0, 64, True).parse),
     Setting("host", "profile", "host_profile", "", "an absolute path", _absolute_path),
     Setting("host", "qemu_generation", "qemu_generation", "auto", "auto, legacy, tolerant",
-            _choice(GENERATIONS)),
+            _Choice(GENERATIONS).parse),
     Setting("log", "target", "log_target", "auto", "auto, journal, syslog, none",
-            _choice(LOG_TARGETS)),
+            _Choice(LOG_TARGETS).parse),
     Setting("log", "journal_socket", "journal_socket", str(JOURNAL_SOCKET),
             "an absolute path", _absolute_path),
     Setting("log", "syslog_socket", "syslog_socket", str(SYSLOG_SOCKET), "an absolute path",
