@@ -174,6 +174,12 @@ def test_the_summary_line_is_one_line() -> None:
     assert reading.summary_line() == (
         "f.conf:2: unknown setting 'mdoe' (did you mean 'mode'?); ignored (+1 more); other "
         "settings applied, defaults for the rest (psci-hook config --check)")
+    single = parse_policy_text("[hook]\ntimeout = soon\n", "f.conf")
+    assert single.summary_line() == (
+        "f.conf:2: timeout 'soon' is not a number of seconds (no unit) from 0.1 to 300; the "
+        "default (10) applies; other settings applied, defaults for the rest (psci-hook config "
+        "--check)")
+    assert parse_policy_text("[hook]\nmode = warn\n", "f.conf").summary_line() == ""
 
 
 def test_a_problem_is_one_printable_line_whatever_the_file_holds() -> None:
