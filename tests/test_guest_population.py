@@ -162,22 +162,32 @@ def test_a_32_bit_guest_with_sve_cannot_start() -> None:
 
 
 def test_a_32_bit_guest_where_the_host_cannot_run_one_says_why(tmp_path: Path) -> None:
+    """The event's reason, exactly, for each way a host cannot check a 32-bit guest: no 32-bit
+    EL1, every 32-bit vCPU refused, or a profile from before the probe tried one."""
+    guest = "type=kvm arch=armv7l: a 32-bit guest (-cpu host,aarch64=off, KVM_ARM_VCPU_EL1_32BIT)"
     no_el1_32 = host()._replace(extra={
         "kvm": {"capabilities": {"el1_32bit": False}}})
     event = run_hook_on(tmp_path, no_el1_32, ARMV7L_NO_SVE)
     assert event["codes"] == ["NOT_APPLICABLE"]
-    assert "no 32-bit EL1 (no KVM_CAP_ARM_EL1_32BIT)" in str(event["reason"])
+    assert event["reason"] == (
+        f"{guest}, and this host's KVM has no 32-bit EL1 (no KVM_CAP_ARM_EL1_32BIT): its QEMU "
+        "refuses aarch64=off and cannot start the guest here, before any memory moves "
+        "(target/arm/cpu.c aarch64_cpu_set_aarch64); unchecked")
     refused = host()._replace(extra={"kvm": {
         "capabilities": {"el1_32bit": True},
         "feature_errors": {"pauth+aarch32": "KVM_ARM_VCPU_INIT: EINVAL (Invalid argument)"}}})
     assert refused.runs_aarch32() is False
     event = run_hook_on(tmp_path, refused, ARMV7L_NO_SVE)
     assert event["codes"] == ["NOT_APPLICABLE"]
-    assert "refused every 32-bit vCPU its QEMU could create (pauth+aarch32: KVM_ARM_VCPU_INIT: " \
-        "EINVAL" in str(event["reason"])
+    assert event["reason"] == (
+        f"{guest}, and this host's KVM refused every 32-bit vCPU its QEMU could create "
+        "(pauth+aarch32: KVM_ARM_VCPU_INIT: EINVAL (Invalid argument)): the guest cannot start "
+        "here, before any memory moves; unchecked")
     event = run_hook_on(tmp_path, host(), ARMV7L_NO_SVE)  # a profile of an older probe
     assert event["codes"] == ["NOT_APPLICABLE"]
-    assert "no 32-bit vCPU (probed by an older psci-hook" in str(event["reason"])
+    assert event["reason"] == (
+        f"{guest}, and this host's profile has no 32-bit vCPU (probed by an older psci-hook: "
+        "run psci-hook probe --write); unchecked")
 
 
 def test_the_rehearsal_creates_the_32_bit_vcpu() -> None:
