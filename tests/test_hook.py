@@ -294,3 +294,64 @@ def test_the_generation_read_from_the_qemu_build_beats_the_version_number(
     if build is not None:
         (tmp_path / "qemu-generation").write_text(f"{build} (how refresh knows)\n")
     assert qemu_generation_of_a_migration(tmp_path, bundled) == generation
+
+
+def _run_in_process(tmp_path: Path, bundled: dict[str, HostProfile], domain: bytes,
+                    unrecorded: str) -> tuple[ExitStatus, str, dict[str, object]]:
+    """The hook in process (so that mutation testing sees it) at `migrate begin` on a 6.1 a57
+    host: its exit status, its stderr and its one event."""
+    config = write_config(tmp_path / "c.conf", profile_file(tmp_path, bundled["6.1__a57"]),
+                          None, extra_hook=f"unrecorded = {unrecorded}")
+    env = Environment.for_test(["hook", "vm1", "migrate", "begin", "-"], domain,
+                               {"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
+    sink = CollectingSink()
+    status = main(env, sink)
+    assert env.stdout.getvalue() == b""  # type: ignore[attr-defined]
+    (event,) = sink.events
+    return status, env.stderr.getvalue(), event  # type: ignore[attr-defined]
+
+
+def test_the_lines_and_events_of_a_guest_without_a_record(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    """What libvirt shows and the journal keeps for a guest without a record: the veto line
+    under unrecorded = veto, the policy named in the event under allow."""
+    status, stderr, event = _run_in_process(tmp_path, bundled, DOMAIN, "veto")
+    reason = ("the domain carries no psci-hook record, so the source's register values are "
+              "unknown")
+    assert (status, stderr) == (ExitStatus.VETO, f"psci-hook: VETO NO_RECORD domain vm1: {reason} "
+                                "(the policy vetoes guests without a record (unrecorded = veto))\n")
+    assert (event["decision"], event["reason"]) == ("veto", reason)
+    assert "record_not_used" not in event
+    status, stderr, event = _run_in_process(tmp_path, bundled, DOMAIN, "allow")
+    assert (status, stderr) == (ExitStatus.OK, "")
+    assert (event["decision"], event["codes"], event["policy_unrecorded"]) == (
+        "allow", ["NO_RECORD"], "allow")
+    assert "record_not_used" not in event
+
+
+@pytest.mark.parametrize("setting", ["allow", "veto"])
+def test_the_lines_and_events_of_a_record_that_does_not_vouch(
+        tmp_path: Path, bundled: dict[str, HostProfile], setting: str) -> None:
+    """A persistent definition's copy (an offline migration): the event says why the record
+    was not used, and a veto line says it too."""
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.12__a57"])).replace(
+        b' version="1"', b' version="1" status="persistent-copy"', 1)
+    why = ("it is the persistent definition's copy from the guest's last run: an offline "
+           "migration, or a guest started since without psci-hook recording it")
+    status, stderr, event = _run_in_process(tmp_path, bundled, domain, setting)
+    assert event["record_not_used"] == why and event["codes"] == ["NO_RECORD"]
+    if setting == "allow":
+        assert (status, stderr, event["policy_unrecorded"]) == (ExitStatus.OK, "", "allow")
+        return
+    reason = f"the domain's psci-hook record does not vouch for the guest's register state ({why})"
+    assert (status, stderr) == (ExitStatus.VETO, f"psci-hook: VETO NO_RECORD domain vm1: {reason} "
+                                "(the policy vetoes guests without a record (unrecorded = veto))\n")
+    assert event["reason"] == reason
+
+
+def test_a_domain_without_an_architecture_is_left_alone_as_arch_unknown(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    no_arch = DOMAIN.replace(b" arch='aarch64' machine='virt-7.2'", b"")
+    status, stderr, event = _run_in_process(tmp_path, bundled, no_arch, "veto")
+    assert (status, stderr, event["codes"]) == (ExitStatus.OK, "", ["NOT_APPLICABLE"])
+    assert event["reason"] == "type=kvm arch=?"
