@@ -369,11 +369,13 @@ def _hook_env(tmp_path: Path, argv: list[str], stdin: bytes, destination: HostPr
     return env
 
 
-def test_a_veto_event_lists_twelve_findings_and_counts_the_rest(tmp_path: Path) -> None:
-    # Twenty system registers the destination lacks, all below its last one: twenty REG_MISSING.
-    missing = [regs.sysreg_id(3, 0, 5, 1, i) for i in range(8)] + [
+@pytest.mark.parametrize("count", [12, 20])
+def test_a_veto_event_lists_twelve_findings_and_counts_the_rest(tmp_path: Path,
+                                                                count: int) -> None:
+    # System registers the destination lacks, all below its last one: one REG_MISSING each.
+    missing = ([regs.sysreg_id(3, 0, 5, 1, i) for i in range(8)] + [
         regs.sysreg_id(3, 0, 5, 2, i) for i in range(8)] + [
-        regs.sysreg_id(3, 0, 5, 3, i) for i in range(4)]
+        regs.sysreg_id(3, 0, 5, 3, i) for i in range(4)])[:count]
     kept = [regs.sysreg_id(3, 0, 6, 0, i) for i in range(8)]
     own = [regs.sysreg_id(3, 0, 7, 0, i) for i in range(8)] + [
         regs.sysreg_id(3, 0, 7, 1, i) for i in range(8)] + [
@@ -389,7 +391,8 @@ def test_a_veto_event_lists_twelve_findings_and_counts_the_rest(tmp_path: Path) 
     assert main(env, sink) == ExitStatus.VETO
     event = sink.events[0]
     listed = event["findings"]
-    assert isinstance(listed, list) and len(listed) == 12 and event["more_findings"] == 8
+    assert isinstance(listed, list) and len(listed) == 12
+    assert event.get("more_findings") == (count - 12 or None)  # none more: no count at all
     assert listed[0] == {"code": "REG_MISSING", "register": regs.register_name(missing[0])}
     assert event["codes"] == ["REG_MISSING"] and event["decision"] == "veto"
     assert event["reason"] == env.stderr.getvalue().split(": ", 2)[2].split(" (")[0]  # type: ignore[attr-defined]
@@ -1513,9 +1516,43 @@ def test_a_psci_veto_line_ends_with_the_remedy(tmp_path: Path) -> None:
     env = Environment.for_test(["hook", "vm1", "migrate", "begin", "-"],
                                stamped(DOMAIN, GuestState.booted_on(guest)),
                                {"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
-    assert main(env, CollectingSink()) == ExitStatus.VETO
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.VETO
     line = env.stderr.getvalue()  # type: ignore[attr-defined]
     assert line.startswith("psci-hook: VETO PSCI_UNSUPPORTED domain vm1: ")
     assert "(the destination would refuse this only after copying all guest memory); remedy: " \
            "cold-boot the guest with kvm-psci-version=1.1 " in line
     assert line.endswith(", then it can move here\n")
+    # The event carries the same remedy, on its own.
+    assert sink.events[0]["remedy"] == line.split("; remedy: ", 1)[1].rstrip("\n")
+
+
+def test_warn_mode_says_would_veto_once_and_keeps_the_event_of_a_veto(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    """mode = warn: the veto's line with "WOULD VETO" for its first word only (a domain may be
+    named VETO-...), and the event a veto would have had, with both values of each finding."""
+    named = DOMAIN.replace(b"<name>vm1</name>", b"<name>VETO-vm</name>")
+    domain = stamped(named, GuestState.booted_on(bundled["6.1__a76"]))
+    config = tmp_path / "c.conf"
+    config.write_text(f"[hook]\nmode = warn\nrehearse = no\n[host]\nprofile = "
+                      f"{profile_file(tmp_path, bundled['6.1__a57'])}\n[log]\ntarget = none\n")
+    env = Environment.for_test(["hook", "VETO-vm", "restore", "begin", "-"], domain,
+                               {"PSCI_HOOK_CONFIG": str(config)}, run_dir=tmp_path)
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    reason = ("SMCCC_ARCH_WORKAROUND_1 guest=NOT_REQUIRED destination=NOT_AVAIL: the guest's "
+              "SMCCC_ARCH_WORKAROUND_1 is NOT_REQUIRED but the destination has NOT_AVAIL: KVM "
+              "refuses a level above the destination host's own.")
+    assert env.stderr.getvalue() == (  # type: ignore[attr-defined]
+        f"psci-hook: WOULD VETO WA_LEVEL_TOO_HIGH domain VETO-vm: {reason} (+1: "
+        "WA_LEVEL_TOO_HIGH) (QEMU would refuse this only after reading all guest memory from "
+        "the saved image)\n")
+    (event,) = sink.events
+    assert (event["decision"], event["codes"], event["reason"]) == (
+        "warn", ["WA_LEVEL_TOO_HIGH"], reason)
+    assert event["findings"] == [
+        {"code": "WA_LEVEL_TOO_HIGH", "register": "SMCCC_ARCH_WORKAROUND_1",
+         "guest": "NOT_REQUIRED", "destination": "NOT_AVAIL"},
+        {"code": "WA_LEVEL_TOO_HIGH", "register": "SMCCC_ARCH_WORKAROUND_3",
+         "guest": "AVAIL", "destination": "NOT_AVAIL"}]
+    assert "remedy" not in event and "more_findings" not in event
