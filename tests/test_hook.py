@@ -355,3 +355,20 @@ def test_a_domain_without_an_architecture_is_left_alone_as_arch_unknown(
     status, stderr, event = _run_in_process(tmp_path, bundled, no_arch, "veto")
     assert (status, stderr, event["codes"]) == (ExitStatus.OK, "", ["NOT_APPLICABLE"])
     assert event["reason"] == "type=kvm arch=?"
+
+
+@pytest.mark.parametrize(("old", "new", "why"), [
+    (b' version="1"', b' version="2"',
+     "record version 2 is newer than this psci-hook reads (version 1)"),
+    (b' version="1"', b' version="1" status="hibernated"',
+     "its record's status is 'hibernated'"),
+])
+def test_a_record_of_a_newer_release_is_not_used_and_the_event_says_why(
+        tmp_path: Path, bundled: dict[str, HostProfile], old: bytes, new: bytes,
+        why: str) -> None:
+    """A newer version, or a status word of a newer release: the record does not vouch for
+    the guest's registers, and the policy decides as for a guest without one."""
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.12__a57"])).replace(old, new, 1)
+    status, stderr, event = _run_in_process(tmp_path, bundled, domain, "allow")
+    assert (status, stderr, event["codes"]) == (ExitStatus.OK, "", ["NO_RECORD"])
+    assert event["record_not_used"] == why

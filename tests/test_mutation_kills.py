@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from psci_hook import __version__
+from psci_hook import __version__, cli, rehearsal
 from psci_hook import registers as regs
 from psci_hook.domainxml import MAX_DOMAIN_XML, parse_domain
 from psci_hook.engine import (
@@ -60,10 +60,12 @@ from psci_hook.record import (
     read_record,
     record_xml,
 )
+from psci_hook.rehearsal import Result
 from psci_hook.splice import SpliceError, layout, splice_record
 from psci_hook.status import ExitStatus
 from tests.helpers import REPO, fw, make_profile
 from tests.hooktools import DOMAIN, CollectingSink, SyslogListener, profile_file, stamped
+from tests.test_guest_features import ALL, PSCI_0_1_GLOBAL, host, xml
 
 V = regs.psci_value
 WA2 = regs.SMCCC_ARCH_WORKAROUND_2.reg_id
@@ -1556,3 +1558,96 @@ def test_warn_mode_says_would_veto_once_and_keeps_the_event_of_a_veto(
         {"code": "WA_LEVEL_TOO_HIGH", "register": "SMCCC_ARCH_WORKAROUND_3",
          "guest": "AVAIL", "destination": "NOT_AVAIL"}]
     assert "remedy" not in event and "more_findings" not in event
+
+
+def test_the_allow_event_says_the_guest_before_and_after_and_both_vcpus(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    """A featureless guest from 6.1 a57 to 6.12 a76: the registers it brings, those it has on
+    arrival (the workarounds ratchet up), and the vCPU features on each side."""
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"], frozenset()))
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                    bundled["6.12__a76"])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    event = sink.events[0]
+    common = ("PSCI_VERSION=1.1, {}, SMCCC_ARCH_WORKAROUND_2=NOT_AVAIL, {}, STD_BMAP=0x1 "
+              "(TRNG_V1_0), STD_HYP_BMAP=0x1 (PV_TIME), VENDOR_HYP_BMAP=0x3 (FUNC_FEAT|PTP)")
+    assert event["guest"] == common.format("SMCCC_ARCH_WORKAROUND_1=NOT_AVAIL",
+                                           "SMCCC_ARCH_WORKAROUND_3=NOT_AVAIL")
+    assert event["destination_registers"] == common.format(
+        "SMCCC_ARCH_WORKAROUND_1=NOT_REQUIRED", "SMCCC_ARCH_WORKAROUND_3=AVAIL")
+    assert event["vcpu_features"] == {"guest": "none", "destination": "pmu"}
+    assert event["codes"] == ["FEATURE_GAINED", "WA_RATCHET"]
+
+
+def test_a_register_of_a_newer_release_is_reported_not_judged(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    """A record naming a firmware register this release does not know: allowed with
+    FW_UNVERIFIED, and `psci-hook check` on a host that rehearses says why. (The rehearsal is
+    a stand-in that accepts every value: arm64 KVM cannot run here.)"""
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"])).replace(
+        b"</psci:firmware>",
+        b'<psci:reg name="SMCCC_ARCH_WORKAROUND_4" value="0x1"/></psci:firmware>', 1)
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                    bundled["6.1__a57"])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert sink.events[0]["codes"] == ["FW_UNVERIFIED"]
+    xml_file = tmp_path / "d.xml"
+    xml_file.write_bytes(domain)
+    check = Environment.for_test(["psci-hook", "check", "--json", "--domain-xml",
+                                  str(xml_file)], b"",
+                                 {"PSCI_HOOK_CONFIG": str(tmp_path / "c.conf")},
+                                 run_dir=tmp_path)
+    check.rehearser = lambda features, values: Result(frozenset(values))
+    assert cli.main(check.argv[1:], check) == ExitStatus.OK
+    findings = json.loads(check.stdout.getvalue())["findings"]  # type: ignore[attr-defined]
+    assert [f for f in findings if f["code"] == "FW_UNVERIFIED"] == [{
+        "code": "FW_UNVERIFIED", "outcome": "unverified", "severity": "warning",
+        "register": None, "message": "the record names SMCCC_ARCH_WORKAROUND_4, which this "
+        "version of psci-hook does not know (a newer release wrote it): not judged"}]
+
+
+@pytest.mark.parametrize("available", [True, False])
+def test_the_hook_rehearses_on_this_hosts_kvm_only_where_it_can(
+        tmp_path: Path, bundled: dict[str, HostProfile], monkeypatch: pytest.MonkeyPatch,
+        available: bool) -> None:
+    """Without a rehearser of its own the hook uses this host's KVM when rehearsal.available()
+    says it can. Both are stand-ins here: this host's /dev/kvm is x86, arm64 KVM cannot run."""
+    calls: list[frozenset[str]] = []
+
+    def kvm_rehearser(features: frozenset[str], values: dict[int, int]) -> Result:
+        calls.append(features)
+        return Result(frozenset(values))
+
+    monkeypatch.setattr(rehearsal, "available", lambda: available)
+    monkeypatch.setattr(rehearsal, "kvm_rehearser", kvm_rehearser)
+    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"]))
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                    bundled["6.12__a57"])
+    sink = CollectingSink()
+    assert main(env, sink) == ExitStatus.OK
+    assert sink.events[0].get("rehearsal") == ("accepted" if available else None)
+    # The vCPU this host's QEMU creates for the guest: -cpu host's features here (a57: PMU).
+    assert calls == ([frozenset({"pmu"})] if available else [])
+
+
+def test_a_psci_0_1_vcpu_is_rehearsed_without_its_psci_version(tmp_path: Path) -> None:
+    """A domain XML with kvm-psci-version=0.1: the vCPU QEMU creates here takes PSCI 0.1 only,
+    and the scratch vCPU of the rehearsal (a 0.2+ one) would answer for another vCPU, so
+    PSCI_VERSION is left to the model (rehearsal.values_to_rehearse); without the property it
+    is rehearsed. The rehearsal is a stand-in: arm64 KVM cannot run here."""
+    guest = GuestState.booted_on(host(), ALL)  # PSCI 1.3
+    rehearsed: list[set[int]] = []
+
+    def rehearser(features: frozenset[str], values: dict[int, int]) -> Result:
+        rehearsed.append(set(values))
+        return Result(frozenset(values))
+
+    for extra in (PSCI_0_1_GLOBAL, ""):
+        env = _hook_env(tmp_path, ["hook", "g", "migrate", "begin", "-"],
+                        stamped(xml(extra=extra), guest), host())
+        env.rehearser = rehearser
+        main(env, CollectingSink())
+    with_property, without = rehearsed
+    assert without == with_property | {regs.PSCI_VERSION.reg_id} != with_property
