@@ -65,7 +65,7 @@ from psci_hook.splice import SpliceError, layout, splice_record
 from psci_hook.status import ExitStatus
 from tests.helpers import REPO, fw, make_profile
 from tests.hooktools import DOMAIN, CollectingSink, SyslogListener, profile_file, stamped
-from tests.test_guest_features import ALL, PSCI_0_1_GLOBAL, host, xml
+from tests.test_guest_features import ALL, PSCI_0_1_GLOBAL, SVE_LENGTHS, host, xml
 
 V = regs.psci_value
 WA2 = regs.SMCCC_ARCH_WORKAROUND_2.reg_id
@@ -1562,11 +1562,17 @@ def test_warn_mode_says_would_veto_once_and_keeps_the_event_of_a_veto(
 
 def test_the_allow_event_says_the_guest_before_and_after_and_both_vcpus(
         tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
-    """A featureless guest from 6.1 a57 to 6.12 a76: the registers it brings, those it has on
-    arrival (the workarounds ratchet up), and the vCPU features on each side."""
-    domain = stamped(DOMAIN, GuestState.booted_on(bundled["6.1__a57"], frozenset()))
+    """A featureless guest from 6.1 a57 to 6.12 a76, with an override in its record: the
+    registers it brings, those it has on arrival (the workarounds ratchet up), and the vCPU
+    features on each side; the record it carries on names this host as its origin, adds this
+    check to its history and keeps the operator's override."""
+    record = GuestRecord(GuestState.booted_on(bundled["6.1__a57"], frozenset()),
+                         Origin("booted", "host-a", "6.1.0-26-arm64", "2026-11-30T00:00:00Z"),
+                         override=Override(frozenset({"WA_DROPPED"}), "ticket 9"))
+    domain = splice_record(DOMAIN, lambda indent: record_xml(record, indent)).data
     env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
                     bundled["6.12__a76"])
+    env.clock = lambda: 1_800_000_000.0
     sink = CollectingSink()
     assert main(env, sink) == ExitStatus.OK
     event = sink.events[0]
@@ -1578,6 +1584,17 @@ def test_the_allow_event_says_the_guest_before_and_after_and_both_vcpus(
         "SMCCC_ARCH_WORKAROUND_1=NOT_REQUIRED", "SMCCC_ARCH_WORKAROUND_3=AVAIL")
     assert event["vcpu_features"] == {"guest": "none", "destination": "pmu"}
     assert event["codes"] == ["FEATURE_GAINED", "WA_RATCHET"]
+    output = env.stdout.getvalue()  # type: ignore[attr-defined]
+    after = read_record(parse_domain(output).root)
+    assert after is not None
+    here = socket.gethostname()
+    # No capabilities cached in the run directory: no host uuid, and no attribute for it.
+    assert after.origin == Origin("migrated", here, bundled["6.12__a76"].kernel_release,
+                                  "2027-01-15T08:00:00Z", "")
+    assert b"host-uuid" not in output
+    assert after.history == (HistoryEntry("2027-01-15T08:00:00Z", "migrate", here, "allow",
+                                          ("FEATURE_GAINED", "WA_RATCHET")),)
+    assert after.override == Override(frozenset({"WA_DROPPED"}), "ticket 9")
 
 
 def test_a_register_of_a_newer_release_is_reported_not_judged(
@@ -1651,3 +1668,24 @@ def test_a_psci_0_1_vcpu_is_rehearsed_without_its_psci_version(tmp_path: Path) -
         main(env, CollectingSink())
     with_property, without = rehearsed
     assert without == with_property | {regs.PSCI_VERSION.reg_id} != with_property
+
+
+def test_the_hook_judges_the_vcpu_the_domain_xml_asks_for(tmp_path: Path) -> None:
+    """The destination QEMU creates the vCPU from the same domain XML: a PSCI 0.1 guest moves
+    where the XML keeps kvm-psci-version=0.1 and is vetoed where it does not; an SVE length
+    the XML requires and this host lacks is vetoed (QEMU: "cannot enable sve1024")."""
+    guest_0_1 = GuestState.booted_on(host(), ALL, psci_version=0x1)
+    statuses = []
+    for extra in (PSCI_0_1_GLOBAL, ""):
+        env = _hook_env(tmp_path, ["hook", "g", "migrate", "begin", "-"],
+                        stamped(xml(extra=extra), guest_0_1), host())
+        statuses.append(main(env, CollectingSink()))
+    assert statuses == [ExitStatus.OK, ExitStatus.VETO]
+    destination = host()._replace(sve_lengths=(128, 256))
+    for required, status in (("sve256", ExitStatus.OK), ("sve1024", ExitStatus.VETO)):
+        env = _hook_env(tmp_path, ["hook", "g", "migrate", "begin", "-"],
+                        stamped(SVE_LENGTHS.replace(b"sve256", required.encode()),
+                                GuestState.booted_on(host(), ALL)), destination)
+        sink = CollectingSink()
+        assert main(env, sink) == status, required
+        assert ("FEATURE_MISSING" in sink.events[0]["codes"]) is (status == ExitStatus.VETO)
