@@ -1689,3 +1689,21 @@ def test_the_hook_judges_the_vcpu_the_domain_xml_asks_for(tmp_path: Path) -> Non
         sink = CollectingSink()
         assert main(env, sink) == status, required
         assert ("FEATURE_MISSING" in sink.events[0]["codes"]) is (status == ExitStatus.VETO)
+
+
+def test_the_hook_writes_the_record_at_the_documents_own_indentation(
+        tmp_path: Path, bundled: dict[str, HostProfile]) -> None:
+    """A domain XML indented by four spaces (not libvirt's two): the record the hook writes
+    sits at the metadata's children's indentation, eight spaces (its own levels two deeper
+    each, as record_xml writes them)."""
+    four = b"\n".join(line[:len(line) - len(line.lstrip())] * 2 + line.lstrip()
+                      for line in DOMAIN.split(b"\n"))
+    domain = stamped(four, GuestState.booted_on(bundled["6.1__a57"]))
+    env = _hook_env(tmp_path, ["hook", "vm1", "migrate", "begin", "-"], domain,
+                    bundled["6.12__a57"])
+    assert main(env, CollectingSink()) == ExitStatus.OK
+    out = env.stdout.getvalue()  # type: ignore[attr-defined]
+    record = out[out.index(b"<psci:record "):out.index(b"</psci:record>")]
+    assert b"\n    <metadata>\n        <psci:record " in out
+    assert out.endswith(b"\n        </psci:record>\n    </metadata>\n</domain>\n")
+    assert b"\n          <psci:origin " in record and b"\n            <psci:check " in record
