@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from psci_hook.policy import (
+    MAX_FILE,
     SETTINGS,
     Policy,
     PolicyError,
+    PolicyReading,
     load_policy,
     parse_policy,
     parse_policy_text,
@@ -187,3 +189,19 @@ def test_a_problem_is_one_printable_line_whatever_the_file_holds() -> None:
     assert len(reading.problems) == 3
     for message in reading.messages:
         assert message.isprintable(), message
+
+
+def test_a_missing_file_is_the_defaults_named_by_its_path(tmp_path: Path) -> None:
+    missing = tmp_path / "none.conf"
+    assert read_policy(missing) == PolicyReading(Policy(), str(missing))
+
+
+def test_only_the_first_mebibyte_of_a_file_is_read(tmp_path: Path) -> None:
+    """A configuration is a few kilobytes: what lies beyond MAX_FILE is not read at all."""
+    config = tmp_path / "big.conf"
+    head = "[hook]\nmode = warn\n"
+    config.write_text(head + "#" * (MAX_FILE - len(head) - 1) + "\nannotate = no\n")
+    reading = read_policy(config)
+    assert (reading.policy.mode, reading.policy.annotate, reading.problems) == ("warn", True, ())
+    config.write_text(head + "#" * (MAX_FILE - len(head) - 20) + "\nannotate = no\n")
+    assert read_policy(config).policy.annotate is False  # within the first MAX_FILE bytes
