@@ -96,9 +96,6 @@ def _builtin_sha256() -> Callable[[bytes], Any]:
     return hashlib.sha256
 
 
-_SHA256 = _builtin_sha256()
-
-
 class RecordError(ValueError):
     """A record that cannot be trusted; the message is one line."""
 
@@ -241,7 +238,11 @@ def encode_list(ids: Iterable[int]) -> str:
 
 
 def list_digest(ids: Iterable[int]) -> str:
-    digest: str = _SHA256(" ".join(regs.format_id(i) for i in ids).encode()).hexdigest()
+    # Looked up at each call rather than once at import, so that tests reach the lookup: once
+    # imported, a sys.modules lookup (~3 us, against ~350 us for this whole function on a
+    # 370-register list).
+    sha256 = _builtin_sha256()
+    digest: str = sha256(" ".join(regs.format_id(i) for i in ids).encode()).hexdigest()
     return digest[:16]
 
 

@@ -56,6 +56,18 @@ def test_check_takes_the_qemu_generation_from_a_version() -> None:
     assert json.loads(run(*args, "--qemu", "tolerant")[1])["qemu_generation"] == "tolerant"
 
 
+@pytest.mark.parametrize(("version", "generation"), [
+    ("11.1.0-rc1", "tolerant"), ("11.0.0-rc4", "legacy")])
+def test_check_reads_the_major_and_minor_of_a_qemu_version(version: str, generation: str
+                                                           ) -> None:
+    """What follows X.Y does not count: a release candidate (QEMU tags v11.1.0-rc1) is its
+    release's."""
+    status, out, err = run("check", "--host-profile", str(P["6.12__max"]), "--guest-profile",
+                           str(P["6.12__max"]), "--json", "--qemu-version", version)
+    assert status == ExitStatus.OK and err == ""
+    assert json.loads(out)["qemu_generation"] == generation
+
+
 def test_check_reads_the_record_of_a_domain(tmp_path: Path, bundled: dict[str, HostProfile]
                                             ) -> None:
     xml = tmp_path / "vm1.xml"

@@ -207,6 +207,16 @@ def test_values_of_a_feature_set_probed_derived_or_unknown() -> None:
         assert partial.id_values(NO_PMU) is None, missing
 
 
+def test_a_profile_without_cache_geometry_derives_the_id_values_all_the_same() -> None:
+    """The cache geometry is optional (only schema, kernel_release and registers are not)."""
+    no_cache = loads_profile(json.dumps({
+        k: v for k, v in host().to_dict().items() if k != "cache_geometry"}))
+    assert no_cache.cache_geometry is None
+    derived = no_cache.id_values(NO_PMU)  # pauth+sve: not probed, derived
+    assert derived is not None and derived.cache_geometry is None
+    assert derived.id_registers == {**ID_ALL, DFR0: 0x10009, AA64DFR0: 0x10305009}
+
+
 @pytest.mark.parametrize("bad", [
     {"feature_values": {"pmu": {"NOT_A_REG": 1}}},
     {"feature_values": {"sve+pmu": {}}},

@@ -190,6 +190,18 @@ def test_a_32_bit_guest_where_the_host_cannot_run_one_says_why(tmp_path: Path) -
         "run psci-hook probe --write); unchecked")
 
 
+def test_a_host_with_32_bit_el1_but_no_32_bit_vcpu_read_is_not_said_to_lack_it(
+        tmp_path: Path) -> None:
+    """The capability without a 32-bit list or a refusal (a profile whose lists were left
+    out): whether KVM creates the vCPU is unknown, not refused."""
+    unread = host()._replace(extra={"kvm": {"capabilities": {"el1_32bit": True}}})
+    assert unread.runs_aarch32() is None
+    event = run_hook_on(tmp_path, unread, ARMV7L_NO_SVE)
+    assert event["codes"] == ["NOT_APPLICABLE"]
+    assert "no 32-bit vCPU (probed by an older psci-hook" in str(event["reason"])
+    assert "KVM_CAP_ARM_EL1_32BIT" not in str(event["reason"])
+
+
 def test_the_rehearsal_creates_the_32_bit_vcpu() -> None:
     caps = {**kvmfake.DEFAULT_CAPS, kvm.KVM_CAP_ARM_EL1_32BIT: 1}
     fake = kvmfake.FakeKvm(caps=caps)
@@ -258,6 +270,21 @@ def test_implicit_and_named_lengths_at_the_destination(
         gone = sorted(set(source) - set(destination))
         assert lost.message.endswith(f"so {', '.join(map(str, gone))} would vanish under the "
                                      "running guest.")
+
+
+@pytest.mark.parametrize(("destination", "given", "gone"), [
+    ((128, 256), "128, 256", "512"),
+    ((), "none", "128, 256, 512"),  # a profile whose KVM offers no length at all
+])
+def test_lost_lengths_are_named_on_both_sides(destination: tuple[int, ...], given: str,
+                                              gone: str) -> None:
+    guest = GuestState.booted_on(host()._replace(sve_lengths=(128, 256, 512)), ALL)
+    decision = decide(guest, host()._replace(sve_lengths=destination), destination_features=ALL)
+    (lost,) = [f for f in decision.findings if f.code == "SVE_LENGTH_LOST"]
+    assert lost.message == (
+        "the guest booted with SVE vector lengths 128, 256, 512 bits; this host's QEMU gives "
+        f"its vCPU {given} (KVM_REG_ARM64_SVE_VLS, set when the vCPU is created and not "
+        f"migrated), so {gone} would vanish under the running guest.")
 
 
 def test_a_record_without_lengths_is_not_judged_on_them() -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+from types import ModuleType
+
 import pytest
 from lxml import etree
 
@@ -65,6 +69,38 @@ def test_list_encoding_is_compact_and_exact(bundled: dict[str, HostProfile]) -> 
         decode_list(text.replace(" 1 ", " 2 ", 1), len(ids), list_digest(ids))
     with pytest.raises(RecordError, match="count"):
         decode_list(text, len(ids) + 1, list_digest(ids))
+
+
+BUILTIN_SHA256_MODULES = ("_sha256", "_sha2")  # Python <= 3.11, 3.12+
+
+
+def _builtin_sha256_module() -> tuple[str, ModuleType]:
+    """The running Python's builtin SHA-256 module, by name."""
+    for name in BUILTIN_SHA256_MODULES:
+        try:
+            return name, importlib.import_module(name)
+        except ImportError:
+            continue
+    raise AssertionError(f"this Python has none of {BUILTIN_SHA256_MODULES}")
+
+
+@pytest.mark.parametrize("other_python", [False, True], ids=["this-python", "other-python"])
+def test_the_list_digest_needs_no_hashlib(bundled: dict[str, HostProfile],
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         other_python: bool) -> None:
+    """Python's builtin SHA-256 computes it, so the hook never imports hashlib (which
+    initialises OpenSSL): the same digest with `import hashlib` made to fail. Only one Python
+    runs here, so the other versions' name of the builtin module (``other_python``) is given
+    by moving this one's."""
+    ids = bundled["6.12__max"].cpreg_lists["pmu+pauth+sve"]  # type: ignore[index]
+    expected = list_digest(ids)
+    if other_python:
+        name, module = _builtin_sha256_module()
+        (other,) = set(BUILTIN_SHA256_MODULES) - {name}
+        monkeypatch.setitem(sys.modules, name, None)  # importing it raises ImportError
+        monkeypatch.setitem(sys.modules, other, module)
+    monkeypatch.setitem(sys.modules, "hashlib", None)
+    assert list_digest(ids) == expected
 
 
 def _mutate(text: str, old: str, new: str) -> str:
