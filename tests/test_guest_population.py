@@ -240,12 +240,29 @@ def test_the_record_carries_the_lengths() -> None:
     element = record_element(record)
     assert parse_record(element).state.sve_lengths == (128, 256)
     sve = element.find("{https://psci-hook.org/xmlns/record/1}sve")
-    for bad in ("", "100", "256 128", "128 128", "4096", "x"):
+    for bad in ("", "100", "256 128", "128 128", "4096", "x", "0", "0 128", "-128 128"):
         sve.set("lengths", bad)
         with pytest.raises(RecordError, match="sve lengths"):
             parse_record(element)
     element.remove(sve)  # a record written before lengths were recorded
     assert parse_record(element).state.sve_lengths is None
+
+
+@pytest.mark.parametrize(("tail", "complaint"), [
+    ("x", "are not numbers"),
+    ("128", "are not ascending multiples of 128 up to 2048"),
+])
+def test_a_bad_length_list_is_quoted_by_its_first_40_characters(tail: str, complaint: str
+                                                                ) -> None:
+    element = record_element(GuestRecord(
+        GuestState.booted_on(host()._replace(sve_lengths=(128, 256)), ALL),
+        Origin("booted", "h", "7.2", "2026-12-05T00:00:00Z")))
+    sve = element.find("{https://psci-hook.org/xmlns/record/1}sve")
+    sve.set("lengths", f"128 256 384 512 640 768 896 1024 1152 1280 {tail}")
+    with pytest.raises(RecordError) as caught:
+        parse_record(element)
+    assert str(caught.value) == (
+        f"sve lengths '128 256 384 512 640 768 896 1024 1152 12' {complaint}")
 
 
 @pytest.mark.parametrize(("source", "destination", "named", "codes"), [
