@@ -425,3 +425,48 @@ def test_decision_json_shape(bundled: dict[str, HostProfile]) -> None:
     psci = next(f for f in out["findings"] if f["register"] == "PSCI_VERSION")
     assert (psci["guest"], psci["destination"]) == ("1.1", "1.0")
     assert out["guest_after"]["registers"]["PSCI_VERSION"] == V(1, 1)
+
+
+def test_a_finding_in_json_names_register_values_severity_and_inference() -> None:
+    """What `check --json` prints for each finding (Decision.to_dict)."""
+    guest = GuestState(registers=fw(PSCI_VERSION=V(1, 0), SMCCC_ARCH_WORKAROUND_2=1))
+    decision = decide(guest, make_profile("5.4.0", fw(PSCI_VERSION=V(1, 0),
+                                                      SMCCC_ARCH_WORKAROUND_2=0)), "legacy")
+    findings = {f["code"]: f for f in decision.to_dict()["findings"]}
+    assert findings["WA_LEVEL_TOO_HIGH"] == {
+        "code": "WA_LEVEL_TOO_HIGH", "outcome": "rejected", "severity": "blocking",
+        "register": "SMCCC_ARCH_WORKAROUND_2",
+        "message": "the guest's SMCCC_ARCH_WORKAROUND_2 is UNKNOWN but the destination has "
+        "NOT_AVAIL: KVM refuses a level above the destination host's own; WORKAROUND_2 "
+        "handling of a 5.3-5.9 (levels compared as they are) kernel, inferred from kernel "
+        "release 5.4.0.",
+        "id": "0x6030000000140002", "guest_value": 1, "guest": "UNKNOWN",
+        "destination_value": 0, "destination": "NOT_AVAIL", "inferred": True}
+    # A finding of no register, from the profiles' facts: no id, values nor inference.
+    assert findings["LISTS_NOT_COMPARED"] == {
+        "code": "LISTS_NOT_COMPARED", "outcome": "not-compared", "severity": "info",
+        "register": None, "message": "no migrated register list on either side: only the "
+        "firmware registers were compared; the count check and the other registers were not."}
+
+
+@pytest.mark.parametrize(("release", "refused"), [("6.1.0", ["CCSIDR_0", "CCSIDR_1"]),
+                                                  ("6.7.0", ["CCSIDR_0"])])
+def test_a_cache_finding_in_json_names_the_register_and_both_values(release: str,
+                                                                    refused: list[str]) -> None:
+    """Before 6.3 any other geometry is refused; from 6.3 a smaller line size is, and the
+    rest is left to the rehearsal (arch/arm64/kvm/sys_regs.c set_ccsidr)."""
+    guest = GuestState(registers={}, cache_geometry={"CCSIDR_0": 2, "CCSIDR_1": 3})
+    decision = decide(guest, make_profile(release, {}, cache_geometry={"CCSIDR_0": 3,
+                                                                       "CCSIDR_1": 2}), "legacy")
+    found = [{k: v for k, v in f.to_dict().items() if k != "message"}
+             for f in decision.findings if f.code.startswith("CACHE_")]
+
+    def expected(name: str, reg_id: str, g: int, d: int) -> dict[str, object]:
+        judged = (("CACHE_MISMATCH", "rejected", "blocking") if name in refused
+                  else ("CACHE_UNVERIFIED", "unverified", "warning"))
+        return {**dict(zip(("code", "outcome", "severity"), judged)), "register": name,
+                "id": reg_id, "guest_value": g, "guest": f"0x{g:x}", "destination_value": d,
+                "destination": f"0x{d:x}", "inferred": True}
+
+    assert found == [expected("CCSIDR_0", "0x6020000000110000", 2, 3),
+                     expected("CCSIDR_1", "0x6020000000110001", 3, 2)]
