@@ -296,7 +296,7 @@ def test_implicit_and_named_lengths_at_the_destination(
 def test_lost_lengths_are_named_on_both_sides(destination: tuple[int, ...], given: str,
                                               gone: str) -> None:
     guest = GuestState.booted_on(host()._replace(sve_lengths=(128, 256, 512)), ALL)
-    decision = decide(guest, host()._replace(sve_lengths=destination), destination_features=ALL)
+    decision = decide(guest, host()._replace(sve_lengths=destination), vcpu=RequestedVcpu(ALL))
     (lost,) = [f for f in decision.findings if f.code == "SVE_LENGTH_LOST"]
     assert lost.message == (
         "the guest booted with SVE vector lengths 128, 256, 512 bits; this host's QEMU gives "
