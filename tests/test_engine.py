@@ -470,3 +470,64 @@ def test_a_cache_finding_in_json_names_the_register_and_both_values(release: str
 
     assert found == [expected("CCSIDR_0", "0x6020000000110000", 2, 3),
                      expected("CCSIDR_1", "0x6020000000110001", 3, 2)]
+
+
+@pytest.mark.parametrize(("release", "code", "outcome", "severity"), [
+    ("6.1.0", "ID_REG_MISMATCH", "rejected", "blocking"),
+    ("6.7.0", "ID_REG_UNVERIFIED", "unverified", "warning"),
+])
+def test_id_register_findings_in_json_come_in_register_order(release: str, code: str,
+                                                             outcome: str, severity: str) -> None:
+    """In the order KVM lists the registers (by id: ID_DFR0_EL1 before ID_AA64MMFR1_EL1), so
+    the veto line names the first one the destination's QEMU would meet."""
+    guest = GuestState(registers={}, id_registers={"ID_AA64MMFR1_EL1": 0x1010211122,
+                                                   "ID_DFR0_EL1": 0x10009})
+    destination = make_profile(release, {}, id_registers={"ID_AA64MMFR1_EL1": 0x11010211122,
+                                                          "ID_DFR0_EL1": 0x6010008})
+    found = [f.to_dict() for f in decide(guest, destination, "legacy").findings
+             if f.code.startswith("ID_REG_")]
+    messages = [f.pop("message") for f in found]
+    assert messages[0].startswith(
+        "ID_DFR0_EL1 differs in CopDbg, PerfMon (guest 0x10009, destination 0x6010008); ")
+    assert found == [
+        {"code": code, "outcome": outcome, "severity": severity, "register": "ID_DFR0_EL1",
+         "id": "0x603000000013c00a", "guest_value": 0x10009, "guest": "0x10009",
+         "destination_value": 0x6010008, "destination": "0x6010008", "inferred": True},
+        {"code": code, "outcome": outcome, "severity": severity, "register": "ID_AA64MMFR1_EL1",
+         "id": "0x603000000013c039", "guest_value": 0x1010211122, "guest": "0x1010211122",
+         "destination_value": 0x11010211122, "destination": "0x11010211122", "inferred": True}]
+
+
+@pytest.mark.parametrize("sent", [False, True])
+def test_id_and_cache_values_count_only_for_registers_both_lists_carry(sent: bool) -> None:
+    """A register the source does not send, or the destination does not list, is never set
+    on the destination: its value cannot be refused (docs/design.md#id-registers)."""
+    mmfr1 = regs.SYSREG_BY_NAME["ID_AA64MMFR1_EL1"]
+    ccsidr0 = regs.cache_geometry_id("CCSIDR_0")
+    listed = tuple(sorted([PSCI, *((mmfr1, ccsidr0) if sent else ())]))
+    guest = GuestState(registers=fw(PSCI_VERSION=V(1, 0)), cpreg_list=listed,
+                       id_registers={"ID_AA64MMFR1_EL1": 0x1010211122},
+                       cache_geometry={"CCSIDR_0": 2})
+    destination = make_profile("6.1.0", fw(PSCI_VERSION=V(1, 0)), {"none": listed},
+                               id_registers={"ID_AA64MMFR1_EL1": 0x11010211122},
+                               cache_geometry={"CCSIDR_0": 3})
+    decision = decide(guest, destination, "legacy")
+    assert decision.lists_compared
+    assert [f.register for f in decision.findings if f.code.endswith("_MISMATCH")] == (
+        ["ID_AA64MMFR1_EL1", "CCSIDR_0"] if sent else [])
+
+
+@pytest.mark.parametrize(("value", "code", "outcome", "severity", "shown"), [
+    (0, "REG_TOLERATED", "tolerated", "warning", "0x0 (none)"),
+    (1, "REG_MISSING", "missing-on-destination", "blocking", "0x1 (DISCOVER_IMPL_VER)"),
+])
+def test_a_register_tolerant_qemu_meets_unlisted_is_named_with_the_value_sent(
+        value: int, code: str, outcome: str, severity: str, shown: str) -> None:
+    """VENDOR_HYP_BMAP_2 is tolerated only while its value is 0 (tolerant QEMU)."""
+    guest = GuestState(registers=fw(PSCI_VERSION=V(1, 0), VENDOR_HYP_BMAP_2=value))
+    decision = decide(guest, make_profile("6.1.0", fw(PSCI_VERSION=V(1, 0))), "tolerant")
+    (found,) = [f.to_dict() for f in decision.findings if f.code.startswith("REG_")]
+    del found["message"]
+    assert found == {"code": code, "outcome": outcome, "severity": severity,
+                     "register": "VENDOR_HYP_BMAP_2", "id": "0x6030000000160003",
+                     "guest_value": value, "guest": shown}
