@@ -157,8 +157,24 @@ def test_firmware_and_list_must_agree(bundled: dict[str, HostProfile]) -> None:
     text = record_xml(record_for(bundled["6.12__max"]))
     start = text.index('<psci:reg name="STD_BMAP"')
     end = text.index("/>", start) + 2
-    with pytest.raises(RecordError, match="disagree"):
+    with pytest.raises(RecordError) as caught:
         reparse(text[:start] + text[end:])
+    assert str(caught.value) == "cpreg-list and <firmware> disagree on the firmware registers"
+
+
+def test_an_empty_origin_event_is_refused(bundled: dict[str, HostProfile]) -> None:
+    text = record_xml(record_for(bundled["6.12__max"]))
+    with pytest.raises(RecordError) as caught:
+        reparse(_mutate(text, 'event="booted"', 'event=""'))
+    assert str(caught.value) == "the origin event is empty"
+
+
+@pytest.mark.parametrize("cpreg_list", [(), None])
+def test_an_empty_list_and_no_list_read_back_as_written(cpreg_list: tuple[int, ...] | None
+                                                        ) -> None:
+    """An empty list is a list (count 0, no text), not the absence of one."""
+    record = GuestRecord(GuestState(registers={}, cpreg_list=cpreg_list), ORIGIN)
+    assert reparse(record_xml(record)).state.cpreg_list == cpreg_list
 
 
 def test_override_must_name_known_codes(bundled: dict[str, HostProfile]) -> None:
