@@ -531,3 +531,25 @@ def test_a_register_tolerant_qemu_meets_unlisted_is_named_with_the_value_sent(
     assert found == {"code": code, "outcome": outcome, "severity": severity,
                      "register": "VENDOR_HYP_BMAP_2", "id": "0x6030000000160003",
                      "guest_value": value, "guest": shown}
+
+
+def test_registers_legacy_qemu_meets_unlisted_are_named_with_the_value_sent() -> None:
+    """Below the destination's last register legacy QEMU fails the load; above it, it drops
+    the register silently (a workaround the guest relies on: vetoed)."""
+    guest = GuestState(registers=fw(PSCI_VERSION=V(1, 0), SMCCC_ARCH_WORKAROUND_1=1,
+                                    SMCCC_ARCH_WORKAROUND_3=1, STD_BMAP=1))
+    destination = make_profile("6.1.0", fw(PSCI_VERSION=V(1, 0), SMCCC_ARCH_WORKAROUND_2=0))
+    found = [f.to_dict() for f in decide(guest, destination, "legacy").findings
+             if f.code in ("REG_MISSING", "WA_DROPPED", "REG_DROPPED")]
+    for f in found:
+        del f["message"]
+    assert found == [
+        {"code": "REG_MISSING", "outcome": "missing-on-destination", "severity": "blocking",
+         "register": "SMCCC_ARCH_WORKAROUND_1", "id": "0x6030000000140001", "guest_value": 1,
+         "guest": "AVAIL"},
+        {"code": "WA_DROPPED", "outcome": "dropped", "severity": "blocking",
+         "register": "SMCCC_ARCH_WORKAROUND_3", "id": "0x6030000000140003", "guest_value": 1,
+         "guest": "AVAIL"},
+        {"code": "REG_DROPPED", "outcome": "dropped", "severity": "warning",
+         "register": "STD_BMAP", "id": "0x6030000000160000", "guest_value": 1,
+         "guest": "0x1 (TRNG_V1_0)"}]
