@@ -553,3 +553,22 @@ def test_registers_legacy_qemu_meets_unlisted_are_named_with_the_value_sent() ->
         {"code": "REG_DROPPED", "outcome": "dropped", "severity": "warning",
          "register": "STD_BMAP", "id": "0x6030000000160000", "guest_value": 1,
          "guest": "0x1 (TRNG_V1_0)"}]
+
+
+def test_registers_only_the_destination_lists_take_its_values_named_in_json() -> None:
+    """A firmware register: the destination's default, with its value; another register: its
+    reset value, which no profile holds."""
+    guest = GuestState(registers=fw(PSCI_VERSION=V(1, 0)), cpreg_list=(PSCI,))
+    destination = make_profile("6.1.0", fw(PSCI_VERSION=V(1, 0), SMCCC_ARCH_WORKAROUND_2=0),
+                               {"none": tuple(sorted((PSCI, WA2, TCR2)))})
+    found = [f.to_dict() for f in decide(guest, destination, "legacy").findings
+             if f.code.endswith("DEST_DEFAULT")]
+    assert found == [
+        {"code": "REG_DEST_DEFAULT", "outcome": "destination-default", "severity": "info",
+         "register": "TCR2_EL1", "id": regs.format_id(TCR2), "message": "the source does not "
+         "send TCR2_EL1; the destination's reset value applies."},
+        {"code": "DEST_DEFAULT", "outcome": "destination-default", "severity": "warning",
+         "register": "SMCCC_ARCH_WORKAROUND_2", "id": "0x6030000000140002", "message": "the "
+         "source does not send SMCCC_ARCH_WORKAROUND_2; the destination's default (NOT_AVAIL) "
+         "applies to the guest from now on.", "destination_value": 0,
+         "destination": "NOT_AVAIL"}]
