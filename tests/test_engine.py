@@ -129,6 +129,15 @@ def test_wa2_old_encoding_is_read_from_the_profile_not_the_release() -> None:
     assert (judgement.accepted, judgement.inferred) == (False, False)
 
 
+@pytest.mark.parametrize("guest", [0, 1, 3])
+def test_wa2_of_a_release_without_a_version_is_narrowed_by_inference(guest: int) -> None:
+    """A release that does not start with X.Y (a custom kernel) and a level both eras report:
+    taken for the current handling (5.10+, narrowed), said to be inferred."""
+    judgement = judge_firmware_value(WA2, guest, dest("custom-kernel",
+                                                      SMCCC_ARCH_WORKAROUND_2=0))
+    assert (judgement.accepted, judgement.inferred) == (_mapped(guest) == 0, True)
+
+
 @pytest.mark.parametrize("value", [0x10, 0x11, 0x13, 0x20, 0x32])
 @pytest.mark.parametrize("release", ["5.4.0", "6.1.0"])
 def test_wa2_enabled_only_with_avail_and_no_other_bits(value: int, release: str) -> None:
