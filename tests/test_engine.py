@@ -581,3 +581,49 @@ def test_registers_only_the_destination_lists_take_its_values_named_in_json() ->
          "source does not send SMCCC_ARCH_WORKAROUND_2; the destination's default (NOT_AVAIL) "
          "applies to the guest from now on.", "destination_value": 0,
          "destination": "NOT_AVAIL"}]
+
+
+WA_LEVELS = {0: "NOT_AVAIL", 1: "UNKNOWN", 2: "AVAIL", 3: "NOT_REQUIRED"}
+
+
+@pytest.mark.parametrize(("release", "own", "guest", "code", "message"), [
+    ("6.1.0", 0, 1, "ACCEPTED", "SMCCC_ARCH_WORKAROUND_2 = UNKNOWN is accepted (the "
+     "destination's level is sufficient; WORKAROUND_2 handling of a 5.10+ (level narrowed to "
+     "NOT_AVAIL or NOT_REQUIRED) kernel, inferred from kernel release 6.1.0)."),
+    ("6.1.0", 0, 2, "WA_LEVEL_TOO_HIGH", "the guest's SMCCC_ARCH_WORKAROUND_2 is AVAIL but the "
+     "destination has NOT_AVAIL: KVM refuses a level above the destination host's own; "
+     "WORKAROUND_2 handling of a 5.10+ (level narrowed to NOT_AVAIL or NOT_REQUIRED) kernel, "
+     "inferred from kernel release 6.1.0."),
+    ("5.4.0", 3, 3, "ACCEPTED", "SMCCC_ARCH_WORKAROUND_2 = NOT_REQUIRED is accepted (the "
+     "destination's level is sufficient; WORKAROUND_2 handling of a 5.3-5.9 (levels compared "
+     "as they are) kernel, inferred from kernel release 5.4.0)."),
+])
+def test_a_wa2_judgement_from_the_release_says_so_in_json(release: str, own: int, guest: int,
+                                                          code: str, message: str) -> None:
+    """Levels 0 and 3 exist in both eras: the kernel release decides, and the finding is
+    marked inferred."""
+    decision = decide(GuestState(registers=fw(PSCI_VERSION=V(1, 0),
+                                              SMCCC_ARCH_WORKAROUND_2=guest)),
+                      dest(release, PSCI_VERSION=V(1, 0), SMCCC_ARCH_WORKAROUND_2=own), "legacy")
+    (found,) = [f.to_dict() for f in decision.findings if f.reg_id == WA2]
+    assert found == {
+        "code": code, "outcome": "accepted" if code == "ACCEPTED" else "rejected",
+        "severity": "info" if code == "ACCEPTED" else "blocking",
+        "register": "SMCCC_ARCH_WORKAROUND_2", "message": message, "id": "0x6030000000140002",
+        "guest_value": guest, "guest": WA_LEVELS[guest], "destination_value": own,
+        "destination": WA_LEVELS[own], "inferred": True}
+
+
+def test_a_firmware_register_this_release_does_not_know_is_unverified_not_judged() -> None:
+    """A register a newer kernel lists under an id the catalogue lacks (a profile names it by
+    its hex id): its value cannot be judged offline."""
+    unknown = 0x6030000000160009
+    decision = decide(GuestState(registers={unknown: 5}), make_profile("6.1.0", {unknown: 7}),
+                      "legacy")
+    (found,) = [f.to_dict() for f in decision.findings if f.reg_id == unknown]
+    assert found == {
+        "code": "FW_UNVERIFIED", "outcome": "unverified", "severity": "warning",
+        "register": "0x6030000000160009", "message": "0x6030000000160009 = 0x5: "
+        "0x6030000000160009 is not known to this version of psci-hook; its value cannot be "
+        "judged offline.", "id": "0x6030000000160009", "guest_value": 5, "guest": "0x5",
+        "destination_value": 7, "destination": "0x7"}
