@@ -298,6 +298,7 @@ def test_lost_lengths_are_named_on_both_sides(destination: tuple[int, ...], give
     guest = GuestState.booted_on(host()._replace(sve_lengths=(128, 256, 512)), ALL)
     decision = decide(guest, host()._replace(sve_lengths=destination), vcpu=RequestedVcpu(ALL))
     (lost,) = [f for f in decision.findings if f.code == "SVE_LENGTH_LOST"]
+    assert (lost.to_dict()["outcome"], lost.blocking) == ("features", True)
     assert lost.message == (
         "the guest booted with SVE vector lengths 128, 256, 512 bits; this host's QEMU gives "
         f"its vCPU {given} (KVM_REG_ARM64_SVE_VLS, set when the vCPU is created and not "
