@@ -157,7 +157,13 @@ def test_a_32_bit_guest_with_sve_cannot_start() -> None:
     decision = decide(GuestState.booted_on(profile, features - {"sve"}), profile,
                       vcpu=RequestedVcpu(features))
     (finding,) = [f for f in decision.findings if f.code == "FEATURE_MISSING"]
-    assert "32-bit vCPU" in finding.message and "policy='disable' name='sve'" in finding.message
+    assert finding.to_dict()["outcome"] == "features"
+    assert finding.message == (
+        "the domain's 32-bit vCPU (-cpu host,aarch64=off) would get SVE, whose vector lengths "
+        "QEMU never sets for a CPU without AArch64 (target/arm/cpu.c "
+        "arm_cpu_finalize_features); KVM refuses the empty set (KVM_REG_ARM64_SVE_VLS, EINVAL) "
+        "and QEMU cannot create the vCPU: turn SVE off in the domain XML "
+        "(<feature policy='disable' name='sve'/>).")
     assert decision.vetoed
 
 
