@@ -505,3 +505,33 @@ def test_a_global_names_the_cpu_type_libvirt_gives() -> None:
         "cortex-a57-arm-cpu.kvm-psci-version=1.1")))) == 0x10001
     assert psci_version_override(parse_domain(xml(a57, extra=extra.format(
         "aarch64-cpu.kvm-psci-version=1.0")))) == 0x10000
+
+
+LISTS_NONE_PMU = {k: v for k, v in (host().cpreg_lists or {}).items() if k in ("none", "pmu")}
+
+
+@pytest.mark.parametrize(("guest", "destination", "vcpu", "code", "message"), [
+    (ALL, host(), RequestedVcpu(NO_PMU), "FEATURE_MISSING", "the guest's vCPU has pmu, which "
+     "the destination's QEMU will not give it (this host offers pmu+pauth+sve); its registers "
+     "and ID fields would vanish under the running guest."),
+    (NO_PMU, host(), RequestedVcpu(ALL), "FEATURE_GAINED", "the destination's QEMU enables pmu, "
+     "which the guest's vCPU did not have (-cpu host takes every feature this host offers "
+     "unless the domain XML turns it off): its registers start at this host's reset values, "
+     "and the ID fields KVM derives from it differ from the guest's."),
+    (ALL, host()._replace(cpreg_lists=LISTS_NONE_PMU), RequestedVcpu(ALL), "FEATURE_MISSING",
+     "the guest's vCPU features (pmu+pauth+sve) are not available on the destination (it "
+     "offers: none, pmu); QEMU cannot create the vCPU."),
+    (ALL, host()._replace(sve_lengths=(128, 256, 512)),
+     RequestedVcpu(ALL, sve_lengths=frozenset({384})), "FEATURE_MISSING", "the domain asks for "
+     "SVE vector length(s) 384 bits, which this host's KVM does not offer (128, 256, 512): its "
+     "QEMU refuses to start (\"cannot enable sve...\")."),
+    (ALL, host()._replace(sve_lengths=()), RequestedVcpu(ALL, sve_lengths=frozenset({384})),
+     "FEATURE_MISSING", "the domain asks for SVE vector length(s) 384 bits, which this host's "
+     "KVM does not offer (none): its QEMU refuses to start (\"cannot enable sve...\")."),
+])
+def test_each_vcpu_feature_finding_says_what_happens(
+        guest: frozenset[str], destination: HostProfile, vcpu: RequestedVcpu, code: str,
+        message: str) -> None:
+    decision = decide(GuestState.booted_on(host(), guest), destination, vcpu=vcpu)
+    assert [(f.code, f.to_dict()["outcome"], f.message) for f in decision.findings
+            if f.code.startswith("FEATURE_")] == [(code, "features", message)]
