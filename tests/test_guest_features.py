@@ -522,9 +522,9 @@ LISTS_NONE_PMU = {k: v for k, v in (host().cpreg_lists or {}).items() if k in ("
      "the guest's vCPU features (pmu+pauth+sve) are not available on the destination (it "
      "offers: none, pmu); QEMU cannot create the vCPU."),
     (ALL, host()._replace(sve_lengths=(128, 256, 512)),
-     RequestedVcpu(ALL, sve_lengths=frozenset({384})), "FEATURE_MISSING", "the domain asks for "
-     "SVE vector length(s) 384 bits, which this host's KVM does not offer (128, 256, 512): its "
-     "QEMU refuses to start (\"cannot enable sve...\")."),
+     RequestedVcpu(ALL, sve_lengths=frozenset({384, 640})), "FEATURE_MISSING", "the domain asks "
+     "for SVE vector length(s) 384, 640 bits, which this host's KVM does not offer (128, 256, "
+     "512): its QEMU refuses to start (\"cannot enable sve...\")."),
     (ALL, host()._replace(sve_lengths=()), RequestedVcpu(ALL, sve_lengths=frozenset({384})),
      "FEATURE_MISSING", "the domain asks for SVE vector length(s) 384 bits, which this host's "
      "KVM does not offer (none): its QEMU refuses to start (\"cannot enable sve...\")."),
@@ -535,3 +535,37 @@ def test_each_vcpu_feature_finding_says_what_happens(
     decision = decide(GuestState.booted_on(host(), guest), destination, vcpu=vcpu)
     assert [(f.code, f.to_dict()["outcome"], f.message) for f in decision.findings
             if f.code.startswith("FEATURE_")] == [(code, "features", message)]
+
+
+MMFR1 = "ID_AA64MMFR1_EL1"  # not among this host's values
+
+
+def test_the_state_after_takes_the_guests_values_where_this_host_has_the_register() -> None:
+    """The record written after the migration: for each ID register and cache geometry value
+    this host has, the guest's where it has one (QEMU sends it), else this host's; a side
+    without values takes the other's whole."""
+    guest = GuestState.booted_on(host(), ALL)._replace(
+        id_registers={DFR0: 0x10009, MMFR1: 7}, cache_geometry=None)
+    after = decide(guest, host(), vcpu=RequestedVcpu(ALL)).guest_after
+    assert after.id_registers == {**ID_ALL, DFR0: 0x10009}
+    assert after.cache_geometry == CACHE
+    guest = guest._replace(cache_geometry={"CLIDR_EL1": 4})
+    after = decide(guest, host()._replace(cache_geometry=None),
+                   vcpu=RequestedVcpu(ALL)).guest_after
+    assert after.cache_geometry == {"CLIDR_EL1": 4}
+
+
+@pytest.mark.parametrize("vcpu", [ALL, NO_PMU])
+def test_the_state_after_on_a_host_without_values_keeps_the_guests_only_with_its_features(
+        vcpu: frozenset[str]) -> None:
+    """This host cannot tell its values: the guest's hold while the vCPU keeps its features,
+    and nothing is known once they change."""
+    guest = GuestState.booted_on(host()._replace(sve_lengths=(128, 256, 512)), ALL)
+    destination = host()._replace(id_registers=None, cache_geometry=None,
+                                  sve_lengths=(128, 256))
+    after = decide(guest, destination, vcpu=RequestedVcpu(vcpu)).guest_after
+    assert after.features == vcpu
+    assert after.sve_lengths == (128, 256)
+    kept = vcpu == ALL
+    assert after.id_registers == (ID_ALL if kept else None)
+    assert after.cache_geometry == (CACHE if kept else None)
