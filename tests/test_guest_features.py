@@ -547,6 +547,7 @@ def test_the_state_after_takes_the_guests_values_where_this_host_has_the_registe
     guest = GuestState.booted_on(host(), ALL)._replace(
         id_registers={DFR0: 0x10009, MMFR1: 7}, cache_geometry=None)
     after = decide(guest, host(), vcpu=RequestedVcpu(ALL)).guest_after
+    assert after.cpreg_list == host().cpreg_list(ALL)  # this host's QEMU's list from now on
     assert after.id_registers == {**ID_ALL, DFR0: 0x10009}
     assert after.cache_geometry == CACHE
     guest = guest._replace(cache_geometry={"CLIDR_EL1": 4})
@@ -569,3 +570,13 @@ def test_the_state_after_on_a_host_without_values_keeps_the_guests_only_with_its
     kept = vcpu == ALL
     assert after.id_registers == (ID_ALL if kept else None)
     assert after.cache_geometry == (CACHE if kept else None)
+
+
+def test_a_list_missing_for_the_features_the_domain_gets_says_whose_they_are() -> None:
+    """The domain's vCPU is not the guest's (pmu turned off on the way): the features named
+    are the domain's."""
+    decision = decide(GuestState.booted_on(host(), ALL), host()._replace(
+        cpreg_lists=LISTS_NONE_PMU), vcpu=RequestedVcpu(NO_PMU))
+    assert [f.message for f in decision.findings if f.code == "FEATURE_MISSING"][-1] == (
+        "the vCPU features the domain gets (pauth+sve) are not available on the destination "
+        "(it offers: none, pmu); QEMU cannot create the vCPU.")
