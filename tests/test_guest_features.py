@@ -546,8 +546,10 @@ def test_the_state_after_takes_the_guests_values_where_this_host_has_the_registe
     without values takes the other's whole."""
     guest = GuestState.booted_on(host(), ALL)._replace(
         id_registers={DFR0: 0x10009, MMFR1: 7}, cache_geometry=None)
-    after = decide(guest, host(), vcpu=RequestedVcpu(ALL)).guest_after
+    after = decide(guest, host()._replace(sve_lengths=(128, 256)),
+                   vcpu=RequestedVcpu(ALL)).guest_after
     assert after.cpreg_list == host().cpreg_list(ALL)  # this host's QEMU's list from now on
+    assert after.sve_lengths == (128, 256)
     assert after.id_registers == {**ID_ALL, DFR0: 0x10009}
     assert after.cache_geometry == CACHE
     guest = guest._replace(cache_geometry={"CLIDR_EL1": 4})
@@ -580,3 +582,18 @@ def test_a_list_missing_for_the_features_the_domain_gets_says_whose_they_are() -
     assert [f.message for f in decision.findings if f.code == "FEATURE_MISSING"][-1] == (
         "the vCPU features the domain gets (pauth+sve) are not available on the destination "
         "(it offers: none, pmu); QEMU cannot create the vCPU.")
+
+
+@pytest.mark.parametrize(("guest", "destination", "why"), [
+    (GuestState.booted_on(host(), NO_PMU), host()._replace(feature_values=None),
+     "the destination's profile has no ID register values for a vCPU with features pauth+sve "
+     "(it was probed before psci-hook read them per feature set)"),
+    (GuestState.booted_on(host(), NO_PMU)._replace(id_registers=None), host(),
+     "ID register and cache geometry values are not in both profiles"),
+])
+def test_id_values_not_compared_say_why(guest: GuestState, destination: HostProfile,
+                                        why: str) -> None:
+    decision = decide(guest, destination, vcpu=RequestedVcpu(NO_PMU))
+    assert [(f.to_dict()["outcome"], f.message) for f in decision.findings
+            if f.code == "ID_REGS_NOT_COMPARED"] == [
+        ("not-compared", f"{why}: not compared; a rehearsal on the destination settles them.")]
