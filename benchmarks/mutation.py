@@ -58,12 +58,14 @@ FAST_TESTS = "not nested and not e2e and not packaging"
 # Fast tests that cannot kill a mutant: the benchmarks judge nothing (they print figures) and are
 # the slowest; fifty concurrent hook processes run the package as subprocesses (never the active
 # mutant) and fail on their time bound when the machine is busy; the pip test installs a wheel of
-# the mutated tree into a fresh virtualenv, without mutmut's runtime the trampolines import.
+# the mutated tree into a fresh virtualenv, without mutmut's runtime the trampolines import;
+# the recheck test copies the checkout with git, and mutmut's tree is no git checkout.
 NOT_FOR_MUTANTS = (
     "tests/test_bench.py",
     "tests/test_bench_fleet.py",
     "tests/test_hardening.py::test_fifty_hooks_at_once_share_the_cache_and_the_profile",
     "tests/test_install.py::test_pip_install_into_a_venv_then_psci_hook_install",
+    "tests/test_mutation_script.py::test_a_recheck_copies_in_only_what_changed",
 )
 # mutmut's exit codes per mutant (mutmut/__main__.py, status_by_exit_code).
 KILLED = "killed"
