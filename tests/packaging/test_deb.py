@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import tempfile
@@ -23,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.packaging.fake_daemon import FakeDaemon
 
 pytestmark = pytest.mark.packaging
 
@@ -85,27 +86,6 @@ def run_hook(*argv: str, xml: bytes) -> subprocess.CompletedProcess[bytes]:
 def ours_below(places: tuple[Path, ...]) -> set[str]:
     return {str(p) for place in places if place.exists()
             for p in place.rglob("*") if "psci-hook" in p.name}
-
-
-class FakeDaemon:
-    """A process named virtqemud (a copy of sleep, which SIGHUP terminates): shows whether the
-    maintainer scripts asked a running libvirt daemon to reload, without systemd."""
-
-    def __init__(self, directory: Path) -> None:
-        exe = directory / "virtqemud"
-        shutil.copy("/bin/sleep", exe)
-        self.proc = subprocess.Popen([str(exe), "600"])
-
-    def got_sighup(self, timeout: float = 10.0) -> bool:
-        try:
-            return self.proc.wait(timeout=timeout) == -1  # -SIGHUP
-        except subprocess.TimeoutExpired:
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -40,6 +39,7 @@ from pathlib import Path
 import pytest
 
 from psci_hook import __version__
+from tests.packaging.fake_daemon import FakeDaemon
 
 pytestmark = [
     pytest.mark.packaging,
@@ -182,16 +182,12 @@ def test_post_scriptlet_sighups_a_running_daemon_without_systemd(built: dict[str
         # A host without systemd, also where this machine runs it: the scriptlet's test for
         # systemd looks at a directory that does not exist.
         script = script.replace("/run/systemd/system", str(Path(tmp) / "no-systemd"))
-        exe = Path(tmp) / "virtqemud"
-        shutil.copy("/bin/sleep", exe)  # SIGHUP terminates sleep: the signal is visible
-        daemon = subprocess.Popen([str(exe), "600"])
+        daemon = FakeDaemon(Path(tmp))
         try:
             run("sh", "-c", script, "post", "1")
-            assert daemon.wait(timeout=10) == -1
+            assert daemon.got_sighup(), "%post did not SIGHUP a running virtqemud"
         finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait()
+            daemon.stop()
 
 
 def test_rpmlint_report(built: dict[str, Path]) -> None:
