@@ -65,6 +65,23 @@ def test_a_psci_0_1_vcpu_takes_0_1_and_nothing_else(default: int) -> None:
         assert judgement.accepted is (guest == V(0, 1)), guest
 
 
+@pytest.mark.parametrize(("vcpu_0_1", "guest", "judgement"), [
+    (True, V(0, 1), ("ACCEPTED", "a vCPU created for PSCI 0.1 (kvm-psci-version=0.1) takes it "
+                                 "on every kernel")),
+    (True, V(1, 0), ("PSCI_UNSUPPORTED", "the destination's vCPU is created for PSCI 0.1 "
+                                         "(kvm-psci-version=0.1 in its domain XML), which takes "
+                                         "no other version")),
+    (False, V(0, 1), ("PSCI_UNSUPPORTED", "PSCI 0.1 loads only into a vCPU created for it, and "
+                                          "the destination's domain XML does not set "
+                                          "kvm-psci-version=0.1")),
+])
+def test_each_psci_0_1_judgement_says_why_in_its_own_words(vcpu_0_1: bool, guest: int,
+                                                          judgement: tuple[str, str]) -> None:
+    """The reason is the finding's line in the veto libvirt shows and in the event."""
+    got = judge_firmware_value(PSCI, guest, dest(PSCI_VERSION=V(1, 1)), psci_0_1_vcpu=vcpu_0_1)
+    assert (got.code, got.reason) == judgement
+
+
 def test_psci_known_versions_follow_the_default() -> None:
     assert psci_versions_known(V(1, 1)) == [V(0, 2), V(1, 0), V(1, 1)]
     assert psci_versions_known(V(1, 3))[-1] == V(1, 3)
@@ -174,6 +191,16 @@ def test_bitmap_subsets(guest: int, supported: int, accepted: bool) -> None:
 def test_vendor_hyp_bmap_2_supports_bits_0_and_1_although_it_resets_to_0(
         guest: int, accepted: bool) -> None:
     assert judge_firmware_value(BMAP2, guest, dest(VENDOR_HYP_BMAP_2=0)).accepted is accepted
+
+
+@pytest.mark.parametrize("reg", [STD, VENDOR, regs.STD_HYP_BMAP.reg_id])
+def test_a_bitmap_bit_0_the_destination_lacks_is_refused(reg: int) -> None:
+    """Only VENDOR_HYP_BMAP_2 has bits the kernel accepts beyond its own value; every other
+    bitmap's bit 0 counts like any other."""
+    name = regs.FW_BY_ID[reg].name
+    judgement = judge_firmware_value(reg, 0x1, dest(**{name: 0x2}))
+    assert (judgement.accepted, judgement.reason) == (
+        False, "bits 0x1 are not implemented by the destination kernel (it supports 0x2)")
 
 
 def test_unknown_firmware_register_is_unverified() -> None:
@@ -422,7 +449,7 @@ def test_section_9_consequences_between_6_12_and_7_2(bundled: dict[str, HostProf
 
 
 def test_unknown_generation_is_an_error(bundled: dict[str, HostProfile]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^unknown QEMU generation 'newest'$"):
         decide(GuestState.booted_on(bundled["6.1__a57"]), bundled["6.1__a57"], "newest")
 
 
@@ -505,6 +532,32 @@ def test_id_register_findings_in_json_come_in_register_order(release: str, code:
         {"code": code, "outcome": outcome, "severity": severity, "register": "ID_AA64MMFR1_EL1",
          "id": "0x603000000013c039", "guest_value": 0x1010211122, "guest": "0x1010211122",
          "destination_value": 0x11010211122, "destination": "0x11010211122", "inferred": True}]
+
+
+def test_id_values_of_a_register_only_the_source_lists_are_not_judged() -> None:
+    """Compared: the registers in both lists, not in either (the destination never sets one it
+    does not list)."""
+    mmfr1 = regs.SYSREG_BY_NAME["ID_AA64MMFR1_EL1"]
+    guest = GuestState(registers=fw(PSCI_VERSION=V(1, 0)), cpreg_list=(PSCI, mmfr1),
+                       id_registers={"ID_AA64MMFR1_EL1": 0x1010211122})
+    destination = make_profile("6.1.0", fw(PSCI_VERSION=V(1, 0)), {"none": (PSCI,)},
+                               id_registers={"ID_AA64MMFR1_EL1": 0x11010211122})
+    decision = decide(guest, destination, "tolerant")
+    assert decision.lists_compared
+    assert not [f for f in decision.findings if f.code.startswith("ID_REG")]
+
+
+def test_without_lists_every_id_value_both_sides_have_is_judged() -> None:
+    """A guest whose record carries no migrated list: its ID values are still compared with
+    the destination's, all of them (docs/design.md#id-registers)."""
+    guest = GuestState(registers=fw(PSCI_VERSION=V(1, 0)),
+                       id_registers={"ID_AA64MMFR1_EL1": 0x1010211122})
+    destination = make_profile("6.1.0", fw(PSCI_VERSION=V(1, 0)),
+                               id_registers={"ID_AA64MMFR1_EL1": 0x11010211122})
+    decision = decide(guest, destination, "legacy")
+    assert not decision.lists_compared
+    assert [(f.code, f.register) for f in decision.findings if f.code.startswith("ID_REG")] == [
+        ("ID_REG_MISMATCH", "ID_AA64MMFR1_EL1")]
 
 
 @pytest.mark.parametrize("sent", [False, True])
