@@ -558,6 +558,28 @@ def test_the_state_after_takes_the_guests_values_where_this_host_has_the_registe
     assert after.cache_geometry == {"CLIDR_EL1": 4}
 
 
+def test_the_state_after_of_a_vcpu_without_sve_carries_no_sve_lengths() -> None:
+    """SVE lengths belong to an SVE vCPU: a guest whose domain turns SVE off records none,
+    even on a host that offers some (else a later move would be judged on lengths it never
+    had)."""
+    guest = GuestState.booted_on(host(), NO_SVE)
+    after = decide(guest, host()._replace(sve_lengths=(128, 256)),
+                   vcpu=RequestedVcpu(NO_SVE)).guest_after
+    assert after.features == NO_SVE
+    assert after.sve_lengths is None
+
+
+def test_a_destination_profile_without_lists_is_judged_with_the_guests_own_features() -> None:
+    """A profile without migrated lists says nothing of the vCPU features its host offers:
+    the guest's own are assumed, whatever the domain asks for, and what the lists cannot show
+    is LISTS_NOT_COMPARED, not a feature gained or lost."""
+    guest = GuestState.booted_on(host(), NO_PMU)
+    decision = decide(guest, host()._replace(cpreg_lists=None), vcpu=RequestedVcpu(ALL))
+    assert [f.code for f in decision.findings if f.code.startswith(("FEATURE_", "LISTS_"))] == [
+        "LISTS_NOT_COMPARED"]
+    assert decision.guest_after.features == NO_PMU
+
+
 @pytest.mark.parametrize("vcpu", [ALL, NO_PMU])
 def test_the_state_after_on_a_host_without_values_keeps_the_guests_only_with_its_features(
         vcpu: frozenset[str]) -> None:
