@@ -97,6 +97,15 @@ def _bad(**changes: Any) -> str:
     (_bad(cache_geometry={"CCSIDR_X": 1}), "not a cache geometry register"),
     (_bad(qemu_version="seven"), "qemu_version"),
     (_bad(qemu_generation="newest"), "qemu_generation"),
+    (_bad(id_registers_features=["pmu"]),
+     "f.json: 'id_registers_features' must be a feature set like 'pmu+sve'"),
+    (_bad(id_registers={"ID_AA64DFR0_EL1": 1}, feature_values={"pmu": 5}),
+     "f.json: feature_values.pmu must be an object"),
+    (_bad(id_registers={"ID_AA64DFR0_EL1": 1}, feature_values={"pmu": {"ID_AA64MMFR1_EL1": 1}}),
+     "f.json: feature_values.pmu: 'ID_AA64MMFR1_EL1' is not in 'id_registers' or "
+     "'cache_geometry'"),
+    (_bad(id_registers={"ID_AA64DFR0_EL1": 1}, feature_values={"pmu": {"ID_AA64DFR0_EL1": -1}}),
+     "f.json: feature_values.pmu.ID_AA64DFR0_EL1 = -1 is out of range"),
 ])
 def test_bad_profiles_are_refused_with_one_line(text: str, message: str) -> None:
     with pytest.raises(ProfileError) as info:
