@@ -106,12 +106,21 @@ def _bad(**changes: Any) -> str:
      "'cache_geometry'"),
     (_bad(id_registers={"ID_AA64DFR0_EL1": 1}, feature_values={"pmu": {"ID_AA64DFR0_EL1": -1}}),
      "f.json: feature_values.pmu.ID_AA64DFR0_EL1 = -1 is out of range"),
+    *[(_bad(sve_lengths=lengths),
+       "f.json: 'sve_lengths' must be ascending multiples of 128 (bits)")
+      for lengths in ({}, "128", [100], ["128"], [128.0], [0], [True], [256, 128], [128, 128])],
 ])
 def test_bad_profiles_are_refused_with_one_line(text: str, message: str) -> None:
     with pytest.raises(ProfileError) as info:
         loads_profile(text, "f.json")
     assert message in str(info.value) and "\n" not in str(info.value)
     assert str(info.value).startswith("f.json: ")
+
+
+def test_feature_values_may_name_cache_geometry_registers() -> None:
+    profile = loads_profile(_bad(cache_geometry={"CCSIDR_0": 2},
+                                 feature_values={"pmu": {"CCSIDR_0": 3}}), "f.json")
+    assert profile.feature_values == {"pmu": {"CCSIDR_0": 3}}
 
 
 def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
