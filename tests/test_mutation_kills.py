@@ -287,6 +287,16 @@ def test_the_exact_bytes_of_an_insertion(before: bytes, after: bytes) -> None:
         else spliced.data[:start] == before[:spliced.replaced[0]]
 
 
+def test_the_record_goes_into_the_first_metadata_as_libvirt_reads_it() -> None:
+    """libvirt reads the first <metadata> (src/conf/domain_conf.c, virDomainDefParseXML:
+    ./metadata[1]); a second one, which libvirt itself never writes, is left as it is."""
+    before = (b"<domain type='kvm'>\n  <metadata>\n    <a:x xmlns:a='urn:a'/>\n  </metadata>\n"
+              b"  <metadata/>\n</domain>\n")
+    spliced = splice_record(before, render)
+    assert spliced.data.index(b"<r>") < spliced.data.index(b"<metadata/>")
+    assert spliced.data.endswith(b"  <metadata/>\n</domain>\n")
+
+
 def test_the_indentation_unit_is_the_documents() -> None:
     before = (b"<domain type='kvm'>\n    <name>vm1</name>\n    <metadata>\n"
               b"        <a:x xmlns:a='urn:a'/>\n    </metadata>\n</domain>\n")
