@@ -23,6 +23,7 @@ class _Span(NamedTuple):
     start: int
     end: int  # exclusive
     start_tag_end: int  # offset just after the start tag's '>'
+    end_tag_start: int  # offset of the end tag's '</' (start_tag_end for <x/>)
     empty: bool  # <x/>
 
 
@@ -76,8 +77,11 @@ def layout(data: bytes) -> Layout:
         _, offset, tag_end, empty = stack.pop()
         if offset < 0:
             return
-        close = tag_end if empty else data.index(b">", parser.CurrentByteIndex) + 1
-        span = _Span(offset, close, tag_end, empty)
+        if empty:
+            span = _Span(offset, tag_end, tag_end, tag_end, empty)
+        else:  # expat reports an end tag at its '<'
+            end_tag = parser.CurrentByteIndex
+            span = _Span(offset, data.index(b">", end_tag) + 1, tag_end, end_tag, empty)
         depth = len(stack)
         if depth == 0:
             found["domain"] = span
@@ -106,12 +110,19 @@ def _line_indent(data: bytes, offset: int) -> bytes:
     return prefix if not prefix.strip() else b""
 
 
-def _step(data: bytes, lay: Layout) -> bytes:
-    """The document's indentation unit, from the first child of <domain> (libvirt: 2)."""
+def _starts_its_line(data: bytes, offset: int, indent: bytes) -> bool:
+    """Whether the tag at ``offset`` begins a line of its own, after exactly ``indent``."""
+    return data[offset - len(indent) - 1:offset] == b"\n" + indent
+
+
+def _step(data: bytes, lay: Layout, domain_indent: bytes) -> bytes:
+    """The document's indentation unit: how much deeper the first child of <domain> is
+    indented than <domain> itself (libvirt: 2 spaces)."""
     after = data[lay.domain.start_tag_end:lay.domain.start_tag_end + 200]
     stripped = after.lstrip(b"\r\n")
     indent = stripped[:len(stripped) - len(stripped.lstrip(b" \t"))]
-    return indent or b"  "
+    step = indent[len(domain_indent):] if indent.startswith(domain_indent) else b""
+    return step or b"  "
 
 
 class Spliced(NamedTuple):
@@ -125,8 +136,10 @@ def splice_record(data: bytes, render: Callable[[str], str]) -> Spliced:
     lay = layout(data)
     if len(lay.records) > 1:
         raise SpliceError("the domain carries more than one psci-hook record")
-    step = _step(data, lay)
+    if lay.domain.empty:
+        raise SpliceError("the domain element is empty")
     domain_indent = _line_indent(data, lay.domain.start)
+    step = _step(data, lay, domain_indent)
 
     def rendered(indent: bytes) -> bytes:
         return render(indent.decode("ascii")).encode("ascii")
@@ -134,18 +147,17 @@ def splice_record(data: bytes, render: Callable[[str], str]) -> Spliced:
     if lay.records:
         old = lay.records[0]
         indent = _line_indent(data, old.start)
-        if not data[:old.start].endswith(b"\n" + indent) and lay.metadata is not None:
+        if not _starts_its_line(data, old.start, indent) and lay.metadata is not None:
             indent = _line_indent(data, lay.metadata.start) + step  # inline: as when inserted
         new = rendered(indent)
         out = data[:old.start] + new + data[old.end:]
         return Spliced(out, (old.start, old.start + len(new)), (old.start, old.end))
     if lay.metadata is not None and not lay.metadata.empty:
         # Before </metadata>, at the indentation of its children.
-        close = data.rindex(b"</", lay.metadata.start_tag_end, lay.metadata.end)
+        close = lay.metadata.end_tag_start
         meta_indent = _line_indent(data, lay.metadata.start)
         child_indent = meta_indent + step
-        if _line_indent(data, close) == meta_indent and data[close - 1 - len(meta_indent):
-                                                                close - len(meta_indent)] == b"\n":
+        if _starts_its_line(data, close, meta_indent):
             # "\n<meta_indent></metadata>": put our element on its own line before it.
             at = close - len(meta_indent)
             new = child_indent + rendered(child_indent) + b"\n"
@@ -163,13 +175,12 @@ def splice_record(data: bytes, render: Callable[[str], str]) -> Spliced:
         out = data[:meta.start] + new + data[meta.end:]
         return Spliced(out, (meta.start, meta.start + len(new)), (meta.start, meta.end))
     # No <metadata>: add one as the last child of <domain>.
-    close = data.rindex(b"</", lay.domain.start_tag_end, lay.domain.end)
+    close = lay.domain.end_tag_start
     meta_indent = domain_indent + step
     child_indent = meta_indent + step
     block = (b"<metadata>\n" + child_indent + rendered(child_indent) + b"\n" + meta_indent
              + b"</metadata>")
-    if _line_indent(data, close) == domain_indent and data[close - 1 - len(domain_indent):
-                                                           close - len(domain_indent)] == b"\n":
+    if _starts_its_line(data, close, domain_indent):
         at = close - len(domain_indent)
         new = meta_indent + block + b"\n"
     else:

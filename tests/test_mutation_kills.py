@@ -278,6 +278,28 @@ RECORD_AT_4 = b"<r>\n      <c/>\n    </r>"
      HEAD + b"  <metadata><a:x xmlns:a='urn:a'/>" + RECORD_AT_4 + b"</metadata>\n</domain>\n"),
     (b"<domain><name>vm1</name></domain>",
      b"<domain><name>vm1</name><metadata>\n    " + RECORD_AT_4 + b"\n  </metadata></domain>"),
+    # </metadata> indented unlike <metadata> (tabs, same width): not a line of ours to copy,
+    # so the record goes right before the closing tag.
+    (HEAD + b"  <metadata>\n    <a:x xmlns:a='urn:a'/>\n\t\t</metadata>\n</domain>\n",
+     HEAD + b"  <metadata>\n    <a:x xmlns:a='urn:a'/>\n\t\t" + RECORD_AT_4
+     + b"</metadata>\n</domain>\n"),
+    # An indented root: the unit is how much deeper its children are, and the new <metadata>
+    # lines up with them.
+    (b"  <domain type='kvm'>\n    <name>vm1</name>\n  </domain>\n",
+     b"  <domain type='kvm'>\n    <name>vm1</name>\n    <metadata>\n      <r>\n        <c/>\n"
+     b"      </r>\n    </metadata>\n  </domain>\n"),
+    # Children no deeper than the root: the unit is libvirt's two spaces.
+    (b" <domain>\n <name>vm1</name>\n </domain>",
+     b" <domain>\n <name>vm1</name>\n   <metadata>\n     <r>\n       <c/>\n     </r>\n"
+     b"   </metadata>\n </domain>"),
+    # A comment after the root that holds '</' is not the domain's end tag.
+    (HEAD + b"</domain>\n<!-- was </devices> -->\n",
+     HEAD + b"  <metadata>\n    " + RECORD_AT_4 + b"\n  </metadata>\n</domain>\n"
+     b"<!-- was </devices> -->\n"),
+    # ... nor one inside <metadata>, after its last child.
+    (HEAD + b"  <metadata>\n    <a:x xmlns:a='urn:a'/><!-- </a:x> -->\n  </metadata>\n</domain>\n",
+     HEAD + b"  <metadata>\n    <a:x xmlns:a='urn:a'/><!-- </a:x> -->\n    " + RECORD_AT_4
+     + b"\n  </metadata>\n</domain>\n"),
 ])
 def test_the_exact_bytes_of_an_insertion(before: bytes, after: bytes) -> None:
     spliced = splice_record(before, render)
@@ -822,9 +844,12 @@ def test_the_splice_reads_tags_as_xml_does() -> None:
     assert lay.metadata is not None
     assert data[lay.metadata.start:lay.metadata.start_tag_end] == b"<metadata c='>'>"
     assert data[lay.metadata.start:lay.metadata.end].endswith(b"</metadata>")
+    assert data[lay.metadata.end_tag_start:lay.metadata.end] == b"</metadata>"
+    assert data[lay.domain.end_tag_start:] == b"</domain>"
     assert lay.records == ()
     empty = layout(b"<domain><metadata a='/'/></domain>")
     assert empty.metadata is not None and empty.metadata.empty
+    assert empty.metadata.end_tag_start == empty.metadata.start_tag_end == empty.metadata.end
     assert not layout(b"<domain><metadata a='/'></metadata></domain>").metadata.empty  # type: ignore[union-attr]
     # Only the first <metadata> directly under <domain> counts.
     nested = b"<domain><devices><metadata/></devices><metadata>\n</metadata></domain>"
@@ -839,6 +864,11 @@ def test_the_splice_reads_tags_as_xml_does() -> None:
     with pytest.raises(SpliceError) as exc:
         splice_record(two, render)
     assert str(exc.value) == "the domain carries more than one psci-hook record"
+    # An empty root has no place for <metadata>: no libvirt domain is empty.
+    for empty_root in (b"<domain type='kvm'/>", b"<!-- </x> --><domain type='kvm'/>"):
+        with pytest.raises(SpliceError) as exc:
+            splice_record(empty_root, render)
+        assert str(exc.value) == "the domain element is empty"
     # A record elsewhere is not ours to replace.
     outside = b"<domain><devices>" + record + b"</devices></domain>"
     assert layout(outside).records == ()
