@@ -310,20 +310,6 @@ def requested_vcpu(domain: Domain, supported: FeatureSet,
     return vcpu_request(domain, argv).on(supported)
 
 
-def psci_version_override(domain: Domain, argv: Sequence[str] | None = None) -> int | None:
-    """The PSCI version the guest's QEMU sets with kvm-psci-version, as a PSCI_VERSION value;
-    None when it sets none (the host's default applies). A value QEMU would reject makes it
-    refuse to start, so it never reaches a running guest: None too."""
-    return vcpu_request(domain, argv).psci_version
-
-
-def requested_features(domain: Domain, supported: FeatureSet,
-                       argv: Sequence[str] | None = None) -> FeatureSet:
-    """The vCPU features QEMU creates this domain's vCPU with on a host that supports
-    ``supported`` (the rules: vcpu_request)."""
-    return requested_vcpu(domain, supported, argv).features
-
-
 def _aarch32_features(features: FeatureSet, supported: FeatureSet) -> FeatureSet:
     """The vCPU of -cpu ...,aarch64=off. QEMU's kvm_arch_init_vcpu (target/arm/kvm.c) adds
     KVM_ARM_VCPU_EL1_32BIT, and takes PMU, SVE and pointer authentication from the CPU's ID
@@ -333,11 +319,3 @@ def _aarch32_features(features: FeatureSet, supported: FeatureSet) -> FeatureSet
     vCPU has pointer authentication wherever the host has it. With SVE its vector lengths
     stay unset, which KVM refuses: the engine says so."""
     return frozenset((features - {"pauth"}) | (supported & {"pauth"}) | {AARCH32})
-
-
-def requested_sve_lengths(domain: Domain, argv: Sequence[str] | None = None
-                          ) -> frozenset[int]:
-    """The SVE vector lengths (bits) the domain asks for by name (libvirt's <feature
-    policy='require' name='sve512'/>, QEMU's sve512=on): QEMU refuses to start where KVM does
-    not offer one of them (target/arm/cpu64.c arm_cpu_sve_finalize)."""
-    return vcpu_request(domain, argv).sve_lengths

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from psci_hook.domainxml import parse_domain, requested_features
+from psci_hook.domainxml import parse_domain, requested_vcpu
 from psci_hook.engine import GuestState
 from psci_hook.environment import Environment
 from psci_hook.hook import main
@@ -77,7 +77,7 @@ def test_stamp_and_hook_output_minus_our_element_is_the_input(
         assert (status, output) == (ExitStatus.OK, b"")
         return
     destination = profiles[DEST_PROFILE]
-    if destination.cpreg_list(requested_features(domain, destination.default_features())) \
+    if destination.cpreg_list(requested_vcpu(domain, destination.default_features()).features) \
             is None:  # the XML asks for SVE, which the Cortex-A76 host lacks: QEMU cannot start
         assert (status, output) == (ExitStatus.VETO, b"")
         assert "VETO FEATURE_MISSING" in env.stderr.getvalue()  # type: ignore[attr-defined]

@@ -21,11 +21,9 @@ from psci_hook import probe as probe_mod
 from psci_hook import registers as regs
 from psci_hook.domainxml import (
     parse_domain,
-    psci_version_override,
     qemu_cpu_from_argv,
-    requested_features,
-    requested_sve_lengths,
     requested_vcpu,
+    vcpu_request,
 )
 from psci_hook.engine import GuestState, RequestedVcpu, decide
 from psci_hook.environment import Environment
@@ -110,24 +108,24 @@ SVE_LENGTHS = xml("<cpu mode='host-passthrough'><feature policy='require' name='
     (xml("<cpu mode='custom'><model>max</model></cpu>"), ALL),
 ])
 def test_destination_features_from_the_domain_xml(data: bytes, expected: frozenset[str]) -> None:
-    assert requested_features(parse_domain(data), ALL) == expected
+    assert requested_vcpu(parse_domain(data), ALL).features == expected
 
 
 def test_a_feature_the_xml_asks_for_is_kept_where_the_host_lacks_it() -> None:
     """QEMU refuses to start then (sve=on without KVM SVE); the engine finds no list for it."""
     sve_host = frozenset({"pmu"})
-    assert requested_features(parse_domain(SVE_LENGTHS), sve_host) == {"pmu", "sve"}
-    assert requested_features(parse_domain(xml()), sve_host) == {"pmu"}
+    assert requested_vcpu(parse_domain(SVE_LENGTHS), sve_host).features == {"pmu", "sve"}
+    assert requested_vcpu(parse_domain(xml()), sve_host).features == {"pmu"}
     on = xml(features="<features><pmu state='on'/></features>")
-    assert requested_features(parse_domain(on), frozenset()) == {"pmu"}
+    assert requested_vcpu(parse_domain(on), frozenset()).features == {"pmu"}
 
 
 def test_a_cpu_override_in_qemu_commandline_replaces_libvirts() -> None:
     data = xml(extra="<qemu:commandline><qemu:arg value='-cpu'/>"
                      "<qemu:arg value='host,pmu=off,kvm-psci-version=1.1'/></qemu:commandline>")
     domain = parse_domain(data)
-    assert requested_features(domain, ALL) == NO_PMU
-    assert psci_version_override(domain) == 0x10001
+    assert requested_vcpu(domain, ALL).features == NO_PMU
+    assert vcpu_request(domain).psci_version == 0x10001
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -143,7 +141,7 @@ def test_a_cpu_override_in_qemu_commandline_replaces_libvirts() -> None:
 def test_kvm_psci_version_spellings(args: list[str], expected: int | None) -> None:
     extra = "<qemu:commandline>" + "".join(
         f"<qemu:arg value='{a}'/>" for a in args) + "</qemu:commandline>"
-    assert psci_version_override(parse_domain(xml(extra=extra))) == expected
+    assert vcpu_request(parse_domain(xml(extra=extra))).psci_version == expected
 
 
 def test_the_running_qemus_command_line_wins_over_the_xml(tmp_path: Path) -> None:
@@ -160,8 +158,8 @@ def test_the_running_qemus_command_line_wins_over_the_xml(tmp_path: Path) -> Non
         b"\0".join(a.encode() for a in argv) + b"\0")
     read = running_qemu_argv("g", tmp_path / "run", tmp_path / "proc")
     assert read == tuple(argv)
-    assert psci_version_override(domain, read) == 0x10000
-    assert requested_features(domain, ALL, read) == NO_PMU
+    assert vcpu_request(domain, read).psci_version == 0x10000
+    assert requested_vcpu(domain, ALL, read).features == NO_PMU
     assert running_qemu_argv("other", tmp_path / "run", tmp_path / "proc") is None
     (tmp_path / "run" / "other.pid").write_text("4242")  # a stale pid file: another domain's
     assert running_qemu_argv("other", tmp_path / "run", tmp_path / "proc") is None
@@ -262,7 +260,7 @@ def test_the_probe_stores_what_each_feature_set_changes(tmp_path: Path,
 def test_a_guest_checked_on_its_own_host_is_allowed(data: bytes, release: str) -> None:
     profile = host(release)
     domain = parse_domain(data)
-    features = requested_features(domain, profile.default_features())
+    features = requested_vcpu(domain, profile.default_features()).features
     guest = GuestState.booted_on(profile, features)
     decision = decide(guest, profile, vcpu=RequestedVcpu(features))
     assert not decision.vetoed, decision.codes
@@ -324,7 +322,7 @@ def test_the_hook_allows_each_guest_on_its_own_host(tmp_path: Path) -> None:
             "sve-off": SVE_OFF[SVE_OFF.index(b"<cpu"):SVE_OFF.index(b"</domain>")],
             "pauth-off": PAUTH_OFF[PAUTH_OFF.index(b"<cpu"):PAUTH_OFF.index(b"</domain>")],
         }[name])
-        assert requested_features(parse_domain(base), ALL) == features, name
+        assert requested_vcpu(parse_domain(base), ALL).features == features, name
         result = run_hook(hook, ["vm1", "migrate", "begin", "-"],
                           stamped(base, GuestState.booted_on(profile, features)), config)
         assert result.returncode == 0, (name, result.stderr)
@@ -479,9 +477,9 @@ def test_sve_lengths_probed_and_the_lengths_a_domain_names(tmp_path: Path,
     destination = HostProfile.from_dict(data)
     assert loads_profile(destination.to_json()).sve_lengths == (128, 256)
     domain = parse_domain(SVE_LENGTHS)  # sve256 required, sve512 disabled
-    assert requested_sve_lengths(domain) == {256}
+    assert vcpu_request(domain).sve_lengths == {256}
     big = parse_domain(SVE_LENGTHS.replace(b"sve256", b"sve1024"))
-    assert requested_sve_lengths(big) == {1024}
+    assert vcpu_request(big).sve_lengths == {1024}
     guest = GuestState.booted_on(host(), ALL)
     assert not any(f.code == "FEATURE_MISSING" for f in decide(
         guest, host()._replace(sve_lengths=(128, 256)),
@@ -499,12 +497,12 @@ def test_a_global_names_the_cpu_type_libvirt_gives() -> None:
     extra = ("<qemu:commandline><qemu:arg value='-global'/><qemu:arg value='{}'/>"
              "</qemu:commandline>")
     a57 = "<cpu mode='custom'><model>cortex-a57</model></cpu>"
-    assert psci_version_override(parse_domain(xml(a57, extra=extra.format(
-        "host-arm-cpu.kvm-psci-version=1.1")))) is None
-    assert psci_version_override(parse_domain(xml(a57, extra=extra.format(
-        "cortex-a57-arm-cpu.kvm-psci-version=1.1")))) == 0x10001
-    assert psci_version_override(parse_domain(xml(a57, extra=extra.format(
-        "aarch64-cpu.kvm-psci-version=1.0")))) == 0x10000
+    assert vcpu_request(parse_domain(xml(a57, extra=extra.format(
+        "host-arm-cpu.kvm-psci-version=1.1")))).psci_version is None
+    assert vcpu_request(parse_domain(xml(a57, extra=extra.format(
+        "cortex-a57-arm-cpu.kvm-psci-version=1.1")))).psci_version == 0x10001
+    assert vcpu_request(parse_domain(xml(a57, extra=extra.format(
+        "aarch64-cpu.kvm-psci-version=1.0")))).psci_version == 0x10000
 
 
 LISTS_NONE_PMU = {k: v for k, v in (host().cpreg_lists or {}).items() if k in ("none", "pmu")}

@@ -19,7 +19,7 @@ import pytest
 
 from psci_hook import kvm
 from psci_hook import probe as probe_mod
-from psci_hook.domainxml import parse_domain, requested_features, requested_sve_lengths
+from psci_hook.domainxml import parse_domain, requested_vcpu, vcpu_request
 from psci_hook.engine import GuestState, RequestedVcpu, decide
 from psci_hook.environment import Environment
 from psci_hook.hook import main as hook_main
@@ -82,7 +82,7 @@ def probed(tmp_path: Path, fake: kvmfake.FakeKvm) -> dict[str, object]:
 ])
 def test_the_32_bit_vcpu_qemu_creates(data: bytes, supported: frozenset[str],
                                       expected: set[str]) -> None:
-    assert requested_features(parse_domain(data), supported) == expected
+    assert requested_vcpu(parse_domain(data), supported).features == expected
 
 
 def test_the_probe_reads_32_bit_vcpus_where_kvm_has_32_bit_el1(tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_without_pointer_auth_the_32_bit_vcpus_have_none(tmp_path: Path) -> None
 def test_a_32_bit_guest_on_its_own_host_is_allowed_through_the_hook(tmp_path: Path) -> None:
     profile = with_aarch32(host())
     domain = parse_domain(ARMV7L_NO_SVE)
-    features = requested_features(domain, profile.default_features())
+    features = requested_vcpu(domain, profile.default_features()).features
     assert features == {AARCH32, "pmu", "pauth"}
     guest = GuestState.booted_on(profile, features)
     assert guest.cpreg_list is not None and guest.sve_lengths is None
@@ -153,7 +153,7 @@ def test_a_32_bit_guest_on_its_own_host_is_allowed_through_the_hook(tmp_path: Pa
 def test_a_32_bit_guest_with_sve_cannot_start() -> None:
     """QEMU sets no SVE lengths for a CPU without AArch64, and KVM refuses an empty set."""
     profile = with_aarch32(host())
-    features = requested_features(parse_domain(ARMV7L), profile.default_features())
+    features = requested_vcpu(parse_domain(ARMV7L), profile.default_features()).features
     decision = decide(GuestState.booted_on(profile, features - {"sve"}), profile,
                       vcpu=RequestedVcpu(features))
     (finding,) = [f for f in decision.findings if f.code == "FEATURE_MISSING"]
@@ -328,7 +328,7 @@ def test_the_hook_vetoes_lost_lengths_and_says_what_would_happen(tmp_path: Path)
     assert hook_main(env, sink) == ExitStatus.VETO
     line = env.stderr.getvalue()  # type: ignore[attr-defined]
     assert "VETO SVE_LENGTH_LOST" in line and "lose SVE vector lengths" in line
-    assert requested_sve_lengths(parse_domain(xml())) == frozenset()
+    assert vcpu_request(parse_domain(xml())).sve_lengths == frozenset()
 
 
 def test_profiles_with_32_bit_lists_round_trip() -> None:
