@@ -105,17 +105,17 @@ def _error_outcome(policy: Policy, code: str, detail: str, domain: str) -> Outco
 
 
 def _apply_override(record: GuestRecord, decision: Decision, policy: Policy
-                    ) -> list[Finding]:
+                    ) -> Finding | None:
     """The override finding, when the record's override covers every blocking code."""
     blocking = {f.code for f in decision.findings if f.blocking}
     override = record.override
     if not blocking or override is None or not policy.allow_domain_override:
-        return []
+        return None
     if not blocking <= override.codes:
-        return []
-    return [Finding("OVERRIDE", FindingOutcome.OVERRIDE,
-                    f"the domain's record overrides {' '.join(sorted(blocking))}: "
-                    f"{override.reason}")]
+        return None
+    return Finding("OVERRIDE", FindingOutcome.OVERRIDE,
+                   f"the domain's record overrides {' '.join(sorted(blocking))}: "
+                   f"{override.reason}")
 
 
 def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outcome:
@@ -157,12 +157,15 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     findings = [*decision.findings, *_unknown_register_findings(record)]
     decision, findings = _rehearse(record, vcpu.features, vcpu.psci_0_1, decision, findings,
                                    policy, env, base)
-    findings += _apply_override(record, decision, policy)
+    override = _apply_override(record, decision, policy)
     base.update(_decision_fields(record, decision, vcpu.features))
-    if decision.vetoed and not any(f.code == "OVERRIDE" for f in findings):
+    if decision.vetoed and override is None:
         outcome = _veto_or_warn(policy, op, domain, findings, base)
         outcome.engine = decision
         return outcome
+    if override is not None:
+        findings.append(override)
+        base["override"] = override.message  # who allowed a veto away, and why: for the audit
 
     codes = significant_codes(findings)
     outcome = Outcome(ExitStatus.OK, HookVerdict.ALLOW, codes, event=base)

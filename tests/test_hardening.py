@@ -481,6 +481,8 @@ def test_an_override_covering_every_blocking_code_allows_visibly(
     (message,) = messages
     event = json.loads(message.partition(": ")[2])
     assert event["decision"] == "allow" and "OVERRIDE" in event["codes"]
+    assert event["override"] == ("the domain's record overrides WA_LEVEL_TOO_HIGH: "
+                                 "operator ticket 42")
 
 
 @pytest.mark.parametrize(("codes", "hook", "expected", "phrase"), [

@@ -212,8 +212,13 @@ def test_allow_domain_override(tmp_path: Path) -> None:
     honoured = run(tmp_path, domain, DROPS_WA3)
     assert honoured.status == ExitStatus.OK and honoured.stdout.startswith(b"<domain")
     assert honoured.event["codes"] == ["WA_DROPPED", "OVERRIDE"]
+    assert honoured.event["override"] == ("the domain's record overrides WA_DROPPED: "
+                                          "ticket 42: the guest does not need WA3")
     refused = run(tmp_path, domain, DROPS_WA3, "allow_domain_override = no")
     assert refused.status == ExitStatus.VETO and refused.event["codes"] == ["WA_DROPPED"]
+    assert "override" not in refused.event
+    assert "override" not in run(tmp_path, with_record(GuestRecord(guest(), ORIGIN)),
+                                 SAME).event
     # An override that does not cover every blocking code does nothing.
     partial = with_record(GuestRecord(guest(), ORIGIN, override=Override(
         frozenset({"REG_MISSING"}), "not this one")))
