@@ -104,10 +104,10 @@ def _error_outcome(policy: Policy, code: str, detail: str, domain: str) -> Outco
     return Outcome(status if fail_closed else ExitStatus.OK, HookVerdict.ERROR, [code], message)
 
 
-def _apply_override(record: GuestRecord, decision: Decision, policy: Policy
+def _apply_override(record: GuestRecord, findings: list[Finding], policy: Policy
                     ) -> Finding | None:
     """The override finding, when the record's override covers every blocking code."""
-    blocking = {f.code for f in decision.findings if f.blocking}
+    blocking = {f.code for f in findings if f.blocking}
     override = record.override
     if not blocking or override is None or not policy.allow_domain_override:
         return None
@@ -155,17 +155,18 @@ def decide_hook(op: str, data: bytes, policy: Policy, env: Environment) -> Outco
     decision = decide(record.state, profile, generation, policy.veto_dropped_workarounds,
                       vcpu=vcpu)
     findings = [*decision.findings, *_unknown_register_findings(record)]
-    decision, findings = _rehearse(record, vcpu.features, vcpu.psci_0_1, decision, findings,
-                                   policy, env, base)
-    override = _apply_override(record, decision, policy)
+    findings = _rehearse(record, vcpu.features, vcpu.psci_0_1, findings, policy, env, base)
+    override = _apply_override(record, findings, policy)
+    if override is not None:
+        findings.append(override)
+        base["override"] = override.message  # who allowed a veto away, and why: for the audit
+    # `psci-hook check` shows the engine's decision with every finding the hook judged.
+    decision = decision._replace(findings=tuple(findings))
     base.update(_decision_fields(record, decision, vcpu.features))
     if decision.vetoed and override is None:
         outcome = _veto_or_warn(policy, op, domain, findings, base)
         outcome.engine = decision
         return outcome
-    if override is not None:
-        findings.append(override)
-        base["override"] = override.message  # who allowed a veto away, and why: for the audit
 
     codes = significant_codes(findings)
     outcome = Outcome(ExitStatus.OK, HookVerdict.ALLOW, codes, event=base)
@@ -241,22 +242,21 @@ def _unknown_register_findings(record: GuestRecord) -> list[Finding]:
 
 
 def _rehearse(record: GuestRecord, features: FeatureSet, psci_0_1_vcpu: bool,
-              decision: Decision, findings: list[Finding], policy: Policy, env: Environment,
-              base: dict[str, Any]) -> tuple[Decision, list[Finding]]:
-    """The decision and findings with the rehearsal's verdicts (docs/design.md#rehearsal),
+              findings: list[Finding], policy: Policy, env: Environment,
+              base: dict[str, Any]) -> list[Finding]:
+    """The findings with the rehearsal's verdicts (docs/design.md#rehearsal),
     where this host can rehearse and the policy asks for it; the event says how it went.
     ``psci_0_1_vcpu``: this host's vCPU is created for PSCI 0.1 (rehearsal.values_to_rehearse)."""
     rehearser = env.rehearser or (rehearsal.kvm_rehearser if rehearsal.available() else None)
     if rehearser is None or not policy.rehearse:
-        return decision, findings
+        return findings
     try:
         result = rehearser(features, rehearsal.values_to_rehearse(record.state, psci_0_1_vcpu))
     except Exception as exc:  # e.g. KVM refused the scratch VM: the model's verdict stands
         base["rehearsal"] = f"not run: {first_line(exc)}"
-        return decision, findings
-    reconciled = rehearsal.reconcile(findings, result)
+        return findings
     base["rehearsal"] = "refused" if result.refused_id is not None else "accepted"
-    return decision._replace(findings=tuple(reconciled)), reconciled
+    return rehearsal.reconcile(findings, result)
 
 
 def _decision_fields(record: GuestRecord, decision: Decision, features: FeatureSet

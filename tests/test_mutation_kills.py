@@ -1663,6 +1663,14 @@ def test_a_register_of_a_newer_release_is_reported_not_judged(
         "code": "FW_UNVERIFIED", "outcome": "unverified", "severity": "warning",
         "register": None, "message": "the record names SMCCC_ARCH_WORKAROUND_4, which this "
         "version of psci-hook does not know (a newer release wrote it): not judged"}]
+    # Without a rehearsal (another host's profile) the finding is shown all the same.
+    offline = Environment.for_test(["psci-hook", "check", "--host-profile", "6.1__a57",
+                                    "--domain-xml", str(xml_file)], b"",
+                                   {"PSCI_HOOK_CONFIG": str(tmp_path / "c.conf")},
+                                   run_dir=tmp_path)
+    assert cli.main(offline.argv[1:], offline) == ExitStatus.OK
+    assert "the record names SMCCC_ARCH_WORKAROUND_4, which this version of psci-hook does " \
+        "not know" in offline.stdout.getvalue().decode()  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("available", [True, False])

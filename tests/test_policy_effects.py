@@ -9,6 +9,7 @@ real hook file as libvirt does.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import NamedTuple
 
 import pytest
 
+from psci_hook import cli
 from psci_hook import registers as regs
 from psci_hook.domainxml import parse_domain
 from psci_hook.engine import GuestState
@@ -219,6 +221,17 @@ def test_allow_domain_override(tmp_path: Path) -> None:
     assert "override" not in refused.event
     assert "override" not in run(tmp_path, with_record(GuestRecord(guest(), ORIGIN)),
                                  SAME).event
+    # `psci-hook check` shows the override among the findings, with its reason.
+    xml_file = tmp_path / "vm1.xml"
+    xml_file.write_bytes(domain)
+    check = Environment.for_test(["psci-hook", "check", "--json", "--no-config", "--host-profile",
+                                  str(profile_file(tmp_path, DROPS_WA3)), "--domain-xml",
+                                  str(xml_file)], b"", {}, run_dir=tmp_path)
+    assert cli.main(check.argv[1:], check) == ExitStatus.OK
+    shown = json.loads(check.stdout.getvalue())  # type: ignore[attr-defined]
+    assert shown["hook"]["codes"] == ["WA_DROPPED", "OVERRIDE"]
+    assert [f["message"] for f in shown["findings"] if f["code"] == "OVERRIDE"] == [
+        honoured.event["override"]]
     # An override that does not cover every blocking code does nothing.
     partial = with_record(GuestRecord(guest(), ORIGIN, override=Override(
         frozenset({"REG_MISSING"}), "not this one")))
