@@ -544,7 +544,7 @@ def test_a_record_anywhere_else_is_not_ours(setup: Setup, wa_veto: tuple[bytes, 
     [], ["vm1"], ["vm1", "migrate"], ["vm1", "MIGRATE", "BEGIN", "-"],
     ["vm1", "migrate", "begin\n", "-"], ["vm1", "migrate ", "begin", "-"], ["--help"],
     ["vm1", "migrate", "end", "-"], ["vm1", "restore", "end", "-"],
-], ids=repr)
+], ids=lambda args: " ".join(args).replace("\n", "<LF>") or "none")
 def test_argv_not_acted_on_exits_0_silently(setup: Setup, args: list[str]) -> None:
     config = setup.config(raw="[hook\nbroken")
     result = run(setup.hook, args, setup.veto_xml, config)
@@ -555,13 +555,14 @@ def test_argv_not_acted_on_exits_0_silently(setup: Setup, args: list[str]) -> No
     ["vm1", "migrate", "begin"], ["vm1", "migrate", "begin", "-", "extra", "args"],
     ["", "migrate", "begin", "-"], ["vm1", "restore", "begin", "-"],
     ["x" * 100_000, "migrate", "begin", "-"], [b"vm\xff\xfe", "migrate", "begin", "-"],
-], ids=lambda a: repr(a)[:40])
+], ids=["no stdin marker", "extra args", "empty name", "restore", "100 kB name",
+        "name not UTF-8"])
 def test_odd_argv_acted_on_still_decides(setup: Setup, args: list[str]) -> None:
     expect_allowed(run(setup.hook, args, setup.allow_xml, setup.config()))
 
 
 @pytest.mark.parametrize("domain_arg", [b"vm\xff\xfe", "vm1\nsecond line", "vm1\x1b[31m"],
-                         ids=repr)
+                         ids=["not UTF-8", "a newline", "an escape sequence"])
 def test_odd_domain_argument_in_an_error_line(setup: Setup, domain_arg: str | bytes) -> None:
     results = both(lambda on_error: run(
         setup.hook, [domain_arg, "migrate", "begin", "-"], b"", setup.config(on_error)))

@@ -5,6 +5,8 @@ for the fast tests."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,29 @@ def test_a_recheck_copies_in_only_what_changed(mutation: Any, tmp_path: Path) ->
     assert changed.read_bytes() == (REPO / "psci_hook" / "engine.py").read_bytes()
     assert changed.stat().st_mtime > 1 and untouched.stat().st_mtime == 1
     assert (tmp_path / "pyproject.toml").read_text().count("[tool.mutmut]") == 1
+
+
+TWICE = """
+import contextlib, io, sys
+import pytest
+ids = []
+for _ in range(2):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        pytest.main(["--co", "-q", "-p", "no:cacheprovider", "-m", sys.argv[1], "tests"])
+    ids.append([line for line in out.getvalue().splitlines() if line.startswith("tests/")])
+changed = sorted(set(ids[0]) ^ set(ids[1]))
+print(len(ids[0]), *changed[:5], sep="\\n")
+"""
+
+
+@pytest.mark.slow
+def test_test_ids_are_the_same_at_every_collection(mutation: Any) -> None:
+    """mutmut lists the tests and then runs them by id in one process. pytest escapes an id
+    made by an `ids` callable again at each collection when it holds a backslash (the repr of
+    bytes, a newline): the second collection does not find the first's id and mutmut stops
+    ("not found", pytest's exit 4). Such parameters take plain ids."""
+    run = subprocess.run([sys.executable, "-c", TWICE, mutation.FAST_TESTS], cwd=REPO,
+                         capture_output=True, text=True, timeout=600, check=True)
+    count, *changed = run.stdout.splitlines()
+    assert int(count) > 1000 and changed == []

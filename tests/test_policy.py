@@ -140,7 +140,8 @@ MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize(("text", "problem", "policy"), MISTAKES, ids=lambda v: repr(v)[:30])
+@pytest.mark.parametrize(("text", "problem", "policy"), MISTAKES,
+                         ids=[problem[:50] for _, problem, _ in MISTAKES])
 def test_a_mistake_is_named_and_the_rest_applies(text: str, problem: str,
                                                  policy: Policy) -> None:
     reading = parse_policy_text(text, "/etc/psci-hook/psci-hook.conf")
