@@ -500,11 +500,11 @@ def record_element(record: GuestRecord) -> Any:
     return root
 
 
-def record_xml(record: GuestRecord, indent: str = "    ", step: str = "  ") -> str:
+def record_xml(record: GuestRecord, indent: str, step: str = "  ") -> str:
     """The record as XML text, indented to sit at ``indent`` (ASCII only, for byte splicing)."""
     root = record_element(record)
     _indent(root, indent, step)
-    text = str(etree.tostring(root, encoding="unicode"))
+    text = str(etree.tostring(root, encoding=str))
     return text.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 

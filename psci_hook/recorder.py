@@ -216,7 +216,7 @@ def _config_record(persistent: Domain | None) -> GuestRecord | None:
 def _same(a: GuestRecord | None, b: GuestRecord | None) -> bool:
     if a is None or b is None:
         return a is b
-    return record_xml(a) == record_xml(b)
+    return record_xml(a, "") == record_xml(b, "")
 
 
 def persistent_copy(record: GuestRecord) -> GuestRecord:

@@ -187,12 +187,14 @@ def test_values_of_a_feature_set_probed_derived_or_unknown() -> None:
     none = profile.id_values(frozenset())
     assert none is not None and none.id_registers is not None
     assert none.id_registers[DFR0] == 0x10009 and none.id_registers["MIDR_EL1"] == 0xF0510
+    assert none.cache_geometry == profile.cache_geometry is not None  # no feature changes it
     # pauth+sve was not probed: derived, each register from the one feature that changes it.
     derived = profile.id_values(NO_PMU)
     assert derived is not None and derived.id_registers is not None
     assert derived.id_registers[DFR0] == 0x10009 and derived.id_registers[AA64DFR0] == 0x10305009
     assert derived.id_registers[PFR0] == ID_ALL[PFR0]
     assert derived.id_registers[ISAR1] == ID_ALL[ISAR1]
+    assert derived.cache_geometry == profile.cache_geometry
     # Two features changing one register: not derivable.
     clash = profile._replace(feature_values={
         **FEATURE_VALUES, "pauth": {**FEATURE_VALUES["pauth"], ISAR1: 1},

@@ -1007,9 +1007,9 @@ def test_a_record_keeps_what_it_says() -> None:
     assert record.history == (HistoryEntry("2026-11-30T00:00:00Z", "record", "h", "warn",
                                            ("WA_DROPPED",)),)
     # Written back, then read again: the same record (the comment is not kept).
-    assert _parse(record_xml(record)) == record
+    assert _parse(record_xml(record, "    ")) == record
     assert "host-uuid" not in record_xml(record._replace(
-        origin=record.origin._replace(host_uuid="")))
+        origin=record.origin._replace(host_uuid="")), "    ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1523,7 +1523,7 @@ def test_an_unreadable_stdin_is_an_empty_input(
 def test_a_malformed_id_register_name_is_refused_by_name() -> None:
     state = GuestState(registers=fw(PSCI_VERSION=V(1, 1)), id_registers={"ID_AA64MMFR1_EL1": 0x11})
     text = record_xml(GuestRecord(state, Origin("booted", "h", "6.1.0", "2026-11-30T00:00:00Z",
-                                                "u-1")))
+                                                "u-1")), "    ")
     bad = text.replace('name="ID_AA64MMFR1_EL1"', 'name="no such!"')
     with pytest.raises(RecordError) as refused:
         parse_record(etree.fromstring(bad))

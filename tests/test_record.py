@@ -49,7 +49,7 @@ def test_round_trip_is_exact(bundled: dict[str, HostProfile]) -> None:
                         history=(HistoryEntry("2026-11-30T01:00:00Z", "migrate", "host-b",
                                               "allow", ("WA_RATCHET",)),),
                         override=Override(frozenset({"WA_LEVEL_TOO_HIGH"}), "ticket 1"))
-    assert reparse(record_xml(record)) == record
+    assert reparse(record_xml(record, "    ")) == record
 
 
 def test_history_is_bounded(bundled: dict[str, HostProfile]) -> None:
@@ -120,7 +120,7 @@ def _mutate(text: str, old: str, new: str) -> str:
 ])
 def test_malformed_records_are_findings_not_crashes(bundled: dict[str, HostProfile],
                                                     old: str, new: str, message: str) -> None:
-    text = record_xml(record_for(bundled["6.12__max"]))
+    text = record_xml(record_for(bundled["6.12__max"]), "    ")
     with pytest.raises(RecordError, match=message):
         reparse(_mutate(text, old, new))
 
@@ -140,7 +140,7 @@ def test_what_a_newer_release_adds_is_ignored_or_unverified(
     """The versioning rule (psci_hook.record): elements, attributes and words of a newer
     release are skipped; register and feature names it knows and this one does not are left
     out of the state and listed (the hook reports them FW_UNVERIFIED)."""
-    text = record_xml(record_for(bundled["6.12__max"]))
+    text = record_xml(record_for(bundled["6.12__max"]), "    ")
     assert new not in text
     record = reparse(_mutate(text, old, new))
     assert record.unknown == unknown
@@ -148,13 +148,13 @@ def test_what_a_newer_release_adds_is_ignored_or_unverified(
 
 
 def test_a_newer_record_version_is_not_read(bundled: dict[str, HostProfile]) -> None:
-    text = record_xml(record_for(bundled["6.12__max"]))
+    text = record_xml(record_for(bundled["6.12__max"]), "    ")
     with pytest.raises(RecordVersionUnknown, match="version 2 is newer"):
         reparse(text.replace('version="1"', 'version="2"', 1))
 
 
 def test_firmware_and_list_must_agree(bundled: dict[str, HostProfile]) -> None:
-    text = record_xml(record_for(bundled["6.12__max"]))
+    text = record_xml(record_for(bundled["6.12__max"]), "    ")
     start = text.index('<psci:reg name="STD_BMAP"')
     end = text.index("/>", start) + 2
     with pytest.raises(RecordError) as caught:
@@ -163,7 +163,7 @@ def test_firmware_and_list_must_agree(bundled: dict[str, HostProfile]) -> None:
 
 
 def test_an_empty_origin_event_is_refused(bundled: dict[str, HostProfile]) -> None:
-    text = record_xml(record_for(bundled["6.12__max"]))
+    text = record_xml(record_for(bundled["6.12__max"]), "    ")
     with pytest.raises(RecordError) as caught:
         reparse(_mutate(text, 'event="booted"', 'event=""'))
     assert str(caught.value) == "the origin event is empty"
@@ -174,18 +174,27 @@ def test_an_empty_list_and_no_list_read_back_as_written(cpreg_list: tuple[int, .
                                                         ) -> None:
     """An empty list is a list (count 0, no text), not the absence of one."""
     record = GuestRecord(GuestState(registers={}, cpreg_list=cpreg_list), ORIGIN)
-    assert reparse(record_xml(record)).state.cpreg_list == cpreg_list
+    assert reparse(record_xml(record, "    ")).state.cpreg_list == cpreg_list
 
 
 def test_override_must_name_known_codes(bundled: dict[str, HostProfile]) -> None:
     record = record_for(bundled["6.1__a57"], override=Override(frozenset({"CPREG_COUNT"}), "x"))
-    text = record_xml(record)
+    text = record_xml(record, "    ")
     with pytest.raises(RecordError, match="unknown codes"):
         reparse(_mutate(text, 'codes="CPREG_COUNT"', 'codes="EVERYTHING"'))
 
 
+def test_override_codes_are_written_sorted(bundled: dict[str, HostProfile]) -> None:
+    """A set has no order of its own (string hashes differ per process): eight codes come out
+    sorted, the same bytes every time."""
+    codes = ("CPREG_COUNT", "FEATURE_MISSING", "ID_REG_MISMATCH", "PSCI_UNSUPPORTED",
+             "REG_MISSING", "SVE_LENGTHS_MISSING", "WA_DROPPED", "WA_LEVEL_TOO_HIGH")
+    record = record_for(bundled["6.1__a57"], override=Override(frozenset(codes), "x"))
+    assert f'codes="{" ".join(codes)}"' in record_xml(record, "    ")
+
+
 def test_two_records_in_one_domain(bundled: dict[str, HostProfile]) -> None:
-    rec = record_xml(record_for(bundled["6.1__a57"]))
+    rec = record_xml(record_for(bundled["6.1__a57"]), "    ")
     doc = (f"<domain type='kvm'><name>x</name><metadata>{rec}{rec}</metadata></domain>"
            ).encode()
     with pytest.raises(RecordError, match="2 psci-hook records"):
@@ -195,4 +204,4 @@ def test_two_records_in_one_domain(bundled: dict[str, HostProfile]) -> None:
 def test_a_domain_without_record(bundled: dict[str, HostProfile]) -> None:
     doc = f"<domain><metadata><x:y xmlns:x='{NAMESPACE}x'/></metadata></domain>".encode()
     assert read_record(parse_domain(doc).root) is None
-    assert regs.PSCI_VERSION.name in record_xml(record_for(bundled["6.1__a57"]))
+    assert regs.PSCI_VERSION.name in record_xml(record_for(bundled["6.1__a57"]), "    ")

@@ -22,7 +22,7 @@ def domain_xml(record: GuestRecord | None = None, domain_type: str = "kvm", pmu:
                arch: str = "aarch64", qemu_args: tuple[str, ...] = ()) -> bytes:
     """A domain XML; ``qemu_args``: the <qemu:commandline> arguments libvirt appends to QEMU's
     command line."""
-    metadata = f"\n  <metadata>\n    {record_xml(record)}\n  </metadata>" if record else ""
+    metadata = f"\n  <metadata>\n    {record_xml(record, '    ')}\n  </metadata>" if record else ""
     features = "" if pmu else "\n  <features><pmu state='off'/></features>"
     commandline = "".join(f"<qemu:arg value='{arg}'/>" for arg in qemu_args)
     if commandline:

@@ -34,7 +34,7 @@ def domain_xml(name: str, arch: str = "aarch64", record: GuestRecord | None = No
     if record is not None:
         from psci_hook.record import record_xml
 
-        metadata = f"<metadata>{record_xml(record)}</metadata>"
+        metadata = f"<metadata>{record_xml(record, '    ')}</metadata>"
     return (f"<domain type='test'><name>{name}</name>{metadata}<memory unit='KiB'>65536"
             f"</memory><vcpu>1</vcpu><os><type arch='{arch}' machine='virt'>hvm</type></os>"
             "</domain>")

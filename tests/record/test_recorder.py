@@ -403,7 +403,7 @@ def test_written_records_read_back_as_written() -> None:
     assert plan.live is not None
     text = domain_xml(plan.live)
     assert read_record(parse_domain(text).root) == plan.live
-    assert record_xml(plan.live).count("<psci:record") == 1
+    assert record_xml(plan.live, "    ").count("<psci:record") == 1
 
 
 def test_this_host_written_record_origin_matches_profile() -> None:
