@@ -78,10 +78,10 @@ def layout(data: bytes) -> Layout:
         if offset < 0:
             return
         if empty:
-            span = _Span(offset, tag_end, tag_end, tag_end, empty)
+            span = _Span(offset, tag_end, tag_end, tag_end, True)
         else:  # expat reports an end tag at its '<'
             end_tag = parser.CurrentByteIndex
-            span = _Span(offset, data.index(b">", end_tag) + 1, tag_end, end_tag, empty)
+            span = _Span(offset, data.index(b">", end_tag) + 1, tag_end, end_tag, False)
         depth = len(stack)
         if depth == 0:
             found["domain"] = span

@@ -288,6 +288,10 @@ RECORD_AT_4 = b"<r>\n      <c/>\n    </r>"
     (b"  <domain type='kvm'>\n    <name>vm1</name>\n  </domain>\n",
      b"  <domain type='kvm'>\n    <name>vm1</name>\n    <metadata>\n      <r>\n        <c/>\n"
      b"      </r>\n    </metadata>\n  </domain>\n"),
+    # Children indented otherwise than the root (spaces under a tab): two spaces as well.
+    (b"\t<domain>\n  <name>vm1</name>\n\t</domain>\n",
+     b"\t<domain>\n  <name>vm1</name>\n\t  <metadata>\n\t    <r>\n\t      <c/>\n\t    </r>\n"
+     b"\t  </metadata>\n\t</domain>\n"),
     # Children no deeper than the root: the unit is libvirt's two spaces.
     (b" <domain>\n <name>vm1</name>\n </domain>",
      b" <domain>\n <name>vm1</name>\n   <metadata>\n     <r>\n       <c/>\n     </r>\n"

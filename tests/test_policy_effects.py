@@ -230,8 +230,17 @@ def test_allow_domain_override(tmp_path: Path) -> None:
     assert cli.main(check.argv[1:], check) == ExitStatus.OK
     shown = json.loads(check.stdout.getvalue())  # type: ignore[attr-defined]
     assert shown["hook"]["codes"] == ["WA_DROPPED", "OVERRIDE"]
-    assert [f["message"] for f in shown["findings"] if f["code"] == "OVERRIDE"] == [
-        honoured.event["override"]]
+    assert [f for f in shown["findings"] if f["code"] == "OVERRIDE"] == [{
+        "code": "OVERRIDE", "outcome": "override", "severity": "warning", "register": None,
+        "message": honoured.event["override"]}]
+    # Overriding two blocking codes names both.
+    older_psci = host("5.4.0", {**DROPS_WA3.registers,
+                                regs.PSCI_VERSION.reg_id: regs.psci_value(1, 0)}, *SYS)
+    both = run(tmp_path, with_record(GuestRecord(guest(), ORIGIN, override=Override(
+        frozenset({"WA_DROPPED", "PSCI_UNSUPPORTED"}), "ticket 43"))), older_psci)
+    assert both.status == ExitStatus.OK
+    assert both.event["override"] == ("the domain's record overrides PSCI_UNSUPPORTED "
+                                      "WA_DROPPED: ticket 43")
     # An override that does not cover every blocking code does nothing.
     partial = with_record(GuestRecord(guest(), ORIGIN, override=Override(
         frozenset({"REG_MISSING"}), "not this one")))
