@@ -844,7 +844,7 @@ def test_the_splice_reads_tags_as_xml_does() -> None:
     data = (b"<domain a='x>y' b=\"p>'q\">\n  <metadata c='>'>\n    <x/>\n  </metadata>\n"
             b"</domain>")
     lay = layout(data)
-    assert lay.domain.start_tag_end == data.index(b"\n") and not lay.domain.empty
+    assert lay.domain.start_tag_end == data.index(b"\n") and lay.domain.empty is False
     assert lay.metadata is not None
     assert data[lay.metadata.start:lay.metadata.start_tag_end] == b"<metadata c='>'>"
     assert data[lay.metadata.start:lay.metadata.end].endswith(b"</metadata>")
@@ -854,7 +854,7 @@ def test_the_splice_reads_tags_as_xml_does() -> None:
     empty = layout(b"<domain><metadata a='/'/></domain>")
     assert empty.metadata is not None and empty.metadata.empty
     assert empty.metadata.end_tag_start == empty.metadata.start_tag_end == empty.metadata.end
-    assert not layout(b"<domain><metadata a='/'></metadata></domain>").metadata.empty  # type: ignore[union-attr]
+    assert layout(b"<domain><metadata a='/'></metadata></domain>").metadata.empty is False  # type: ignore[union-attr]
     # Only the first <metadata> directly under <domain> counts.
     nested = b"<domain><devices><metadata/></devices><metadata>\n</metadata></domain>"
     assert nested[layout(nested).metadata.start:].startswith(b"<metadata>\n")  # type: ignore[union-attr]
