@@ -223,7 +223,10 @@ def summarise(module: str, statuses: dict[str, str], equivalent: Collection[str]
               ) -> dict[str, object]:
     """The counts, the score and the mutants not killed, from mutmut's status per mutant.
 
-    The score is the share of non-equivalent mutants killed, among those that ran."""
+    The score is the share of non-equivalent mutants killed, among those that ran. A mutant
+    listed as equivalent that did not survive is named too: mutmut numbers a function's mutants
+    in order, so an edit above a listed one gives its name to another mutant, and the list must
+    follow."""
     statuses = {name: EQUIVALENT if status == SURVIVED and name in equivalent else status
                 for name, status in statuses.items()}
     counts = Counter(statuses.values())
@@ -235,6 +238,9 @@ def summarise(module: str, statuses: dict[str, str], equivalent: Collection[str]
         "score": round(100 * caught / ran, 1) if ran else None,
         "not_killed": [f"{name}: {status}" for name, status in sorted(statuses.items())
                        if status not in (KILLED, TIMEOUT, EQUIVALENT)],
+        "stale_equivalents": sorted(
+            f"{name}: {statuses.get(name, 'no such mutant')}" for name in equivalent
+            if name.startswith(f"psci_hook.{module}.") and statuses.get(name) != EQUIVALENT),
     }
 
 
@@ -256,6 +262,11 @@ def report(results: dict[str, dict[str, object]]) -> str:
         if not_killed:
             lines.append(f"\n{module}: not killed")
             lines += [f"  {entry}" for entry in not_killed]
+        stale: list[str] = result["stale_equivalents"]  # type: ignore[assignment]
+        if stale:
+            lines.append(f"\n{module}: listed as equivalent in {EQUIVALENTS.name}, yet not "
+                         "surviving (renumbered? rename or drop)")
+            lines += [f"  {entry}" for entry in stale]
     return "\n".join(lines)
 
 

@@ -54,14 +54,23 @@ def test_the_report_gives_the_score_and_names_every_survivor(mutation: Any) -> N
                                             "psci_hook.policy.x_g__mutmut_2": "survived",
                                             "psci_hook.policy.x_h__mutmut_1": "no tests",
                                             "psci_hook.policy.x_h__mutmut_2": "not checked"},
-                                 {"psci_hook.policy.x_g__mutmut_2"})
+                                 {"psci_hook.policy.x_g__mutmut_2",
+                                  "psci_hook.policy.x_f__mutmut_2",
+                                  "psci_hook.policy.x_gone__mutmut_1",
+                                  "psci_hook.engine.x_f__mutmut_1"})
     assert results["score"] == 75.0
+    assert results["stale_equivalents"] == ["psci_hook.policy.x_f__mutmut_2: killed",
+                                            "psci_hook.policy.x_gone__mutmut_1: no such mutant"]
     text = mutation.report({"policy": results})
     assert text.splitlines()[1].split() == ["policy", "7", "2", "1", "1", "1", "1", "1",
                                             "75.0%"]
     assert "psci_hook.policy.x_g__mutmut_1: survived" in text
     assert "psci_hook.policy.x_h__mutmut_1: no tests" in text
     assert "x_f__mutmut_1" not in text and "x_g__mutmut_2" not in text
+    assert text.endswith("policy: listed as equivalent in mutation-equivalents.md, yet not "
+                         "surviving (renumbered? rename or drop)\n"
+                         "  psci_hook.policy.x_f__mutmut_2: killed\n"
+                         "  psci_hook.policy.x_gone__mutmut_1: no such mutant")
 
 
 def test_every_listed_equivalent_names_a_core_module(mutation: Any) -> None:
